@@ -1,0 +1,58 @@
+"""Per-user API keys, stored hashed.
+
+A key looks like `vx11_<prefix>_<secret>`. Only the prefix and a SHA-256 of the whole key
+are stored (the key is 256 random bits, so a fast hash is enough, as for GitHub tokens);
+the plain key is shown once, when it is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    read_only = models.BooleanField(default=False, help_text="may only read (GET); writes get 403")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…{' read-only' if self.read_only else ''})"
+
+    @classmethod
+    def issue(cls, user, name: str, read_only: bool = False) -> tuple[ApiKey, str]:
+        """Make a key; return the row and the plain key (shown once, never stored)."""
+        prefix = secrets.token_hex(4)
+        plain = f"vx11_{prefix}_{secrets.token_urlsafe(32)}"
+        return cls.objects.create(user=user, name=name, prefix=prefix, key_hash=_digest(plain), read_only=read_only), plain
+
+    @classmethod
+    def authenticate(cls, plain: str | None) -> ApiKey | None:
+        """The active key matching `plain`, compared in constant time, or None."""
+        if not plain or not plain.startswith("vx11_"):
+            return None
+        parts = plain.split("_", 2)
+        if len(parts) != 3:
+            return None
+        key = cls.objects.select_related("user").filter(prefix=parts[1], revoked=False, user__is_active=True).first()
+        if key is None or not hmac.compare_digest(key.key_hash, _digest(plain)):
+            return None
+        cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+        return key

@@ -1,0 +1,128 @@
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.timesince import timesince
+
+from .models import HealthCheck, Module, Rollup, StateChange
+from .probe import run_round
+
+BADGE_COLOURS = {"up": "#1a7f37", "degraded": "#b58105", "down": "#cf222e", "unknown": "#6e7781"}
+
+
+def badge(state: str) -> str:
+    return format_html(
+        '<span class="vx11-badge" data-state="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+        state,
+        BADGE_COLOURS.get(state, "#6e7781"),
+        state,
+    )
+
+
+def svg_chart(series: dict[str, list[tuple]], width: int = 720, height: int = 180, unit: str = "ms") -> str:
+    """A small inline SVG line chart: {label: [(datetime, value), ...]}; no JavaScript, no CDN."""
+    points = [(t, v) for s in series.values() for t, v in s if v is not None]
+    if not points:
+        return ""
+    t0 = min(t for t, _ in points).timestamp()
+    t1 = max(t for t, _ in points).timestamp()
+    vmax = max(v for _, v in points) or 1.0
+    pad, span_t = 30, (t1 - t0) or 1.0
+    colours = ["#0969da", "#cf222e", "#1a7f37", "#8250df"]
+    lines, legend = [], []
+    for i, (label, data) in enumerate(series.items()):
+        coords = " ".join(
+            f"{pad + (t.timestamp() - t0) / span_t * (width - 2 * pad):.1f},{height - pad - v / vmax * (height - 2 * pad):.1f}"
+            for t, v in data
+            if v is not None
+        )
+        colour = colours[i % len(colours)]
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+        legend.append(f'<text x="{pad + 110 * i}" y="14" fill="{colour}" font-size="12">{label}</text>')
+    axis = (
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<text x="2" y="{pad}" font-size="11" fill="#666">{vmax:.0f} {unit}</text>'
+        f'<text x="2" y="{height - pad}" font-size="11" fill="#666">0</text>'
+        f'<text x="{pad}" y="{height - 8}" font-size="11" fill="#666">{timezone.localtime(min(t for t, _ in points)):%m-%d %H:%M}</text>'
+        f'<text x="{width - pad - 70}" y="{height - 8}" font-size="11" fill="#666">{timezone.localtime(max(t for t, _ in points)):%m-%d %H:%M}</text>'
+    )
+    return f'<svg role="img" aria-label="latency chart" width="{width}" height="{height}" style="background:#fafafa;border:1px solid #ddd">{axis}{"".join(lines)}{"".join(legend)}</svg>'
+
+
+@admin.action(description="Probe now")
+def probe_now(modeladmin, request, queryset):
+    results, changes = run_round(list(queryset))
+    failed = [r.slug for r in results if r.outcome == "fail"]
+    level = messages.WARNING if failed else messages.SUCCESS
+    text = f"Probed {len(results)} module(s); {len(changes)} state change(s)."
+    if failed:
+        text += f" Failing: {', '.join(sorted(failed))}."
+    modeladmin.message_user(request, text, level)
+
+
+@admin.register(Module)
+class ModuleAdmin(admin.ModelAdmin):
+    list_display = ["slug", "status_badge", "latency", "uptime", "last_change", "core", "enabled", "base_url", "last_error"]
+    list_display_links = ["slug"]
+    list_filter = ["state", "core", "enabled"]
+    search_fields = ["slug", "name", "base_url", "role"]
+    actions = [probe_now]
+    readonly_fields = ["port", "state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "role", "core", "enabled", "owned_tables"]}),
+        ("Address", {"fields": ["base_url", "health_path", "port"]}),
+        ("Probe", {"fields": ["accepted_statuses", "timeout", "degraded_latency_ms", "down_after", "up_after"]}),
+        ("Current state", {"fields": ["state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]}),
+    ]
+    change_list_template = "admin/fleet/module/change_list.html"
+    change_form_template = "admin/fleet/module/change_form.html"
+
+    @admin.display(description="status", ordering="state")
+    def status_badge(self, obj):
+        return badge(obj.state)
+
+    @admin.display(description="last latency", ordering="last_latency_ms")
+    def latency(self, obj):
+        return "—" if obj.last_latency_ms is None else f"{obj.last_latency_ms:.1f} ms"
+
+    @admin.display(description="uptime 24 h", ordering="uptime_24h")
+    def uptime(self, obj):
+        return "—" if obj.uptime_24h is None else f"{obj.uptime_24h:.2f} %"
+
+    @admin.display(description="last change", ordering="state_since")
+    def last_change(self, obj):
+        return "—" if obj.state_since is None else f"{timesince(obj.state_since)} ago"
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "fleet_summary": Module.fleet_summary()}
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        module = self.get_object(request, object_id)
+        if module is not None:
+            since = timezone.now() - timedelta(hours=24)
+            minutes = list(Rollup.objects.filter(module=module, period=Rollup.Period.MINUTE, bucket_start__gte=since).order_by("bucket_start"))
+            recent = list(HealthCheck.objects.filter(module=module).order_by("-checked_at")[:60])[::-1]
+            extra_context["rollup_chart"] = svg_chart(
+                {"avg": [(r.bucket_start, r.latency_avg) for r in minutes], "p95": [(r.bucket_start, r.latency_p95) for r in minutes]}
+            )
+            extra_context["recent_chart"] = svg_chart({"latency": [(c.checked_at, c.latency_ms) for c in recent]})
+            extra_context["recent_failures"] = sum(c.outcome == "fail" for c in recent)
+            extra_context["recent_count"] = len(recent)
+            extra_context["state_changes"] = module.state_changes.order_by("-at")[:50]
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(StateChange)
+class StateChangeAdmin(admin.ModelAdmin):
+    list_display = ["at", "module", "from_state", "to_state", "reason"]
+    list_filter = ["to_state", "module"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,245 @@
+"""Fleet API: modules (CRUD), their history and state changes, probe now, the fleet overview."""
+
+from datetime import datetime
+from typing import Literal
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.shortcuts import get_object_or_404
+from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.pagination import LimitOffsetPagination, paginate
+from pydantic import ConfigDict
+
+from .models import HealthCheck, Module, Rollup, StateChange
+from .probe import run_round
+
+router = Router(tags=["fleet"])
+
+Slug = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lower-case letters, digits, _ and -")
+
+
+class ModuleIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Slug
+    name: str = Field(..., min_length=1, max_length=100)
+    base_url: str = Field(..., max_length=300, description="http(s)://host:port")
+    health_path: str = Field("/health", max_length=200, pattern=r"^/")
+    role: str = Field("", max_length=200)
+    core: bool = False
+    enabled: bool = True
+    accepted_statuses: list[str] = Field(default_factory=lambda: ["ok"], min_length=1)
+    timeout: float | None = Field(None, gt=0, le=60, description="seconds; default VX11_PROBE_DEFAULT_TIMEOUT")
+    degraded_latency_ms: float | None = Field(None, ge=0)
+    down_after: int = Field(3, ge=1, le=100)
+    up_after: int = Field(2, ge=1, le=100)
+    owned_tables: list[str] = Field(default_factory=list)
+
+
+class ModulePatch(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    base_url: str | None = Field(None, max_length=300)
+    health_path: str | None = Field(None, max_length=200, pattern=r"^/")
+    role: str | None = Field(None, max_length=200)
+    core: bool | None = None
+    enabled: bool | None = None
+    accepted_statuses: list[str] | None = Field(None, min_length=1)
+    timeout: float | None = Field(None, gt=0, le=60)
+    degraded_latency_ms: float | None = Field(None, ge=0)
+    down_after: int | None = Field(None, ge=1, le=100)
+    up_after: int | None = Field(None, ge=1, le=100)
+    owned_tables: list[str] | None = None
+
+
+class ModuleOut(Schema):
+    slug: str
+    name: str
+    base_url: str
+    health_path: str
+    port: int | None
+    role: str
+    core: bool
+    enabled: bool
+    accepted_statuses: list[str]
+    timeout: float
+    degraded_latency_ms: float | None
+    down_after: int
+    up_after: int
+    owned_tables: list[str]
+    state: str
+    state_since: datetime | None
+    last_checked_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: float | None
+    last_status_value: str
+    last_error: str
+    uptime_24h: float | None
+    uptime_7d: float | None
+    uptime_30d: float | None
+
+
+class HistoryOut(Schema):
+    """A raw check (outcome, status, latency_ms) or a rollup bucket (count, failures, latency stats)."""
+
+    at: datetime
+    outcome: str | None = None
+    status_code: int | None = None
+    status_value: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    count: int | None = None
+    failures: int | None = None
+    uptime: float | None = None
+    latency_min: float | None = None
+    latency_avg: float | None = None
+    latency_p95: float | None = None
+    latency_max: float | None = None
+
+    @staticmethod
+    def resolve_at(obj):
+        return getattr(obj, "checked_at", None) or obj.bucket_start
+
+
+class ChangeOut(Schema):
+    at: datetime
+    from_state: str
+    to_state: str
+    reason: str
+
+
+class ProbeOut(Schema):
+    slug: str
+    state: str
+    outcome: str
+    status_code: int | None
+    latency_ms: float | None
+    status: str | None
+    error: str | None
+    checked_at: datetime
+
+
+class SummaryOut(Schema):
+    up: int
+    degraded: int
+    down: int
+    unknown: int
+    total: int
+    core_down: list[str]
+
+
+class OverviewOut(Schema):
+    summary: SummaryOut
+    modules: list[ModuleOut]
+
+
+class HistoryFilter(Schema):
+    resolution: Literal["raw", "minute", "hour", "day"] = "raw"
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _module(slug: str) -> Module:
+    return get_object_or_404(Module, slug=slug)
+
+
+def _save(module: Module) -> Module:
+    """Model validation (URL, statuses, bounds) as a 422 with a readable message."""
+    try:
+        module.full_clean()
+    except DjangoValidationError as exc:
+        detail = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+        raise HttpError(422, detail) from None
+    try:
+        module.save()
+    except IntegrityError:
+        raise HttpError(409, f"a module with slug '{module.slug}' already exists") from None
+    return module
+
+
+@router.get("/overview", response=OverviewOut, summary="Fleet summary and every module's current state")
+def overview(request):
+    return {"summary": Module.fleet_summary(), "modules": list(Module.objects.filter(enabled=True))}
+
+
+@router.get("/modules", response=list[ModuleOut], summary="List modules")
+def list_modules(request, state: Literal["up", "degraded", "down", "unknown"] | None = None, core: bool | None = None):
+    modules = Module.objects.all()
+    if state:
+        modules = modules.filter(state=state)
+    if core is not None:
+        modules = modules.filter(core=core)
+    return modules
+
+
+@router.post("/modules", response={201: ModuleOut}, summary="Add a module")
+def create_module(request, payload: ModuleIn):
+    if Module.objects.filter(slug=payload.slug).exists():
+        raise HttpError(409, f"a module with slug '{payload.slug}' already exists")
+    data = payload.model_dump()
+    if data["timeout"] is None:
+        data.pop("timeout")
+    return 201, _save(Module(**data))
+
+
+@router.get("/modules/{slug}", response=ModuleOut, summary="Read a module")
+def read_module(request, slug: str):
+    return _module(slug)
+
+
+@router.patch("/modules/{slug}", response=ModuleOut, summary="Change a module (only the fields sent)")
+def update_module(request, slug: str, payload: ModulePatch):
+    module = _module(slug)
+    changes = payload.model_dump(exclude_unset=True)
+    for field in ("name", "base_url", "health_path", "core", "enabled", "accepted_statuses", "timeout", "down_after", "up_after", "owned_tables", "role"):
+        if field in changes and changes[field] is None:
+            raise HttpError(422, f"{field}: may not be null")
+    for field, value in changes.items():
+        setattr(module, field, value)
+    return _save(module)
+
+
+@router.delete("/modules/{slug}", response={204: None}, summary="Delete a module and its history")
+def delete_module(request, slug: str):
+    _module(slug).delete()
+    return 204, None
+
+
+@router.get("/modules/{slug}/history", response=list[HistoryOut], summary="Raw checks or rollups, newest first, paged")
+@paginate(LimitOffsetPagination)
+def module_history(request, slug: str, filters: HistoryFilter = Query(...)):
+    module = _module(slug)
+    if filters.resolution == "raw":
+        rows = HealthCheck.objects.filter(module=module)
+        time_field = "checked_at"
+    else:
+        rows = Rollup.objects.filter(module=module, period=filters.resolution)
+        time_field = "bucket_start"
+    if filters.since:
+        rows = rows.filter(**{f"{time_field}__gte": filters.since})
+    if filters.until:
+        rows = rows.filter(**{f"{time_field}__lt": filters.until})
+    return rows.order_by(f"-{time_field}")
+
+
+@router.get("/modules/{slug}/changes", response=list[ChangeOut], summary="State changes, newest first, paged")
+@paginate(LimitOffsetPagination)
+def module_changes(request, slug: str):
+    return StateChange.objects.filter(module=_module(slug))
+
+
+@router.post("/modules/{slug}/probe", response=ProbeOut, summary="Probe one module now")
+def probe_module(request, slug: str):
+    module = _module(slug)
+    results, _ = run_round([module])
+    module.refresh_from_db(fields=["state"])
+    return results[0].as_dict(module.state)
+
+
+@router.post("/probe", response=list[ProbeOut], summary="Probe the whole fleet now")
+def probe_fleet(request):
+    results, _ = run_round()
+    states = dict(Module.objects.values_list("id", "state"))
+    return [r.as_dict(states.get(r.module_id)) for r in results]

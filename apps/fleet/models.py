@@ -1,0 +1,522 @@
+"""The fleet: VX11 modules, their health checks, state changes and rolled-up history.
+
+State follows Gatus-like thresholds: a module goes down after `down_after` failures in a
+row and comes back after `up_after` successes in a row, so a single blip does not flap.
+Raw checks are kept for VX11_RAW_RETENTION_HOURS and rolled up per minute, hour and day;
+uptime and latency series come from the rollups only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
+from django.db import models, transaction
+from django.db.models import Max, Sum
+from django.utils import timezone
+
+
+def default_accepted_statuses() -> list[str]:
+    return ["ok"]
+
+
+def default_timeout() -> float:
+    return settings.VX11_PROBE_DEFAULT_TIMEOUT
+
+
+class Outcome(models.TextChoices):
+    OK = "ok", "ok"
+    SLOW = "slow", "slow (over the latency threshold)"
+    FAIL = "fail", "failed"
+
+
+class State(models.TextChoices):
+    UP = "up", "up"
+    DEGRADED = "degraded", "degraded"
+    DOWN = "down", "down"
+    UNKNOWN = "unknown", "unknown"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe of one module found. Built by apps.fleet.probe, stored by record_round."""
+
+    module_id: int
+    slug: str
+    checked_at: datetime
+    outcome: str
+    status_code: int | None = None
+    latency_ms: float | None = None
+    status_value: str = ""
+    error: str = ""
+
+    def as_dict(self, state: str | None = None) -> dict:
+        return {
+            "slug": self.slug,
+            "state": state,
+            "outcome": self.outcome,
+            "status_code": self.status_code,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+            "status": self.status_value or None,
+            "error": self.error or None,
+            "checked_at": self.checked_at.isoformat(),
+        }
+
+
+def validate_statuses(value) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError("accepted statuses must be a non-empty list of strings, e.g. [\"ok\"]")
+
+
+def validate_http_url(value: str) -> None:
+    URLValidator(schemes=["http", "https"])(value)
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        raise ValidationError("base URL must not carry a query or fragment")
+
+
+class Module(models.Model):
+    """A VX11 service the portal watches (and later controls)."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    base_url = models.CharField(max_length=300, validators=[validate_http_url], help_text="e.g. http://127.0.0.1:8001")
+    health_path = models.CharField(max_length=200, default="/health")
+    port = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="taken from the base URL")
+    role = models.CharField(max_length=200, blank=True)
+    core = models.BooleanField(default=False, help_text="one of the five core modules; a core module down fails `vx11 probe`")
+    enabled = models.BooleanField(default=True)
+    accepted_statuses = models.JSONField(default=default_accepted_statuses, validators=[validate_statuses])
+    timeout = models.FloatField(default=default_timeout, validators=[MinValueValidator(0.05), MaxValueValidator(60)], help_text="seconds")
+    degraded_latency_ms = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)], help_text="slower than this counts as degraded")
+    down_after = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)], help_text="failures in a row before down")
+    up_after = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)], help_text="successes in a row before up")
+    owned_tables = models.JSONField(default=list, blank=True, help_text="DB tables (or prefixes with *) this module owns")
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.UNKNOWN)
+    state_since = models.DateTimeField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=4, choices=Outcome.choices, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_latency_ms = models.FloatField(null=True, blank=True)
+    last_status_value = models.CharField(max_length=64, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    outcome_streak = models.PositiveIntegerField(default=0, help_text="results in a row equal to last_outcome")
+    success_streak = models.PositiveIntegerField(default=0, help_text="ok or slow results in a row")
+    uptime_24h = models.FloatField(null=True, blank=True)
+    uptime_7d = models.FloatField(null=True, blank=True)
+    uptime_30d = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["port", "slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def save(self, *args, **kwargs):
+        self.port = urlsplit(self.base_url).port
+        super().save(*args, **kwargs)
+
+    @property
+    def health_url(self) -> str:
+        return self.base_url.rstrip("/") + "/" + self.health_path.lstrip("/")
+
+    def outcome_for(self, ok: bool, latency_ms: float | None) -> str:
+        if not ok:
+            return Outcome.FAIL
+        if self.degraded_latency_ms is not None and latency_ms is not None and latency_ms > self.degraded_latency_ms:
+            return Outcome.SLOW
+        return Outcome.OK
+
+    def apply_result(self, result: ProbeResult) -> StateChange | None:
+        """Fold one probe result into the current state; return the unsaved change, if any."""
+        if result.outcome == self.last_outcome:
+            self.outcome_streak += 1
+        else:
+            self.outcome_streak = 1
+        self.success_streak = 0 if result.outcome == Outcome.FAIL else self.success_streak + 1
+        self.last_outcome = result.outcome
+        self.last_checked_at = result.checked_at
+        self.last_status_code = result.status_code
+        self.last_latency_ms = result.latency_ms
+        self.last_status_value = result.status_value[:64]
+        self.last_error = result.error[:500]
+
+        target = {Outcome.OK: State.UP, Outcome.SLOW: State.DEGRADED, Outcome.FAIL: State.DOWN}[result.outcome]
+        if target == self.state:
+            return None
+        if self.state == State.UNKNOWN:
+            reason = f"first result: {self._describe(result)}"
+        elif target == State.DOWN:
+            if self.outcome_streak < self.down_after:
+                return None
+            reason = f"{self.outcome_streak} failures in a row: {result.error}"
+        elif self.state == State.DOWN:
+            if self.success_streak < self.up_after:
+                return None
+            reason = f"{self.success_streak} successes in a row: {self._describe(result)}"
+        else:  # between up and degraded
+            if self.outcome_streak < self.up_after:
+                return None
+            reason = f"{self.outcome_streak} {result.outcome} results in a row: {self._describe(result)}"
+        change = StateChange(module=self, at=result.checked_at, from_state=self.state, to_state=target, reason=reason[:500])
+        self.state = target
+        self.state_since = result.checked_at
+        return change
+
+    def _describe(self, result: ProbeResult) -> str:
+        if result.outcome == Outcome.FAIL:
+            return result.error
+        text = f"status {result.status_value!r} in {result.latency_ms:.0f} ms"
+        if result.outcome == Outcome.SLOW:
+            text += f" (over {self.degraded_latency_ms:.0f} ms)"
+        return text
+
+    STATE_FIELDS = [
+        "state",
+        "state_since",
+        "last_checked_at",
+        "last_outcome",
+        "last_status_code",
+        "last_latency_ms",
+        "last_status_value",
+        "last_error",
+        "outcome_streak",
+        "success_streak",
+    ]
+
+    @classmethod
+    def fleet_summary(cls) -> dict:
+        counts = dict(cls.objects.filter(enabled=True).values_list("state").annotate(n=models.Count("id")))
+        summary = {state: counts.get(state, 0) for state in State.values}
+        summary["total"] = sum(counts.values())
+        summary["core_down"] = list(cls.objects.filter(enabled=True, core=True, state=State.DOWN).values_list("slug", flat=True))
+        return summary
+
+
+class HealthCheck(models.Model):
+    """One raw probe result. Kept for VX11_RAW_RETENTION_HOURS, then only in rollups."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="checks")
+    checked_at = models.DateTimeField()
+    outcome = models.CharField(max_length=4, choices=Outcome.choices)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    status_value = models.CharField(max_length=64, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [
+            # module history API (raw resolution, newest first)
+            models.Index(fields=["module", "-checked_at"], name="check_module_time"),
+            # rollups (closed buckets) and prune_raw (age cut-off)
+            models.Index(fields=["checked_at"], name="check_time"),
+        ]
+
+    @classmethod
+    def record_round(cls, results: list[ProbeResult]) -> list[StateChange]:
+        """Store a round in one bulk insert and fold it into each module's state."""
+        if not results:
+            return []
+        by_module = {r.module_id: r for r in results}
+        with transaction.atomic():
+            cls.objects.bulk_create(
+                [
+                    cls(
+                        module_id=r.module_id,
+                        checked_at=r.checked_at,
+                        outcome=r.outcome,
+                        status_code=r.status_code,
+                        latency_ms=r.latency_ms,
+                        status_value=r.status_value[:64],
+                        error=r.error[:500],
+                    )
+                    for r in results
+                ],
+                batch_size=1000,
+            )
+            modules = list(Module.objects.select_for_update().filter(id__in=by_module))
+            changes = [c for m in modules if (c := m.apply_result(by_module[m.id])) is not None]
+            Module.objects.bulk_update(modules, Module.STATE_FIELDS, batch_size=500)
+            StateChange.objects.bulk_create(changes)
+        return changes
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        """Delete raw checks older than the retention window that the rollups already cover."""
+        now = now or timezone.now()
+        cutoff = now - timedelta(hours=settings.VX11_RAW_RETENTION_HOURS)
+        # never drop raw rows that are not rolled up yet (hour rollups are built from raw)
+        hour_end = Rollup.watermark(Rollup.Period.HOUR)
+        cutoff = min(cutoff, hour_end) if hour_end else None
+        if cutoff is None:
+            return 0
+        return prune_in_chunks(cls.objects.filter(checked_at__lt=cutoff))
+
+
+class StateChange(models.Model):
+    """Every state transition of a module: when, from, to and why."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="state_changes")
+    at = models.DateTimeField()
+    from_state = models.CharField(max_length=10, choices=State.choices)
+    to_state = models.CharField(max_length=10, choices=State.choices)
+    reason = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # module page and the state-changes API, newest first
+            models.Index(fields=["module", "-at"], name="change_module_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.module_id}: {self.from_state} → {self.to_state}"
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def prune_in_chunks(queryset, chunk: int | None = None) -> int:
+    """Delete in chunks of primary keys so a prune never holds the database for long."""
+    chunk = chunk or settings.VX11_PRUNE_CHUNK
+    total = 0
+    while True:
+        ids = list(queryset.values_list("id", flat=True)[:chunk])
+        if not ids:
+            return total
+        with transaction.atomic():
+            total += queryset.model.objects.filter(id__in=ids).delete()[0]
+
+
+class Rollup(models.Model):
+    """Aggregates of a module's checks over one minute, hour or day.
+
+    Minutes and hours are computed from raw checks (exact p95); days from hours, where
+    p95 is the latency-sample-weighted mean of the hourly p95s (an approximation).
+    Latency figures cover checks that got an HTTP answer; failures count every failed check.
+    """
+
+    class Period(models.TextChoices):
+        MINUTE = "minute"
+        HOUR = "hour"
+        DAY = "day"
+
+    SIZES = {Period.MINUTE: timedelta(minutes=1), Period.HOUR: timedelta(hours=1), Period.DAY: timedelta(days=1)}
+    # checks of a round are inserted when the round ends: wait this long before closing a bucket
+    GRACE = timedelta(seconds=90)
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="rollups")
+    period = models.CharField(max_length=6, choices=Period.choices)
+    bucket_start = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    failures = models.PositiveIntegerField()
+    latency_samples = models.PositiveIntegerField(default=0)
+    latency_min = models.FloatField(null=True)
+    latency_avg = models.FloatField(null=True)
+    latency_p95 = models.FloatField(null=True)
+    latency_max = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["-bucket_start"]
+        constraints = [
+            # one row per bucket; also serves the module history API (rolled-up resolution)
+            models.UniqueConstraint(fields=["module", "period", "bucket_start"], name="rollup_unique_bucket"),
+        ]
+        indexes = [
+            # uptime refresh (sum per module since a time), watermark and prune by age
+            models.Index(fields=["period", "bucket_start"], name="rollup_period_time"),
+        ]
+
+    @property
+    def uptime(self) -> float | None:
+        return None if not self.count else 100.0 * (self.count - self.failures) / self.count
+
+    @classmethod
+    def floor(cls, moment: datetime, period: str) -> datetime:
+        if period == cls.Period.MINUTE:
+            return moment.replace(second=0, microsecond=0)
+        if period == cls.Period.HOUR:
+            return moment.replace(minute=0, second=0, microsecond=0)
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    @classmethod
+    def watermark(cls, period: str) -> datetime | None:
+        """End of the newest bucket rolled up for this period (all modules roll up together)."""
+        last = cls.objects.filter(period=period).aggregate(m=Max("bucket_start"))["m"]
+        return last + cls.SIZES[period] if last else None
+
+    @classmethod
+    def roll_up(cls, now: datetime | None = None) -> dict[str, int]:
+        """Roll every closed, not yet rolled-up bucket; idempotent (upserts)."""
+        now = now or timezone.now()
+        written = {}
+        for period in (cls.Period.MINUTE, cls.Period.HOUR):
+            written[period] = cls._roll_from_raw(period, now)
+        written[cls.Period.DAY] = cls._roll_days_from_hours(now)
+        return written
+
+    @classmethod
+    def _window(cls, period: str, now: datetime, first_source_time: datetime | None) -> tuple[datetime, datetime] | None:
+        end = cls.floor(now - cls.GRACE, period)
+        start = cls.watermark(period)
+        if start is None:
+            if first_source_time is None:
+                return None
+            start = cls.floor(first_source_time, period)
+        return (start, end) if start < end else None
+
+    @classmethod
+    def _roll_from_raw(cls, period: str, now: datetime) -> int:
+        first = HealthCheck.objects.aggregate(m=models.Min("checked_at"))["m"]
+        window = cls._window(period, now, first)
+        if window is None:
+            return 0
+        start, end = window
+        buckets: dict[tuple[int, datetime], list] = {}
+        rows = HealthCheck.objects.filter(checked_at__gte=start, checked_at__lt=end).values_list("module_id", "checked_at", "outcome", "latency_ms")
+        for module_id, checked_at, outcome, latency in rows.iterator(chunk_size=5000):
+            bucket = buckets.setdefault((module_id, cls.floor(checked_at, period)), [0, 0, []])
+            bucket[0] += 1
+            bucket[1] += outcome == Outcome.FAIL
+            if latency is not None:
+                bucket[2].append(latency)
+        objs = []
+        for (module_id, bucket_start), (count, failures, latencies) in buckets.items():
+            objs.append(
+                cls(
+                    module_id=module_id,
+                    period=period,
+                    bucket_start=bucket_start,
+                    count=count,
+                    failures=failures,
+                    latency_samples=len(latencies),
+                    latency_min=min(latencies) if latencies else None,
+                    latency_avg=sum(latencies) / len(latencies) if latencies else None,
+                    latency_p95=p95(latencies),
+                    latency_max=max(latencies) if latencies else None,
+                )
+            )
+        cls._upsert(objs)
+        return len(objs)
+
+    @classmethod
+    def _roll_days_from_hours(cls, now: datetime) -> int:
+        hours = cls.objects.filter(period=cls.Period.HOUR)
+        first = hours.aggregate(m=models.Min("bucket_start"))["m"]
+        window = cls._window(cls.Period.DAY, now, first)
+        if window is None:
+            return 0
+        start, end = window
+        # a day is closed only once its last hour is rolled up
+        hour_end = cls.watermark(cls.Period.HOUR)
+        end = min(end, cls.floor(hour_end, cls.Period.DAY)) if hour_end else start
+        if start >= end:
+            return 0
+        buckets: dict[tuple[int, datetime], list] = {}
+        for r in hours.filter(bucket_start__gte=start, bucket_start__lt=end).iterator(chunk_size=5000):
+            b = buckets.setdefault((r.module_id, cls.floor(r.bucket_start, cls.Period.DAY)), [0, 0, 0, [], [], 0.0, 0.0])
+            b[0] += r.count
+            b[1] += r.failures
+            b[2] += r.latency_samples
+            if r.latency_samples:
+                b[3].append(r.latency_min)
+                b[4].append(r.latency_max)
+                b[5] += r.latency_avg * r.latency_samples
+                b[6] += r.latency_p95 * r.latency_samples
+        objs = [
+            cls(
+                module_id=module_id,
+                period=cls.Period.DAY,
+                bucket_start=day,
+                count=count,
+                failures=failures,
+                latency_samples=samples,
+                latency_min=min(mins) if mins else None,
+                latency_avg=avg_sum / samples if samples else None,
+                latency_p95=p95_sum / samples if samples else None,
+                latency_max=max(maxs) if maxs else None,
+            )
+            for (module_id, day), (count, failures, samples, mins, maxs, avg_sum, p95_sum) in buckets.items()
+        ]
+        cls._upsert(objs)
+        return len(objs)
+
+    @classmethod
+    def _upsert(cls, objs: list[Rollup]) -> None:
+        cls.objects.bulk_create(
+            objs,
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=["module", "period", "bucket_start"],
+            update_fields=["count", "failures", "latency_samples", "latency_min", "latency_avg", "latency_p95", "latency_max"],
+        )
+
+    @classmethod
+    def ceil(cls, moment: datetime, period: str) -> datetime:
+        floor = cls.floor(moment, period)
+        return floor if floor == moment else floor + cls.SIZES[period]
+
+    @classmethod
+    def uptimes_since(cls, since: datetime) -> dict[int, float]:
+        """Uptime % per module since a moment: whole days, then hours, then minutes, no overlap."""
+        totals: dict[int, list[int]] = {}
+        covered: list[tuple[datetime, datetime]] = []
+        for period in (cls.Period.DAY, cls.Period.HOUR, cls.Period.MINUTE):
+            start, end = cls.ceil(since, period), cls.watermark(period)
+            if end is None or start >= end:
+                continue
+            rows = cls.objects.filter(period=period, bucket_start__gte=start, bucket_start__lt=end)
+            for a, b in covered:
+                rows = rows.exclude(bucket_start__gte=a, bucket_start__lt=b)
+            for row in rows.values("module_id").annotate(c=Sum("count"), f=Sum("failures")):
+                t = totals.setdefault(row["module_id"], [0, 0])
+                t[0] += row["c"]
+                t[1] += row["f"]
+            covered.append((start, end))
+        return {mid: 100.0 * (c - f) / c for mid, (c, f) in totals.items() if c}
+
+    @classmethod
+    def refresh_uptimes(cls, now: datetime | None = None) -> None:
+        now = now or timezone.now()
+        windows = {"uptime_24h": timedelta(hours=24), "uptime_7d": timedelta(days=7), "uptime_30d": timedelta(days=30)}
+        values = {field: cls.uptimes_since(now - span) for field, span in windows.items()}
+        modules = list(Module.objects.only("id", *windows))
+        for m in modules:
+            for field in windows:
+                setattr(m, field, values[field].get(m.id))
+        Module.objects.bulk_update(modules, list(windows), batch_size=500)
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        now = now or timezone.now()
+        keep = {
+            cls.Period.MINUTE: timedelta(days=settings.VX11_MINUTE_RETENTION_DAYS),
+            cls.Period.HOUR: timedelta(days=settings.VX11_HOUR_RETENTION_DAYS),
+            cls.Period.DAY: timedelta(days=settings.VX11_DAY_RETENTION_DAYS),
+        }
+        return sum(prune_in_chunks(cls.objects.filter(period=p, bucket_start__lt=now - span)) for p, span in keep.items())
+
+
+def maintain_history(now: datetime | None = None) -> dict:
+    """Roll up, refresh uptimes, prune: the minutely housekeeping of the fleet's history."""
+    now = now or timezone.now()
+    written = Rollup.roll_up(now)
+    Rollup.refresh_uptimes(now)
+    pruned_raw = HealthCheck.prune(now)
+    pruned_rollups = Rollup.prune(now)
+    return {"rolled_up": written, "pruned_raw": pruned_raw, "pruned_rollups": pruned_rollups}
+
+
+__all__ = ["Module", "HealthCheck", "StateChange", "Rollup", "ProbeResult", "Outcome", "State", "maintain_history"]
