@@ -63,14 +63,14 @@ def probe_now(modeladmin, request, queryset):
 
 @admin.register(Module)
 class ModuleAdmin(admin.ModelAdmin):
-    list_display = ["slug", "status_badge", "latency", "uptime", "last_change", "core", "enabled", "base_url", "last_error"]
+    list_display = ["slug", "status_badge", "latency", "uptime", "last_change", "core", "enabled", "simulated", "base_url", "last_error"]
     list_display_links = ["slug"]
-    list_filter = ["state", "core", "enabled"]
+    list_filter = ["state", "core", "enabled", "simulated"]
     search_fields = ["slug", "name", "base_url", "role"]
     actions = [probe_now]
     readonly_fields = ["port", "state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]
     fieldsets = [
-        (None, {"fields": ["slug", "name", "role", "core", "enabled", "owned_tables"]}),
+        (None, {"fields": ["slug", "name", "role", "core", "enabled", "simulated", "owned_tables"]}),
         ("Address", {"fields": ["base_url", "health_path", "port"]}),
         ("Probe", {"fields": ["accepted_statuses", "timeout", "degraded_latency_ms", "down_after", "up_after"]}),
         ("Current state", {"fields": ["state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]}),

@@ -6,7 +6,7 @@ from typing import Literal
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ConfigDict
@@ -181,7 +181,7 @@ def create_module(request, payload: ModuleIn):
     data = payload.model_dump()
     if data["timeout"] is None:
         data.pop("timeout")
-    return 201, _save(Module(**data))
+    return Status(201, _save(Module(**data)))
 
 
 @router.get("/modules/{slug}", response=ModuleOut, summary="Read a module")
@@ -204,7 +204,7 @@ def update_module(request, slug: str, payload: ModulePatch):
 @router.delete("/modules/{slug}", response={204: None}, summary="Delete a module and its history")
 def delete_module(request, slug: str):
     _module(slug).delete()
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/modules/{slug}/history", response=list[HistoryOut], summary="Raw checks or rollups, newest first, paged")

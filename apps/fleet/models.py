@@ -97,6 +97,7 @@ class Module(models.Model):
     down_after = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)], help_text="failures in a row before down")
     up_after = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)], help_text="successes in a row before up")
     owned_tables = models.JSONField(default=list, blank=True, help_text="DB tables (or prefixes with *) this module owns")
+    simulated = models.BooleanField(default=False, help_text="served by the demo fleet's simulator (apps.simfleet), not the real module")
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.UNKNOWN)
     state_since = models.DateTimeField(null=True, blank=True)
@@ -196,6 +197,7 @@ class Module(models.Model):
         summary = {state: counts.get(state, 0) for state in State.values}
         summary["total"] = sum(counts.values())
         summary["core_down"] = list(cls.objects.filter(enabled=True, core=True, state=State.DOWN).values_list("slug", flat=True))
+        summary["simulated"] = cls.objects.filter(enabled=True, simulated=True).count()
         return summary
 
 
