@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`. Only Python 3.11+ is needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Set up, migrate, start the demo fleet + Celery worker with beat + daphne; prints the URL and login.
+demo: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py vx11 demo
+
+# Set up and run the whole test suite (SQLite by default; DATABASE_URL/REDIS_URL switch to PostgreSQL/Redis).
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/probe_round.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,63 @@
+"""The beat schedule really fires: a real Celery worker with embedded beat, on real Redis,
+reads the migration's schedule from the database and stores probe rounds of the demo fleet."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from apps.fleet.models import HealthCheck, Module
+from tests.conftest import point_fleet_at, redis_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url_of_test_db() -> str:
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(s['NAME']).resolve()}"
+    return f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_worker_with_beat_stores_probe_rounds(sim):
+    broker = redis_url()
+    point_fleet_at(sim)
+    sim.set_mode("hermes", "error")
+    probe_entry = PeriodicTask.objects.get(task="apps.fleet.tasks.probe_fleet")  # made by the migration
+    probe_entry.interval, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
+    probe_entry.save()
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-B", "-P", "solo", "-l", "WARNING",
+         "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "-n", f"beat-test-{os.getpid()}@%h"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and HealthCheck.objects.filter(module__slug="madre").count() < 3:
+            assert worker.poll() is None, worker.stdout.read()
+            time.sleep(0.5)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            output = worker.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            output = worker.communicate()[0]
+
+    rounds = HealthCheck.objects.filter(module__slug="madre").count()
+    assert rounds >= 3, f"beat fired {rounds} rounds in 45 s; worker said:\n{output[-3000:]}"
+    assert HealthCheck.objects.filter(module__slug="madre", outcome="ok").count() == rounds
+    assert set(HealthCheck.objects.filter(module__slug="hermes").values_list("error", flat=True)) == {"HTTP 500"}
+    assert Module.objects.get(slug="madre").state == "up"
+    assert Module.objects.get(slug="hermes").state == "down"
+    assert PeriodicTask.objects.get(pk=probe_entry.pk).total_run_count >= 3
