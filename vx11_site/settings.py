@@ -91,6 +91,8 @@ INSTALLED_APPS = [
     "vx11_site",
     "apps.accounts",
     "apps.fleet",
+    "apps.events",
+    "apps.operator",
     "apps.simfleet",
 ]
 
@@ -199,6 +201,22 @@ VX11_MINUTE_RETENTION_DAYS = envint("VX11_MINUTE_RETENTION_DAYS", 7)
 VX11_HOUR_RETENTION_DAYS = envint("VX11_HOUR_RETENTION_DAYS", 90)
 VX11_DAY_RETENTION_DAYS = envint("VX11_DAY_RETENTION_DAYS", 730)
 VX11_PRUNE_CHUNK = envint("VX11_PRUNE_CHUNK", 5000)
+VX11_EVENT_RETENTION_HOURS = envint("VX11_EVENT_RETENTION_HOURS", 72)
+# X-VX11-Token for the operator endpoints and /ws: from the environment, or made once into var/ (embedded).
+VX11_TOKEN = envsecret("VX11_TOKEN")
+if not VX11_TOKEN:
+    _token_file = VAR_DIR / "vx11_token"
+    if not _token_file.exists():
+        import secrets
+
+        _token_file.write_text(secrets.token_urlsafe(24))
+        _token_file.chmod(0o600)
+    VX11_TOKEN = _token_file.read_text().strip()
+VX11_UPSTREAM_TIMEOUT = envfloat("VX11_UPSTREAM_TIMEOUT", 3.0)
+VX11_OVERVIEW_STALE_SECONDS = envint("VX11_OVERVIEW_STALE_SECONDS", 60)
+VX11_WS_MAX_FRAME = envint("VX11_WS_MAX_FRAME", 64 * 1024)
+VX11_WS_RATE = envfloat("VX11_WS_RATE", 20.0)  # messages per second a client may send, sustained
+VX11_WS_BURST = envint("VX11_WS_BURST", 40)
 VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "evidence")).resolve()
 
 LOGGING = {

@@ -20,6 +20,9 @@ from django.db import models, transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from apps.events.models import publish
+from vx11_site.db import prune_in_chunks
+
 
 def default_accepted_statuses() -> list[str]:
     return ["ok"]
@@ -247,6 +250,7 @@ class HealthCheck(models.Model):
             changes = [c for m in modules if (c := m.apply_result(by_module[m.id])) is not None]
             Module.objects.bulk_update(modules, Module.STATE_FIELDS, batch_size=500)
             StateChange.objects.bulk_create(changes)
+            transaction.on_commit(lambda: [c.announce() for c in changes])
         return changes
 
     @classmethod
@@ -281,6 +285,13 @@ class StateChange(models.Model):
     def __str__(self) -> str:
         return f"{self.module_id}: {self.from_state} → {self.to_state}"
 
+    def announce(self) -> None:
+        """Tell every listener (WebSocket clients, the live admin) as a canonical status_changed event."""
+        publish(
+            "status_changed",
+            {"module": self.module.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()},
+        )
+
 
 def p95(values: list[float]) -> float | None:
     """Nearest-rank 95th percentile."""
@@ -288,18 +299,6 @@ def p95(values: list[float]) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def prune_in_chunks(queryset, chunk: int | None = None) -> int:
-    """Delete in chunks of primary keys so a prune never holds the database for long."""
-    chunk = chunk or settings.VX11_PRUNE_CHUNK
-    total = 0
-    while True:
-        ids = list(queryset.values_list("id", flat=True)[:chunk])
-        if not ids:
-            return total
-        with transaction.atomic():
-            total += queryset.model.objects.filter(id__in=ids).delete()[0]
 
 
 class Rollup(models.Model):

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OperatorConfig(AppConfig):
+    name = "apps.operator"
+    verbose_name = "Operator backend v7"
