@@ -1,4 +1,4 @@
-"""HTTP goes to Django; WebSocket routes join here as the operator app grows them."""
+"""HTTP goes to Django; WebSocket (/ws/{session_id}) to the operator app's consumer."""
 
 import os
 
@@ -9,7 +9,7 @@ django_asgi = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 
-websocket_urlpatterns: list = []
+from apps.operator.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

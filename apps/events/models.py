@@ -83,11 +83,12 @@ def _store(event_type: str, data: dict | None, session_id: str | None) -> dict:
 
 
 def _groups(session_id: str | None) -> list[str]:
-    return [session_group(session_id), BROADCAST_GROUP] if session_id else [BROADCAST_GROUP]
+    """A session's event goes to that session's group; an event of no session to everyone."""
+    return [session_group(session_id)] if session_id else [BROADCAST_GROUP]
 
 
 def publish(event_type: str, data: dict | None = None, session_id: str | None = None) -> dict:
-    """Validate, store and send an event to its session's group and the broadcast group."""
+    """Validate, store and send an event: to its session's group, or without a session to the broadcast group."""
     envelope = _store(event_type, data, session_id)
     layer = get_channel_layer()
     if layer is not None:

@@ -1,0 +1,144 @@
+"""WS /ws/{session_id}: the operator event stream, v7 contract (REFERENCE.md section 3).
+
+Auth by `X-VX11-Token` header or `?token=` (browsers cannot set WebSocket headers), or a
+per-user API key in either place. On connect: a `connected` control message, then the
+stored events after `?cursor=`. Incoming `{event_type, data}` is validated and published
+on the bus; plain text becomes `message_received`; bad JSON gets `error_reported`.
+"""
+
+import hmac
+import json
+import time
+import uuid
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from apps.accounts.models import ApiKey
+from apps.events.models import BROADCAST_GROUP, CANONICAL_TYPES, SESSION_ID, Event, apublish, session_group
+
+# daphne (autobahn) lets a server close only with 1000 or 3000-4999 and drops the reason text,
+# so the codes are 1008/1009 moved into the application range, and the reason is also sent
+# as a control message just before the close.
+AUTH_REQUIRED = 4401
+FORBIDDEN = 4403
+POLICY_VIOLATION = 4008
+TOO_BIG = 4009
+
+
+def token_is_valid(token: str) -> bool:
+    if hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
+        return True
+    return ApiKey.authenticate(token) is not None
+
+
+class TokenBucket:
+    """`rate` messages a second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.capacity, self.tokens, self.at = rate, burst, float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class EventConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
+        token = headers.get("x-vx11-token") or (query.get("token") or [""])[0]
+
+        await self.accept()
+        if not token:
+            return await self.refuse(AUTH_REQUIRED, "auth_required", "send X-VX11-Token or ?token=")
+        if not await database_sync_to_async(token_is_valid)(token):
+            return await self.refuse(FORBIDDEN, "forbidden", "invalid token")
+        if not SESSION_ID.match(self.session_id):
+            return await self.refuse(POLICY_VIOLATION, "invalid_session_id", "1-64 of A-Z a-z 0-9 _ . -")
+
+        self.client_id = uuid.uuid4().hex
+        self.bucket = TokenBucket(settings.VX11_WS_RATE, settings.VX11_WS_BURST)
+        self.strikes = 0
+        self.groups_joined = [session_group(self.session_id), BROADCAST_GROUP]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.send_json({"channel": "control", "type": "connected", "client_id": self.client_id, "session_id": self.session_id})
+
+        cursor = (query.get("cursor") or [""])[0]
+        if cursor:
+            if not cursor.isdigit():
+                await self.send_json({"channel": "control", "type": "error", "error": "invalid_cursor", "detail": "cursor must be a non-negative integer"})
+            else:
+                for event in await database_sync_to_async(Event.replay)(self.session_id, int(cursor)):
+                    await self.send_json({**event.envelope, "replayed": True})
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if not hasattr(self, "client_id"):
+            return
+        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if len(raw.encode()) > settings.VX11_WS_MAX_FRAME:
+            return await self.refuse(TOO_BIG, "frame_too_big", f"frames are limited to {settings.VX11_WS_MAX_FRAME} bytes")
+        if not self.bucket.take():
+            self.strikes += 1
+            if self.strikes > settings.VX11_WS_BURST:
+                return await self.refuse(POLICY_VIOLATION, "rate_limited", "rate limit exceeded repeatedly")
+            return await self.send_json(self.error("rate_limited", f"over {settings.VX11_WS_RATE:g} messages/s"))
+        self.strikes = 0
+        await self.handle_text(raw)
+
+    async def handle_text(self, raw: str):
+        stripped = raw.strip()
+        if not stripped.startswith(("{", "[")):
+            await apublish("message_received", {"message": raw, "client_id": self.client_id}, self.session_id)
+            return
+        try:
+            message = json.loads(stripped)
+        except ValueError:
+            return await self.send_json(self.error("invalid_json", raw=raw[:1000]))
+        if not isinstance(message, dict) or "event_type" not in message:
+            return await self.send_json(self.error("invalid_event", "expected {\"event_type\": ..., \"data\": {...}}", raw=raw[:1000]))
+        event_type, data = message.get("event_type"), message.get("data", {})
+        if not isinstance(data, dict):
+            data = {"value": data}
+        if event_type not in CANONICAL_TYPES:
+            # as the real backend does: an unknown type becomes status_changed with a note
+            data = {**data, "note": f"unknown event_type {str(event_type)[:64]!r} mapped to status_changed"}
+            event_type = "status_changed"
+        await apublish(event_type, {**data, "client_id": self.client_id}, self.session_id)
+
+    async def refuse(self, code: int, error: str, detail: str):
+        await self.send_json({"channel": "control", "type": "closing", "error": error, "detail": detail, "code": code})
+        await self.close(code, f"{error}: {detail}")
+
+    def error(self, error: str, detail: str = "", raw: str | None = None) -> dict:
+        """An error_reported envelope for this client only (not stored, not broadcast)."""
+        data = {"error": error}
+        if detail:
+            data["detail"] = detail
+        if raw is not None:
+            data["raw"] = raw
+        return {"type": "error_reported", "session_id": self.session_id, "timestamp": _now_iso(), "data": data}
+
+    async def vx11_event(self, message):
+        await self.send_json(message["event"])
+
+    async def send_json(self, content: dict):
+        await self.send(text_data=json.dumps(content))
+
+
+def _now_iso() -> str:
+    return timezone.now().isoformat().replace("+00:00", "Z")

@@ -1,0 +1,108 @@
+"""End to end over a real daphne process and a real WebSocket client, on the Redis channel layer:
+auth failures, the connected message, a fleet state change (a demo module stopped for real)
+broadcast to the client, and replay after reconnecting."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from channels.layers import channel_layers
+from django.test import override_settings
+
+from apps.fleet.probe import run_round
+from tests.conftest import point_fleet_at, redis_url
+from tests.e2e.test_beat_worker import database_url_of_test_db
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "e2e-token-456"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daphne(transactional_db):
+    broker = redis_url()
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
+           "REDIS_URL": broker, "VX11_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [broker]}}}
+    with override_settings(CHANNEL_LAYERS=layers, VX11_TOKEN=TOKEN):
+        channel_layers.backends.clear()
+        yield f"ws://127.0.0.1:{port}"
+    channel_layers.backends.clear()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+async def refusal(url: str) -> tuple[int, str]:
+    """The close code and the reason the server sent in its control message first."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            notice = await next_json(ws)
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+            return msg.data, notice["error"]
+
+
+async def next_json(ws, timeout=5.0) -> dict:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+@pytest.mark.services
+def test_ws_end_to_end_with_a_real_state_change(daphne, sim):
+    point_fleet_at(sim)
+    run_round()  # everything up
+
+    async def scenario():
+        assert await refusal(f"{daphne}/ws/ops") == (4401, "auth_required")
+        assert await refusal(f"{daphne}/ws/ops?token=wrong") == (4403, "forbidden")
+
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{daphne}/ws/ops", headers={"X-VX11-Token": TOKEN}) as ws:
+                hello = await next_json(ws)
+                assert hello["type"] == "connected" and hello["client_id"]
+
+                sim.set_mode("madre", "down")
+                for _ in range(3):  # down after 3 failures in a row
+                    await asyncio.to_thread(run_round)
+                event = await next_json(ws)
+                assert event["type"] == "status_changed"
+                assert (event["data"]["module"], event["data"]["from"], event["data"]["to"]) == ("madre", "up", "down")
+                assert event["data"]["reason"] == "3 failures in a row: connection refused"
+                cursor = event["cursor"]
+
+                await ws.send_str(json.dumps({"event_type": "tool_call_requested", "data": {"tool": "deepseek_r1"}}))
+                echoed = await next_json(ws)
+                assert echoed["type"] == "tool_call_requested" and echoed["session_id"] == "ops"
+
+            # a client that comes back asks for what it missed after its cursor
+            async with http.ws_connect(f"{daphne}/ws/ops?token={TOKEN}&cursor={cursor}") as ws:
+                assert (await next_json(ws))["type"] == "connected"
+                missed = await next_json(ws)
+                assert missed["type"] == "tool_call_requested" and missed["replayed"] is True
+
+    asyncio.run(scenario())

@@ -1,0 +1,190 @@
+"""WS /ws/{session_id} through channels' communicator: auth, connected message, events, replay, limits."""
+
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from apps.events.models import Event, publish
+from vx11_site.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TOKEN = "test-token-123"
+
+
+def run(fn):
+    return override_settings(VX11_TOKEN=TOKEN)(async_to_sync(fn))()
+
+
+def connect(path=f"/ws/s1?token={TOKEN}", headers=None):
+    return WebsocketCommunicator(application, path, headers=headers or [])
+
+
+async def receive(comm):
+    return json.loads(await comm.receive_from(timeout=3))
+
+
+async def open_session(path=f"/ws/s1?token={TOKEN}", headers=None):
+    comm = connect(path, headers)
+    connected, _ = await comm.connect()
+    assert connected
+    hello = await receive(comm)
+    assert hello["channel"] == "control" and hello["type"] == "connected" and hello["client_id"]
+    return comm
+
+
+async def refused(comm) -> tuple[dict, dict]:
+    """The control message that says why, then the close frame."""
+    notice = await receive(comm)
+    closed = await comm.receive_output(timeout=3)
+    assert notice["channel"] == "control" and notice["type"] == "closing" and closed["type"] == "websocket.close"
+    assert notice["code"] == closed["code"]
+    return notice, closed
+
+
+@pytest.mark.parametrize("path, code, reason", [("/ws/s1", 4401, "auth_required"), ("/ws/s1?token=wrong", 4403, "forbidden")])
+def test_missing_or_wrong_token_is_refused_with_a_reason(path, code, reason):
+    async def body():
+        comm = connect(path)
+        await comm.connect()
+        notice, closed = await refused(comm)
+        assert notice["error"] == reason and closed["code"] == code
+        assert closed["reason"].startswith(reason)
+
+    run(body)
+
+
+def test_token_in_header_and_api_key_are_accepted(operator_key):
+    async def body():
+        comm = await open_session("/ws/s1", headers=[(b"x-vx11-token", TOKEN.encode())])
+        await comm.disconnect()
+        comm = await open_session(f"/ws/s1?token={operator_key}")
+        await comm.disconnect()
+
+    run(body)
+
+
+def test_valid_event_is_echoed_in_the_envelope_and_stored():
+    async def body():
+        comm = await open_session()
+        await comm.send_to(text_data=json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p1"}}))
+        env = await receive(comm)
+        assert env["type"] == "plan_updated" and env["session_id"] == "s1"
+        assert env["data"]["plan_id"] == "p1" and env["timestamp"].endswith("Z")
+        assert set(env) >= {"type", "session_id", "timestamp", "data"}
+        await comm.disconnect()
+
+    run(body)
+    assert Event.objects.get().type == "plan_updated"
+
+
+def test_plain_text_unknown_type_and_bad_json():
+    async def body():
+        comm = await open_session()
+        await comm.send_to(text_data="hello madre")
+        env = await receive(comm)
+        assert (env["type"], env["data"]["message"]) == ("message_received", "hello madre")
+
+        await comm.send_to(text_data=json.dumps({"event_type": "teleport", "data": {"x": 1}}))
+        env = await receive(comm)
+        assert env["type"] == "status_changed" and "teleport" in env["data"]["note"] and env["data"]["x"] == 1
+
+        await comm.send_to(text_data="{not json")
+        env = await receive(comm)
+        assert env["type"] == "error_reported" and env["data"]["error"] == "invalid_json" and env["data"]["raw"] == "{not json"
+        await comm.disconnect()
+
+    run(body)
+    assert Event.objects.count() == 2  # the error went to this client only
+
+
+def test_events_reach_their_session_and_broadcasts_reach_everyone():
+    async def body():
+        a = await open_session("/ws/alpha?token=" + TOKEN)
+        b = await open_session("/ws/beta?token=" + TOKEN)
+        await a.send_to(text_data="only alpha")
+        assert (await receive(a))["data"]["message"] == "only alpha"
+        assert await b.receive_nothing(timeout=0.3)
+        from apps.events.models import apublish
+
+        await apublish("status_changed", {"module": "madre", "to": "down"})
+        assert (await receive(a))["data"]["module"] == "madre"
+        assert (await receive(b))["data"]["module"] == "madre"
+        await a.disconnect()
+        await b.disconnect()
+
+    run(body)
+
+
+def test_replay_after_cursor():
+    first = publish("plan_updated", {"n": 1}, "s1")
+    publish("plan_updated", {"n": 2}, "s1")
+    publish("plan_updated", {"n": 3}, "other")
+    publish("status_changed", {"n": 4})
+
+    async def body():
+        comm = await open_session(f"/ws/s1?token={TOKEN}&cursor={first['cursor']}")
+        got = [await receive(comm), await receive(comm)]
+        assert [e["data"]["n"] for e in got] == [2, 4] and all(e["replayed"] for e in got)
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+
+        comm = await open_session(f"/ws/s1?token={TOKEN}&cursor=abc")
+        assert (await receive(comm))["error"] == "invalid_cursor"
+        await comm.disconnect()
+
+    run(body)
+
+
+@override_settings(VX11_WS_MAX_FRAME=1024)
+def test_oversized_frame_is_refused():
+    async def body():
+        comm = await open_session()
+        await comm.send_to(text_data="x" * 2048)
+        notice, closed = await refused(comm)
+        assert notice["error"] == "frame_too_big" and closed["code"] == 4009
+
+    run(body)
+    assert not Event.objects.exists()
+
+
+@override_settings(VX11_WS_RATE=1.0, VX11_WS_BURST=3)
+def test_flood_is_rate_limited_then_cut_off():
+    async def body():
+        comm = await open_session()
+        for i in range(3):
+            await comm.send_to(text_data=f"m{i}")
+            assert (await receive(comm))["type"] == "message_received"
+        await comm.send_to(text_data="m3")
+        limited = await receive(comm)
+        assert limited["type"] == "error_reported" and limited["data"]["error"] == "rate_limited"
+        for _ in range(5):
+            await comm.send_to(text_data="flood")
+        outputs = []
+        while True:
+            out = await comm.receive_output(timeout=3)
+            outputs.append(out)
+            if out["type"] == "websocket.close":
+                break
+        assert outputs[-1]["code"] == 4008
+        assert json.loads(outputs[-2]["text"])["error"] == "rate_limited"
+
+    run(body)
+    assert Event.objects.count() == 3
+
+
+def test_invalid_session_id_is_refused():
+    async def body():
+        comm = connect(f"/ws/{'x' * 80}?token={TOKEN}")
+        await comm.connect()
+        notice, closed = await refused(comm)
+        assert closed["code"] == 4008 and notice["error"] == "invalid_session_id"
+
+    run(body)
+
+
+def test_publish_refuses_unknown_types():
+    with pytest.raises(ValueError, match="canonical types"):
+        publish("teleported", {})
