@@ -136,8 +136,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # A file, not :memory:, so a real worker process in the tests sees the same test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-vx11.sqlite3")}
+    # A file, not :memory:, so a real worker or daphne process in the tests sees the same test
+    # database; one per test run, so two runs side by side do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-vx11-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -184,6 +185,7 @@ else:
     CELERY_RESULT_BACKEND = "django-db"
 
 CELERY_TIMEZONE = "UTC"
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("VX11_CELERY_QUEUE", "celery")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXTENDED = True
@@ -217,6 +219,9 @@ VX11_OVERVIEW_STALE_SECONDS = envint("VX11_OVERVIEW_STALE_SECONDS", 60)
 VX11_WS_MAX_FRAME = envint("VX11_WS_MAX_FRAME", 64 * 1024)
 VX11_WS_RATE = envfloat("VX11_WS_RATE", 20.0)  # messages per second a client may send, sustained
 VX11_WS_BURST = envint("VX11_WS_BURST", 40)
+# The in-memory layer does not cross processes (events published by the Celery worker would
+# never reach daphne), so WebSocket clients then also poll the stored events.
+VX11_WS_POLL_SECONDS = envfloat("VX11_WS_POLL_SECONDS", 0.0 if REDIS_URL else 1.0)
 VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "evidence")).resolve()
 
 LOGGING = {

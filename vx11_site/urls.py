@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from .api import api
 from .views import portal_health
@@ -12,4 +12,5 @@ urlpatterns = [
     path("health", portal_health, name="portal-health"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),
+    path("", include("apps.operator.urls")),
 ]

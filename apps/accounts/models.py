@@ -56,3 +56,10 @@ class ApiKey(models.Model):
             return None
         cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
         return key
+
+
+def token_is_valid(token: str) -> bool:
+    """An X-VX11-Token: the fleet token from the environment (VX11_TOKEN), or a user's API key."""
+    if hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
+        return True
+    return ApiKey.authenticate(token) is not None

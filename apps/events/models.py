@@ -65,6 +65,10 @@ class Event(models.Model):
         }
 
     @classmethod
+    def latest_id(cls) -> int:
+        return cls.objects.aggregate(m=models.Max("id"))["m"] or 0
+
+    @classmethod
     def replay(cls, session_id: str, after: int, limit: int = 1000) -> list[Event]:
         return list(cls.objects.filter(id__gt=after, session_id__in=[session_id, ""]).order_by("id")[:limit])
 

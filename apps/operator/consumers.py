@@ -1,23 +1,24 @@
 """WS /ws/{session_id}: the operator event stream, v7 contract (REFERENCE.md section 3).
 
 Auth by `X-VX11-Token` header or `?token=` (browsers cannot set WebSocket headers), or a
-per-user API key in either place. On connect: a `connected` control message, then the
+per-user API key in either place, or a staff user's Django session (the live admin pages). On connect: a `connected` control message, then the
 stored events after `?cursor=`. Incoming `{event_type, data}` is validated and published
 on the bus; plain text becomes `message_received`; bad JSON gets `error_reported`.
 """
 
-import hmac
+import asyncio
 import json
 import time
 import uuid
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.http.request import validate_host
 from django.utils import timezone
 
-from apps.accounts.models import ApiKey
+from apps.accounts.models import token_is_valid
 from apps.events.models import BROADCAST_GROUP, CANONICAL_TYPES, SESSION_ID, Event, apublish, session_group
 
 # daphne (autobahn) lets a server close only with 1000 or 3000-4999 and drops the reason text,
@@ -27,12 +28,6 @@ AUTH_REQUIRED = 4401
 FORBIDDEN = 4403
 POLICY_VIOLATION = 4008
 TOO_BIG = 4009
-
-
-def token_is_valid(token: str) -> bool:
-    if hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
-        return True
-    return ApiKey.authenticate(token) is not None
 
 
 class TokenBucket:
@@ -59,9 +54,11 @@ class EventConsumer(AsyncWebsocketConsumer):
         token = headers.get("x-vx11-token") or (query.get("token") or [""])[0]
 
         await self.accept()
-        if not token:
+        if self.staff_session(headers):
+            pass  # the live admin pages: a staff session from our own origin needs no token
+        elif not token:
             return await self.refuse(AUTH_REQUIRED, "auth_required", "send X-VX11-Token or ?token=")
-        if not await database_sync_to_async(token_is_valid)(token):
+        elif not await database_sync_to_async(token_is_valid)(token):
             return await self.refuse(FORBIDDEN, "forbidden", "invalid token")
         if not SESSION_ID.match(self.session_id):
             return await self.refuse(POLICY_VIOLATION, "invalid_session_id", "1-64 of A-Z a-z 0-9 _ . -")
@@ -74,15 +71,44 @@ class EventConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         await self.send_json({"channel": "control", "type": "connected", "client_id": self.client_id, "session_id": self.session_id})
 
+        self.sent: set[int] = set()
+        self.cursor = await database_sync_to_async(Event.latest_id)()
         cursor = (query.get("cursor") or [""])[0]
         if cursor:
             if not cursor.isdigit():
                 await self.send_json({"channel": "control", "type": "error", "error": "invalid_cursor", "detail": "cursor must be a non-negative integer"})
             else:
-                for event in await database_sync_to_async(Event.replay)(self.session_id, int(cursor)):
-                    await self.send_json({**event.envelope, "replayed": True})
+                self.cursor = int(cursor)
+                await self.send_stored(replayed=True)
+        if settings.VX11_WS_POLL_SECONDS > 0:
+            self.poller = asyncio.create_task(self.poll_stored())
+
+    def staff_session(self, headers: dict) -> bool:
+        """A staff user's session cookie counts only from a page of ours (no cross-site hijacking)."""
+        user = self.scope.get("user")
+        if not (user and user.is_authenticated and user.is_staff):
+            return False
+        origin = urlsplit(headers.get("origin", ""))
+        return bool(origin.hostname) and validate_host(origin.hostname, settings.ALLOWED_HOSTS)
+
+    async def send_stored(self, replayed: bool = False):
+        """Send stored events after the cursor that this client has not had yet."""
+        for event in await database_sync_to_async(Event.replay)(self.session_id, self.cursor):
+            self.cursor = event.id
+            if event.id not in self.sent:
+                self.sent.add(event.id)
+                await self.send_json({**event.envelope, "replayed": True} if replayed else event.envelope)
+
+    async def poll_stored(self):
+        """With the in-memory layer, events published by other processes (the Celery worker)
+        never reach this one; the stored events are the source of truth, so poll them."""
+        while True:
+            await asyncio.sleep(settings.VX11_WS_POLL_SECONDS)
+            await self.send_stored()
 
     async def disconnect(self, code):
+        if getattr(self, "poller", None):
+            self.poller.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -134,7 +160,14 @@ class EventConsumer(AsyncWebsocketConsumer):
         return {"type": "error_reported", "session_id": self.session_id, "timestamp": _now_iso(), "data": data}
 
     async def vx11_event(self, message):
-        await self.send_json(message["event"])
+        event = message["event"]
+        if getattr(self, "poller", None):  # the poller may have sent it already, or will
+            if event["cursor"] in self.sent:
+                return
+            self.sent.add(event["cursor"])
+            if len(self.sent) > 1000:
+                self.sent = {c for c in self.sent if c > self.cursor}
+        await self.send_json(event)
 
     async def send_json(self, content: dict):
         await self.send(text_data=json.dumps(content))

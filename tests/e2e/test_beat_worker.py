@@ -1,6 +1,7 @@
 """The beat schedule really fires: a real Celery worker with embedded beat, on real Redis,
 reads the migration's schedule from the database and stores probe rounds of the demo fleet."""
 
+import importlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -26,16 +28,19 @@ def database_url_of_test_db() -> str:
 
 
 @pytest.mark.services
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_worker_with_beat_stores_probe_rounds(sim):
     broker = redis_url()
     point_fleet_at(sim)
     sim.set_mode("hermes", "error")
-    probe_entry = PeriodicTask.objects.get(task="apps.fleet.tasks.probe_fleet")  # made by the migration
+    # a transactional test starts from an empty database: make the beat entries as the migration does
+    importlib.import_module("apps.fleet.migrations.0002_reference_fleet_and_schedule").load(django_apps, None)
+    probe_entry = PeriodicTask.objects.get(task="apps.fleet.tasks.probe_fleet")
     probe_entry.interval, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     probe_entry.save()
 
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker,
+           "VX11_CELERY_QUEUE": f"beat-test-{os.getpid()}"}  # two test runs side by side do not share a queue
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-B", "-P", "solo", "-l", "WARNING",
          "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "-n", f"beat-test-{os.getpid()}@%h"],

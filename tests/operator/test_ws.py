@@ -188,3 +188,55 @@ def test_invalid_session_id_is_refused():
 def test_publish_refuses_unknown_types():
     with pytest.raises(ValueError, match="canonical types"):
         publish("teleported", {})
+
+
+def test_staff_session_from_our_origin_needs_no_token(admin_user, client):
+    client.force_login(admin_user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def body():
+        comm = await open_session("/ws/live", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8080")])
+        await comm.disconnect()
+        # the same cookie from another site's page is not enough
+        comm = connect("/ws/live", headers=[(b"cookie", cookie), (b"origin", b"http://evil.example")])
+        await comm.connect()
+        notice, closed = await refused(comm)
+        assert notice["error"] == "auth_required"
+
+    run(body)
+
+
+@override_settings(VX11_WS_POLL_SECONDS=0.05)
+def test_events_stored_by_another_process_arrive_once_by_polling():
+    async def body():
+        from channels.db import database_sync_to_async
+
+        from apps.events.models import apublish
+
+        comm = await open_session()
+        # as the Celery worker does with the in-memory layer: stored, never sent to this process's layer
+        await database_sync_to_async(Event.objects.create)(type="status_changed", data={"module": "madre", "to": "down"})
+        assert (await receive(comm))["data"]["module"] == "madre"
+        # published here: arrives by the layer and is stored; the poller must not send it again
+        await apublish("status_changed", {"module": "hermes"})
+        assert (await receive(comm))["data"]["module"] == "hermes"
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+
+    run(body)
+
+
+def test_live_pages_are_wired(admin_user, client):
+    """The admin pages load the live script; the console needs a staff login."""
+    from apps.fleet.models import Module
+    from apps.fleet.reference import reference_rows
+
+    Module.objects.get_or_create(slug="madre", defaults=reference_rows()[1])  # this module's tests start from a flushed db
+    assert client.get("/operator/console").status_code == 302
+    client.force_login(admin_user)
+    page = client.get("/admin/fleet/module/").content.decode()
+    assert "vx11/live.js" in page and 'data-module="madre"' in page and 'data-count="up"' in page
+    assert "vx11/live.js" in client.get("/admin/").content.decode()
+    console = client.get("/operator/console").content.decode()
+    assert "status_changed" in console and "/ws/" in console
+    assert client.get("/static/vx11/live.js").status_code == 200
