@@ -7,15 +7,25 @@
 """
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from django.test import Client
+from channels.layers import channel_layers
+from django.db import connection
+from django.test import Client, override_settings
 
 from apps.accounts.models import ApiKey
 from apps.fleet.models import Module
 from apps.fleet.reference import reference_rows
 
 TEST_TIMEOUT = 0.5
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "e2e-token-456"
 
 
 def redis_url() -> str | None:
@@ -84,3 +94,45 @@ def readonly_key(db, django_user_model):
 def api(operator_key):
     """A client that sends the operator's read-write key."""
     return Client(headers={"Authorization": f"Bearer {operator_key}"})
+
+
+def database_url_of_test_db() -> str:
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(s['NAME']).resolve()}"
+    return f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daphne(transactional_db, tmp_path):
+    """A real daphne process on the test database and the Redis channel layer; this process
+    publishes on the same Redis, so events cross processes as in production."""
+    broker = redis_url()
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
+           "REDIS_URL": broker, "VX11_TOKEN": TOKEN}
+    log = (tmp_path / "daphne.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "daphne.log").read_text()
+            time.sleep(0.2)
+    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [broker]}}}
+    with override_settings(CHANNEL_LAYERS=layers, VX11_TOKEN=TOKEN):
+        channel_layers.backends.clear()
+        yield f"ws://127.0.0.1:{port}"
+    channel_layers.backends.clear()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+    log.close()

@@ -7,24 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.apps import apps as django_apps
-from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from apps.fleet.models import HealthCheck, Module
-from tests.conftest import point_fleet_at, redis_url
+from tests.conftest import ROOT, database_url_of_test_db, point_fleet_at, redis_url
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def database_url_of_test_db() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(s['NAME']).resolve()}"
-    return f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 @pytest.mark.services

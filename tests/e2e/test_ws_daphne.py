@@ -4,56 +4,13 @@ broadcast to the client, and replay after reconnecting."""
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import aiohttp
 import pytest
-from channels.layers import channel_layers
-from django.test import override_settings
 
 from apps.fleet.probe import run_round
-from tests.conftest import point_fleet_at, redis_url
-from tests.e2e.test_beat_worker import database_url_of_test_db
+from tests.conftest import TOKEN, point_fleet_at
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "e2e-token-456"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def daphne(transactional_db):
-    broker = redis_url()
-    port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "REDIS_URL": broker, "VX11_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [broker]}}}
-    with override_settings(CHANNEL_LAYERS=layers, VX11_TOKEN=TOKEN):
-        channel_layers.backends.clear()
-        yield f"ws://127.0.0.1:{port}"
-    channel_layers.backends.clear()
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=10)
 
 
 async def refusal(url: str) -> tuple[int, str]:

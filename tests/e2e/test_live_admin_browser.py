@@ -1,0 +1,60 @@
+"""The admin's fleet page in a real headless Chromium: a demo module is stopped, the probe rounds
+see it, and the status badge turns "down" without a reload (WebSocket, Redis layer, real daphne)."""
+
+import os
+import shutil
+
+import pytest
+
+from apps.fleet.probe import run_round
+from tests.conftest import point_fleet_at
+
+
+def chrome():
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("VX11_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium and chromedriver are required in CI (.ci/run installs them)")
+        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+@pytest.mark.services
+def test_badge_turns_down_live_without_reload(daphne, sim, admin_user):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    point_fleet_at(sim)
+    run_round()
+    http = daphne.replace("ws://", "http://")
+    browser = chrome()
+    try:
+        browser.get(f"{http}/admin/login/?next=/admin/fleet/module/")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda b: "live" in b.find_element(By.ID, "vx11-live").text and "●" in b.find_element(By.ID, "vx11-live").text)
+        badge = browser.find_element(By.CSS_SELECTOR, '.vx11-badge[data-module="madre"]')
+        assert badge.text == "up"
+        browser.execute_script("window.__not_reloaded = true;")
+        up_before = int(browser.find_element(By.CSS_SELECTOR, '[data-count="up"]').text)
+
+        sim.set_mode("madre", "down")
+        for _ in range(3):
+            run_round()
+
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, '.vx11-badge[data-module="madre"]').text == "down")
+        assert browser.execute_script("return window.__not_reloaded === true;")
+        assert int(browser.find_element(By.CSS_SELECTOR, '[data-count="up"]').text) == up_before - 1
+        assert int(browser.find_element(By.CSS_SELECTOR, '[data-count="down"]').text) == 1
+        assert "madre: up → down" in browser.find_element(By.ID, "vx11-live-log").text
+    finally:
+        browser.quit()
