@@ -203,6 +203,16 @@ VX11_MINUTE_RETENTION_DAYS = envint("VX11_MINUTE_RETENTION_DAYS", 7)
 VX11_HOUR_RETENTION_DAYS = envint("VX11_HOUR_RETENTION_DAYS", 90)
 VX11_DAY_RETENTION_DAYS = envint("VX11_DAY_RETENTION_DAYS", 730)
 VX11_PRUNE_CHUNK = envint("VX11_PRUNE_CHUNK", 5000)
+# Notifications by e-mail: Django's mail settings; a hung SMTP server must not outlive the retry backoff.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if os.environ.get("EMAIL_HOST") else "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envsecret("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "vx11-portal@localhost")
+
 VX11_EVENT_RETENTION_HOURS = envint("VX11_EVENT_RETENTION_HOURS", 72)
 # X-VX11-Token for the operator endpoints and /ws: from the environment, or made once into var/ (embedded).
 VX11_TOKEN = envsecret("VX11_TOKEN")

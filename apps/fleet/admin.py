@@ -11,9 +11,10 @@ from .probe import run_round
 BADGE_COLOURS = {"up": "#1a7f37", "degraded": "#b58105", "down": "#cf222e", "unknown": "#6e7781"}
 
 
-def badge(state: str) -> str:
+def badge(state: str, slug: str = "") -> str:
     return format_html(
-        '<span class="vx11-badge" data-state="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+        '<span class="vx11-badge" data-module="{}" data-state="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+        slug,
         state,
         BADGE_COLOURS.get(state, "#6e7781"),
         state,
@@ -80,7 +81,7 @@ class ModuleAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="state")
     def status_badge(self, obj):
-        return badge(obj.state)
+        return badge(obj.state, obj.slug)
 
     @admin.display(description="last latency", ordering="last_latency_ms")
     def latency(self, obj):
@@ -126,3 +127,78 @@ class StateChangeAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- Notifications and maintenance windows ------------------------------------------------
+
+from .models import Delivery, MaintenanceWindow, NotificationChannel  # noqa: E402
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "target", "scope", "signed", "enabled", "created"]
+    list_filter = ["kind", "enabled"]
+    search_fields = ["name", "target"]
+    filter_horizontal = ["modules"]
+    fields = ["name", "kind", "target", "secret", "modules", "enabled"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("modules")
+
+    @admin.display(description="modules")
+    def scope(self, obj):
+        slugs = [m.slug for m in obj.modules.all()]
+        return ", ".join(slugs) if slugs else "all modules"
+
+    @admin.display(description="signed", boolean=True)
+    def signed(self, obj):
+        return bool(obj.secret) if obj.kind == NotificationChannel.Kind.WEBHOOK else None
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ["created", "module", "change", "channel", "status", "attempts", "next_attempt_at", "sent_at", "last_error"]
+    list_filter = ["status", "channel", "state_change__module"]
+    list_select_related = ["channel", "state_change__module"]
+    date_hierarchy = "created"
+
+    @admin.display(description="module", ordering="state_change__module__slug")
+    def module(self, obj):
+        return obj.state_change.module.slug
+
+    @admin.display(description="change")
+    def change(self, obj):
+        return f"{obj.state_change.from_state} → {obj.state_change.to_state}"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(MaintenanceWindow)
+class MaintenanceWindowAdmin(admin.ModelAdmin):
+    list_display = ["starts_at", "ends_at", "covered", "reason", "active_now", "created_by"]
+    list_filter = ["modules"]
+    search_fields = ["reason"]
+    filter_horizontal = ["modules"]
+    fields = ["modules", "starts_at", "ends_at", "reason", "created_by", "created"]
+    readonly_fields = ["created_by", "created"]
+    date_hierarchy = "starts_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("created_by").prefetch_related("modules")
+
+    @admin.display(description="modules")
+    def covered(self, obj):
+        return ", ".join(m.slug for m in obj.modules.all())
+
+    @admin.display(description="active now", boolean=True)
+    def active_now(self, obj):
+        return obj.starts_at <= timezone.now() < obj.ends_at
+
+    def save_model(self, request, obj, form, change):
+        if obj.created_by_id is None:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

@@ -274,6 +274,10 @@ class StateChange(models.Model):
     from_state = models.CharField(max_length=10, choices=State.choices)
     to_state = models.CharField(max_length=10, choices=State.choices)
     reason = models.CharField(max_length=500)
+    # set once, by the notification sweep's conditional UPDATE (apps.fleet.notify.claim_state_changes);
+    # indexed for that sweep's "claimed_at IS NULL" scan
+    claimed_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False,
+                                      help_text="when the notification sweep took this change (null = not yet)")
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -521,3 +525,168 @@ def maintain_history(now: datetime | None = None) -> dict:
 
 
 __all__ = ["Module", "HealthCheck", "StateChange", "Rollup", "ProbeResult", "Outcome", "State", "maintain_history"]
+
+
+# --- Notifications and maintenance windows ------------------------------------------------
+# The sending lives in apps.fleet.notify; these are the rows it works on.
+
+
+def parse_addresses(value: str) -> list[str]:
+    return [a.strip() for a in value.split(",") if a.strip()]
+
+
+class NotificationChannel(models.Model):
+    """Somewhere state changes are sent: a webhook URL or a list of e-mail addresses.
+
+    A webhook POSTs JSON signed with `secret` (header X-VX11-Signature: sha256=<hex HMAC-SHA256 of
+    the body>); an empty secret means the POST goes unsigned. No modules selected = every module.
+    """
+
+    class Kind(models.TextChoices):
+        WEBHOOK = "webhook", "webhook (JSON POST)"
+        EMAIL = "email", "e-mail"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=7, choices=Kind.choices, default=Kind.WEBHOOK)
+    target = models.CharField(max_length=1000, help_text="webhook: the URL; e-mail: comma-separated addresses")
+    secret = models.CharField(max_length=200, blank=True, help_text="webhook HMAC-SHA256 key, stored as given; empty = unsigned")
+    modules = models.ManyToManyField(Module, blank=True, related_name="notification_channels", help_text="none selected = every module")
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def clean(self) -> None:
+        from django.core.validators import validate_email
+
+        if self.kind == self.Kind.WEBHOOK:
+            try:
+                URLValidator(schemes=["http", "https"])(self.target)
+            except ValidationError:
+                raise ValidationError({"target": "a webhook needs an http(s) URL"}) from None
+        else:
+            addresses = parse_addresses(self.target)
+            if not addresses:
+                raise ValidationError({"target": "give at least one e-mail address"})
+            for address in addresses:
+                try:
+                    validate_email(address)
+                except ValidationError:
+                    raise ValidationError({"target": f"not an e-mail address: {address!r}"}) from None
+
+    @property
+    def recipients(self) -> list[str]:
+        return parse_addresses(self.target)
+
+    def covers(self, module_id: int) -> bool:
+        """Whether this channel wants changes of that module (uses prefetched modules if present)."""
+        ids = {m.id for m in self.modules.all()}
+        return not ids or module_id in ids
+
+
+class Delivery(models.Model):
+    """One state change on its way to one channel, with its retry bookkeeping.
+
+    pending: waiting for next_attempt_at; sent; failed (gave up after MAX_ATTEMPTS);
+    muted (the module was inside a maintenance window when it changed: never sent).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+        MUTED = "muted", "muted (maintenance window)"
+
+    MAX_ATTEMPTS = 6
+    FIRST_RETRY = timedelta(seconds=30)
+    MAX_RETRY = timedelta(hours=1)
+    # finished deliveries (sent, failed, muted) older than this are pruned
+    RETENTION = timedelta(days=90)
+
+    state_change = models.ForeignKey(StateChange, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="pending only: not before this")
+    last_error = models.CharField(max_length=500, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            # one delivery per (change, channel): a second claim can never double a notification
+            models.UniqueConstraint(fields=["state_change", "channel"], name="delivery_unique_change_channel"),
+        ]
+        indexes = [
+            # notify.send_due: pending rows whose next_attempt_at has come, oldest first
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+            # Delivery.prune: finished rows by age
+            models.Index(fields=["created"], name="delivery_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"change {self.state_change_id} → {self.channel_id}: {self.status}"
+
+    @classmethod
+    def backoff(cls, attempts: int) -> timedelta:
+        """Wait after the n-th failed attempt: 30 s, 60 s, 120 s ... capped at an hour."""
+        return min(cls.FIRST_RETRY * 2 ** max(0, attempts - 1), cls.MAX_RETRY)
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        now = now or timezone.now()
+        finished = cls.objects.exclude(status=cls.Status.PENDING).filter(created__lt=now - cls.RETENTION)
+        return prune_in_chunks(finished)
+
+
+class MaintenanceWindow(models.Model):
+    """A span of time in which the listed modules are expected to misbehave (power opens these).
+
+    A window covers exactly the modules listed (none listed = none covered): starts_at <= t < ends_at.
+    Notifications for a change inside a window are stored as muted and not sent.
+    """
+
+    modules = models.ManyToManyField(Module, related_name="maintenance_windows")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-starts_at"]
+        constraints = [models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")), name="window_ends_after_start")]
+        indexes = [
+            # covering(): windows that have not ended by the moment asked about
+            models.Index(fields=["ends_at", "starts_at"], name="window_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.starts_at:%Y-%m-%d %H:%M}–{self.ends_at:%Y-%m-%d %H:%M} {self.reason}".strip()
+
+    def clean(self) -> None:
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValidationError({"ends_at": "a window must end after it starts"})
+
+    @classmethod
+    def active_at(cls, at: datetime) -> models.QuerySet:
+        return cls.objects.filter(starts_at__lte=at, ends_at__gt=at)
+
+    @classmethod
+    def covering(cls, module: Module | int, at: datetime) -> models.QuerySet:
+        """The windows that hold `module` at moment `at` (empty queryset = not in a window)."""
+        module_id = module if isinstance(module, int) else module.pk
+        return cls.active_at(at).filter(modules__id=module_id)
+
+    @classmethod
+    def module_in_window(cls, module: Module | int, at: datetime) -> bool:
+        return cls.covering(module, at).exists()
+
+
+__all__ += ["NotificationChannel", "Delivery", "MaintenanceWindow"]

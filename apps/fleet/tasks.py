@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from . import notify
 from .models import maintain_history
 from .probe import run_round
 
@@ -17,3 +18,9 @@ def probe_fleet() -> dict:
 def maintain_fleet_history() -> dict:
     """Rollups, uptime refresh and chunked pruning, once a minute."""
     return maintain_history()
+
+
+@shared_task(name="apps.fleet.tasks.send_notifications", soft_time_limit=120)
+def send_notifications() -> dict:
+    """Every 10 s: claim new state changes, create their deliveries, send the due ones (see fleet.notify)."""
+    return notify.sweep()

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 import pytest
+from django.db import connections
 
 from apps.fleet.probe import run_round
 from tests.conftest import TOKEN, point_fleet_at
@@ -29,6 +30,14 @@ async def next_json(ws, timeout=5.0) -> dict:
     return json.loads(msg.data)
 
 
+def probe_and_close():
+    """A probe round in a worker thread, closing that thread's DB connection after."""
+    try:
+        run_round()
+    finally:
+        connections.close_all()
+
+
 @pytest.mark.services
 def test_ws_end_to_end_with_a_real_state_change(daphne, sim):
     point_fleet_at(sim)
@@ -45,7 +54,7 @@ def test_ws_end_to_end_with_a_real_state_change(daphne, sim):
 
                 sim.set_mode("madre", "down")
                 for _ in range(3):  # down after 3 failures in a row
-                    await asyncio.to_thread(run_round)
+                    await asyncio.to_thread(probe_and_close)
                 event = await next_json(ws)
                 assert event["type"] == "status_changed"
                 assert (event["data"]["module"], event["data"]["from"], event["data"]["to"]) == ("madre", "up", "down")
