@@ -1,0 +1,602 @@
+"""WebSocket fan-out through the channel layer: Redis against in-memory, figures, not tests.
+
+    .venv/bin/python bench/ws_fanout.py [--clients 200] [--events 1000] [--paced-ms 1]
+                                        [--redis-url redis://127.0.0.1:6379/13] [--skip-extra]
+
+N WebSocket clients (aiohttp, in this process) connect to /ws/bench-<i> of ONE daphne process
+(a child process per channel-layer configuration), each with its own session id, so the only
+group they share is `vx11.broadcast`; M events are then group_send to that group with the send
+time (`time.time()`) in the event data, and each client parses it on arrival.
+
+The in-memory layer only works inside one process, so the publisher runs inside the daphne
+process for both layers: the child is this same script with `--serve PORT`, which runs daphne
+programmatically (daphne.server.Server) on `vx11_site.asgi:application` wrapped by a small ASGI
+shim that answers `GET /__bench/publish` by calling `get_channel_layer().group_send(...)` on the
+server's own event loop (and `GET /__bench/stats` with the server's CPU time and drop counters).
+Nothing else of the app is changed. For Redis a run with the publisher in this (client) process
+is added, a RedisChannelLayer on the same URL: the path a Celery worker's publish() takes.
+
+Runs, per configuration: a burst (all M events as fast as the publisher can send) and a paced run
+(1 event every --paced-ms ms). Configurations, each in a fresh daphne process:
+  * redis, capacity 5000 (VX11_CHANNEL_CAPACITY, the project's default)      -> the figures under test
+  * in-memory, VX11_WS_POLL_SECONDS=0 (the same code path as Redis)          -> the baseline
+  * in-memory, app default poll (1 s DB poll per client)                     -> informative (--skip-extra)
+  * redis, capacity 100 (channels-redis's own default), burst and paced      -> why capacity is sized
+
+Per run: delivered total and minimum per client, duplicates, latency (receive - send) p50/p99/max,
+drain (first send -> last receive), the server's CPU time over the run, and where messages were
+dropped, counted inside the server by wrapping the layer's own drop points (channels-redis's
+group_send "over capacity" log line and its BoundedQueue eviction; the in-memory layer's
+ChannelFull, which its group_send swallows). The DB is a throwaway SQLite file in a temp dir
+(migrated first); Redis keys `asgi*` of the bench's db (13) are deleted before and after.
+Progress goes to stderr, the figures table to stdout. Nothing fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+GROUP = "vx11.broadcast"
+P99_GOAL_MS = 250.0
+P99_RATIO_GOAL = 3.0
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (each client is one socket on both sides)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------
+# The publisher: the same loop inside daphne (in-process) or in this process (Redis only)
+# ---------------------------------------------------------------------------------------------
+
+
+async def publish_events(layer, run: str, n: int, interval: float, cursor: int) -> dict:
+    """group_send n envelopes to the broadcast group, back to back (interval 0) or one every
+    `interval` seconds on an absolute schedule (a late send does not push the later ones back)."""
+    from datetime import datetime, timezone
+
+    start = time.perf_counter()
+    started_at = time.time()
+    for i in range(n):
+        if interval:
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        now = time.time()
+        envelope = {
+            "type": "status_changed",
+            "session_id": None,
+            "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "data": {"run": run, "seq": i, "t": now},
+            "cursor": cursor + i,  # unique: the consumer de-duplicates by cursor when it polls
+        }
+        await layer.group_send(GROUP, {"type": "vx11.event", "event": envelope})
+    return {"sent": n, "seconds": time.perf_counter() - start, "started_at": started_at}
+
+
+class DropCounters:
+    """Where a channel layer drops messages, counted by wrapping its own drop points."""
+
+    def __init__(self):
+        self.redis_over_capacity = 0  # channels-redis group_send: channel keys skipped (ZCOUNT >= capacity)
+        self.redis_buffer_evicted = 0  # channels-redis receive buffer (BoundedQueue) full: oldest dropped
+        self.memory_channel_full = 0  # in-memory layer: ChannelFull, swallowed by its group_send
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def install(self) -> None:
+        counters = self
+
+        class OverCapacity(logging.Handler):
+            def emit(self, record):
+                # "%s of %s channels over capacity in group %s"
+                if "over capacity" in str(record.msg) and record.args:
+                    counters.redis_over_capacity += int(record.args[0])
+
+        redis_logger = logging.getLogger("channels_redis.core")
+        redis_logger.setLevel(logging.INFO)
+        redis_logger.propagate = False
+        redis_logger.addHandler(OverCapacity(logging.INFO))
+
+        try:
+            from channels_redis import core as redis_core
+
+            original_put = redis_core.BoundedQueue.put_nowait
+
+            def put_nowait(queue, item):
+                if queue.full():
+                    counters.redis_buffer_evicted += 1
+                return original_put(queue, item)
+
+            redis_core.BoundedQueue.put_nowait = put_nowait
+        except ImportError:
+            pass
+
+        from channels.exceptions import ChannelFull
+        from channels.layers import InMemoryChannelLayer
+
+        original_send = InMemoryChannelLayer.send
+
+        async def send(layer, channel, message):
+            try:
+                return await original_send(layer, channel, message)
+            except ChannelFull:
+                counters.memory_channel_full += 1
+                raise
+
+        InMemoryChannelLayer.send = send
+
+
+_bench_counters: DropCounters | None = None
+
+
+def bench_counters() -> DropCounters:
+    """The drop counters of this (client) process, installed once, for the Redis publisher run here."""
+    global _bench_counters
+    if _bench_counters is None:
+        _bench_counters = DropCounters()
+        _bench_counters.install()
+    return _bench_counters
+
+
+# ---------------------------------------------------------------------------------------------
+# Server mode: daphne + the app + the publish/stats shim, in one process and one event loop
+# ---------------------------------------------------------------------------------------------
+
+
+class BenchShim:
+    """ASGI: /__bench/* handled here (on daphne's loop), everything else to the real app."""
+
+    def __init__(self, app, counters: DropCounters):
+        self.app, self.counters = app, counters
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/__bench/"):
+            return await self.bench(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def bench(self, scope, receive, send):
+        from channels.layers import get_channel_layer
+
+        while (await receive()).get("more_body"):
+            pass
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        layer = get_channel_layer()
+        if scope["path"] == "/__bench/publish":
+            body = await publish_events(layer, query["run"], int(query["n"]), float(query.get("interval", 0)), int(query["cursor"]))
+        else:  # /__bench/stats
+            body = {
+                "cpu": cpu_seconds(),
+                "layer": type(layer).__name__,
+                "capacity": getattr(layer, "capacity", None),
+                "groups": len(getattr(layer, "groups", {}) or {}),
+                **self.counters.as_dict(),
+            }
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def serve(port: int) -> None:
+    raise_fd_limit()
+    sys.path.insert(0, str(PROJECT_DIR))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vx11_site.settings")
+    import daphne.server  # installs the asyncio reactor before anything imports twisted's default one
+
+    from vx11_site.asgi import application
+
+    counters = DropCounters()
+    counters.install()
+    daphne.server.Server(
+        application=BenchShim(application, counters),
+        endpoints=[f"tcp:port={port}:interface=127.0.0.1:backlog=2048"],
+        signal_handlers=True,
+        verbosity=0,
+        websocket_handshake_timeout=30,
+    ).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    clients: int
+    events: int
+    counts: list = field(default_factory=list)
+    seen: list = field(default_factory=list)
+    latencies: list = field(default_factory=list)
+    duplicates: int = 0
+    last_receive: float = 0.0
+
+    def __post_init__(self):
+        self.counts = [0] * self.clients
+        self.seen = [bytearray(self.events) for _ in range(self.clients)]
+
+    def record(self, client: int, seq: int, latency: float, now: float) -> None:
+        if self.seen[client][seq]:
+            self.duplicates += 1
+            return
+        self.seen[client][seq] = 1
+        self.counts[client] += 1
+        self.latencies.append(latency)
+        self.last_receive = now
+
+    @property
+    def delivered(self) -> int:
+        return sum(self.counts)
+
+
+class Fleet:
+    """N WebSocket clients, one session id each, reading into the current run's stats."""
+
+    def __init__(self, base_url: str, token: str, clients: int):
+        self.base_url, self.token, self.n = base_url, token, clients
+        self.runs: dict[str, RunStats] = {}
+        self.sockets, self.readers, self.session = [], [], None
+        self.stray = 0
+
+    async def open(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
+        gate = asyncio.Semaphore(50)
+
+        async def connect(i):
+            async with gate:
+                ws = await self.session.ws_connect(
+                    f"{self.base_url.replace('http', 'ws', 1)}/ws/bench-{i}?token={self.token}",
+                    max_msg_size=0,
+                    autoping=True,
+                    heartbeat=None,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
+                )
+                hello = json.loads((await ws.receive(timeout=30)).data)
+                if hello.get("type") != "connected":
+                    raise RuntimeError(f"client {i}: expected the connected control message, got {hello}")
+                return ws
+
+        self.sockets = await asyncio.gather(*(connect(i) for i in range(self.n)))
+        self.readers = [asyncio.create_task(self.read(i, ws)) for i, ws in enumerate(self.sockets)]
+
+    async def read(self, i: int, ws) -> None:
+        import aiohttp
+
+        loads, clock = json.loads, time.time
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            now = clock()
+            frame = loads(msg.data)
+            data = frame.get("data")
+            stats = self.runs.get(data.get("run")) if isinstance(data, dict) else None
+            if stats is None:
+                self.stray += 1  # control messages, events of no run of ours
+                continue
+            stats.record(i, data["seq"], now - data["t"], now)
+
+    async def close(self) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await self.session.close()
+
+    async def get(self, path: str, **params) -> dict:
+        async with self.session.get(f"{self.base_url}{path}", params={k: str(v) for k, v in params.items()}) as response:
+            response.raise_for_status()
+            return await response.json()
+
+
+def percentile(ordered: list, q: float) -> float:
+    """Nearest rank on a sorted list."""
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, -(-len(ordered) * q // 100) - 1)]
+
+
+@dataclass
+class Result:
+    config: str
+    run: str
+    publisher: str
+    clients: int
+    events: int
+    delivered: int = 0
+    min_per_client: int = 0
+    duplicates: int = 0
+    p50: float = float("nan")
+    p99: float = float("nan")
+    max: float = float("nan")
+    send_s: float = 0.0
+    drain_s: float = 0.0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    drops: dict = field(default_factory=dict)
+
+    @property
+    def expected(self) -> int:
+        return self.clients * self.events
+
+
+async def one_run(fleet: Fleet, config: str, name: str, publisher: str, events: int, interval: float, cursor: int,
+                  external_layer=None, external_counters: DropCounters | None = None, idle: float = 3.0, cap: float = 180.0) -> Result:
+    run = f"{config}/{name}/{publisher}/{secrets.token_hex(3)}"
+    stats = fleet.runs[run] = RunStats(fleet.n, events)
+    before = await fleet.get("/__bench/stats")
+    external_before = external_counters.as_dict() if external_counters else {}
+    client_cpu = time.process_time()
+    if external_layer is not None:
+        sent = await publish_events(external_layer, run, events, interval, cursor)
+    else:
+        sent = await fleet.get("/__bench/publish", run=run, n=events, interval=interval, cursor=cursor)
+    # drained: everything arrived, or nothing new for `idle` seconds (a dropped message never comes)
+    deadline = time.monotonic() + cap
+    while stats.delivered < stats.clients * events and time.monotonic() < deadline:
+        quiet_since = max(stats.last_receive, sent["started_at"] + sent["seconds"])
+        if time.time() - quiet_since > idle:
+            break
+        await asyncio.sleep(0.05)
+    after = await fleet.get("/__bench/stats")
+    client_cpu = time.process_time() - client_cpu
+    ordered = sorted(stats.latencies)
+    drops = {k: after[k] - before[k] for k in ("redis_over_capacity", "redis_buffer_evicted", "memory_channel_full")}
+    if external_counters:
+        for k, v in external_counters.as_dict().items():
+            drops[k] += v - external_before[k]
+    del fleet.runs[run]
+    return Result(
+        config=config, run=name, publisher=publisher, clients=fleet.n, events=events,
+        delivered=stats.delivered, min_per_client=min(stats.counts), duplicates=stats.duplicates,
+        p50=percentile(ordered, 50) * 1000, p99=percentile(ordered, 99) * 1000, max=(ordered[-1] * 1000 if ordered else float("nan")),
+        send_s=sent["seconds"], drain_s=(stats.last_receive - sent["started_at"]) if stats.latencies else float("nan"),
+        server_cpu_s=after["cpu"] - before["cpu"], client_cpu_s=client_cpu, drops=drops,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    log_file = open(log_path, "ab")
+    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port)], cwd=PROJECT_DIR, env=env,
+                               stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"daphne did not listen on {port} within 60 s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def clean_redis(url: str) -> int:
+    """Delete the channel layer's keys (`asgi*`) in the bench's Redis db: stale groups from a killed run."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match="asgi*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    return len(keys)
+
+
+@dataclass
+class Config:
+    name: str
+    env: dict
+    runs: list  # (run name, interval seconds, publisher: "server" | "bench")
+    redis_capacity: int | None = None
+
+
+async def run_config(config: Config, args, base_env: dict, tmp: Path) -> list[Result]:
+    env = {**base_env, **config.env}
+    process, port = start_server(env, tmp / "daphne.log")
+    results = []
+    external_layer = external_counters = None
+    try:
+        fleet = Fleet(f"http://127.0.0.1:{port}", base_env["VX11_TOKEN"], args.clients)
+        t = time.perf_counter()
+        await fleet.open()
+        stats = await fleet.get("/__bench/stats")
+        log(f"[{config.name}] {args.clients} clients connected in {time.perf_counter() - t:.1f} s ({stats['layer']}, capacity {stats['capacity']})")
+        if any(publisher == "bench" for _, _, publisher in config.runs):
+            from channels_redis.core import RedisChannelLayer
+
+            external_counters = bench_counters()
+            external_layer = RedisChannelLayer(hosts=[args.redis_url], capacity=config.redis_capacity, expiry=60)
+        for index, (name, interval, publisher) in enumerate(config.runs):
+            await asyncio.sleep(1.0)  # settle
+            result = await one_run(fleet, config.name, name, publisher, args.events, interval, cursor=(index + 1) * 10_000_000,
+                                   external_layer=external_layer if publisher == "bench" else None,
+                                   external_counters=external_counters if publisher == "bench" else None)
+            log(f"[{config.name}] {name:<12} pub={publisher:<6} delivered {result.delivered:>7}/{result.expected} "
+                f"min/client {result.min_per_client:>5} p50 {result.p50:8.1f} ms p99 {result.p99:8.1f} ms "
+                f"drain {result.drain_s:6.2f} s server CPU {result.server_cpu_s:5.2f} s drops {result.drops}")
+            results.append(result)
+        await fleet.close()
+        if external_layer is not None:
+            await external_layer.close_pools()
+    finally:
+        stop_server(process)
+    return results
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:,.{digits}f}"
+
+
+def print_table(results: list[Result]) -> None:
+    header = ("layer / config", "run", "pub", "delivered", "of", "min/client", "dup", "p50 ms", "p99 ms", "max ms",
+              "send s", "drain s", "srv CPU s", "drops (where)")
+    rows = []
+    for r in results:
+        where = ", ".join(f"{k}={v}" for k, v in r.drops.items() if v) or "0"
+        rows.append((r.config, r.run, r.publisher, f"{r.delivered:,}", f"{r.expected:,}", str(r.min_per_client), str(r.duplicates),
+                     fmt(r.p50), fmt(r.p99), fmt(r.max), fmt(r.send_s, 2), fmt(r.drain_s, 2), fmt(r.server_cpu_s, 2), where))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    print(line.format(*header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row))
+
+
+def print_goals(results: list[Result], paced_ms: float) -> None:
+    def find(config, run, publisher="server"):
+        return next((r for r in results if r.config == config and r.run == run and r.publisher == publisher), None)
+
+    print()
+    print("Goals (Redis = capacity 5000, publisher in the daphne process, against in-memory with the same path):")
+    for run in ("burst", f"paced {paced_ms:g}ms"):
+        redis_r, memory_r = find("redis cap 5000", run), find("in-memory poll 0", run)
+        if not (redis_r and memory_r):
+            continue
+        ratio = redis_r.p99 / memory_r.p99 if memory_r.p99 else float("nan")
+        delivered_ok = redis_r.delivered == redis_r.expected
+        print(f"  {run:<11} delivered {redis_r.delivered:,}/{redis_r.expected:,} (min {redis_r.min_per_client}/client): "
+              f"{'MET' if delivered_ok else 'NOT MET'}")
+        print(f"  {run:<11} p99 redis {fmt(redis_r.p99)} ms vs in-memory {fmt(memory_r.p99)} ms = {fmt(ratio, 2)}x "
+              f"(goal <= {P99_RATIO_GOAL:g}x): {'MET' if ratio <= P99_RATIO_GOAL else 'NOT MET'}; "
+              f"<= {P99_GOAL_MS:g} ms: {'MET' if redis_r.p99 <= P99_GOAL_MS else 'NOT MET'}")
+        ext = find("redis cap 5000", run, "bench")
+        if ext:
+            print(f"  {run:<11} (publisher outside daphne, as a Celery worker: delivered {ext.delivered:,}, p99 {fmt(ext.p99)} ms, "
+                  f"{fmt(ext.p99 / memory_r.p99 if memory_r.p99 else float('nan'), 2)}x in-memory)")
+    small = [r for r in results if r.config == "redis cap 100"]
+    for r in small:
+        print(f"  capacity 100, {r.run}: delivered {r.delivered:,}/{r.expected:,} ({100 * r.delivered / r.expected:.1f}%), "
+              f"min {r.min_per_client}/client, drops {r.drops}")
+
+
+async def main_async(args) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="vx11-wsfanout-"))
+    started = time.perf_counter()
+    try:
+        token = secrets.token_urlsafe(24)
+        base_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "VX11_CHANNEL_CAPACITY", "VX11_WS_POLL_SECONDS")}
+        base_env.update({
+            "VX11_TOKEN": token,
+            "VX11_VAR_DIR": str(tmp),
+            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+            "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+            "LOG_LEVEL": "WARNING",
+        })
+        base_env.pop("VX11_TOKEN_FILE", None)
+        log(f"migrating a throwaway SQLite database in {tmp} ...")
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=PROJECT_DIR, env=base_env, check=True)
+        removed = clean_redis(args.redis_url)
+        if removed:
+            log(f"removed {removed} stale asgi* keys from {args.redis_url}")
+
+        paced = f"paced {args.paced_ms:g}ms"
+        interval = args.paced_ms / 1000
+        both = [("burst", 0.0, "server"), (paced, interval, "server")]
+        configs = [
+            Config("in-memory poll 0", {"VX11_WS_POLL_SECONDS": "0"}, both),
+            Config("redis cap 5000", {"REDIS_URL": args.redis_url, "VX11_CHANNEL_CAPACITY": "5000"},
+                   both + [("burst", 0.0, "bench"), (paced, interval, "bench")], redis_capacity=5000),
+            Config("redis cap 100", {"REDIS_URL": args.redis_url, "VX11_CHANNEL_CAPACITY": "100"}, both, redis_capacity=100),
+        ]
+        if not args.skip_extra:
+            configs.insert(1, Config("in-memory app default", {}, both))
+        results = []
+        for config in configs:
+            results += await run_config(config, args, base_env, tmp)
+            if "REDIS_URL" in config.env:
+                clean_redis(args.redis_url)
+        elapsed = time.perf_counter() - started
+        print()
+        print(f"WebSocket fan-out: {args.clients} clients (one session id each) in group {GROUP}, {args.events} events per run, "
+              f"one daphne process per configuration; latency = client receive time - send time embedded in the event")
+        print()
+        print_table(results)
+        print_goals(results, args.paced_ms)
+        print()
+        print(f"run time {elapsed:.1f} s; CPUs {os.cpu_count()}; RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+    finally:
+        try:
+            clean_redis(args.redis_url)
+        except Exception:  # noqa: BLE001  (Redis down: nothing to clean)
+            pass
+        if args.keep_tmp:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--paced-ms", type=float, default=1.0, help="interval of the paced run, ms (default 1)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--skip-extra", action="store_true", help="skip the in-memory run with the app's default DB poll")
+    parser.add_argument("--keep-tmp", action="store_true")
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the daphne child
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve)
+    raise_fd_limit()
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
