@@ -1,7 +1,7 @@
 """Database helpers shared by every app that keeps a bounded table."""
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 
 def prune_in_chunks(queryset, chunk: int | None = None) -> int:
@@ -14,3 +14,20 @@ def prune_in_chunks(queryset, chunk: int | None = None) -> int:
             return total
         with transaction.atomic():
             total += queryset.model.objects.filter(id__in=ids).delete()[0]
+
+
+def bulk_set(objs: list, fields: list[str]) -> None:
+    """Write `fields` of many rows with one executemany of `UPDATE ... WHERE id = %s`.
+
+    Django's bulk_update builds a CASE WHEN per row and field in Python: measured 320-550 ms
+    for 3 fields of 1,010 modules, against 3 ms for this (bench/probe_round.py notes).
+    """
+    if not objs:
+        return
+    model = type(objs[0])
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    with transaction.atomic(), connection.cursor() as cursor:
+        qn = connection.ops.quote_name
+        sql = f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in columns)} WHERE {qn(meta.pk.column)} = %s"
+        cursor.executemany(sql, [[f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns] + [obj.pk] for obj in objs])

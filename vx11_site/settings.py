@@ -159,6 +159,9 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+NINJA_PAGINATION_PER_PAGE = 100
+NINJA_PAGINATION_MAX_LIMIT = 1000
+
 # --- Redis, channels, Celery ------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
 

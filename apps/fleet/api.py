@@ -130,9 +130,20 @@ class SummaryOut(Schema):
     core_down: list[str]
 
 
+class OverviewModule(Schema):
+    slug: str
+    state: str
+    core: bool
+    state_since: datetime | None
+    last_checked_at: datetime | None
+    last_latency_ms: float | None
+    last_error: str
+    uptime_24h: float | None
+
+
 class OverviewOut(Schema):
     summary: SummaryOut
-    modules: list[ModuleOut]
+    modules: list[OverviewModule]
 
 
 class HistoryFilter(Schema):
@@ -159,12 +170,14 @@ def _save(module: Module) -> Module:
     return module
 
 
-@router.get("/overview", response=OverviewOut, summary="Fleet summary and every module's current state")
+@router.get("/overview", response=OverviewOut, summary="Fleet summary and every enabled module's current state, compact")
 def overview(request):
-    return {"summary": Module.fleet_summary(), "modules": list(Module.objects.filter(enabled=True))}
+    modules = Module.objects.filter(enabled=True).values(*OverviewModule.model_fields)
+    return {"summary": Module.fleet_summary(), "modules": list(modules)}
 
 
-@router.get("/modules", response=list[ModuleOut], summary="List modules")
+@router.get("/modules", response=list[ModuleOut], summary="List modules, paged (limit/offset)")
+@paginate(LimitOffsetPagination)
 def list_modules(request, state: Literal["up", "degraded", "down", "unknown"] | None = None, core: bool | None = None):
     modules = Module.objects.all()
     if state:

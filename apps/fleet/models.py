@@ -21,7 +21,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from apps.events.models import publish
-from vx11_site.db import prune_in_chunks
+from vx11_site.db import bulk_set, prune_in_chunks
 
 
 def default_accepted_statuses() -> list[str]:
@@ -129,13 +129,6 @@ class Module(models.Model):
     @property
     def health_url(self) -> str:
         return self.base_url.rstrip("/") + "/" + self.health_path.lstrip("/")
-
-    def outcome_for(self, ok: bool, latency_ms: float | None) -> str:
-        if not ok:
-            return Outcome.FAIL
-        if self.degraded_latency_ms is not None and latency_ms is not None and latency_ms > self.degraded_latency_ms:
-            return Outcome.SLOW
-        return Outcome.OK
 
     def apply_result(self, result: ProbeResult) -> StateChange | None:
         """Fold one probe result into the current state; return the unsaved change, if any."""
@@ -248,7 +241,7 @@ class HealthCheck(models.Model):
             )
             modules = list(Module.objects.select_for_update().filter(id__in=by_module))
             changes = [c for m in modules if (c := m.apply_result(by_module[m.id])) is not None]
-            Module.objects.bulk_update(modules, Module.STATE_FIELDS, batch_size=500)
+            bulk_set(modules, Module.STATE_FIELDS)
             StateChange.objects.bulk_create(changes)
             transaction.on_commit(lambda: [c.announce() for c in changes])
         return changes
@@ -475,20 +468,23 @@ class Rollup(models.Model):
 
     @classmethod
     def uptimes_since(cls, since: datetime) -> dict[int, float]:
-        """Uptime % per module since a moment: whole days, then hours, then minutes, no overlap."""
+        """Uptime % per module since a moment: whole days, then hours, then minutes, no overlap.
+
+        Each level is read only over the ranges the coarser levels did not cover, as plain
+        index ranges (an exclude() over the whole window made SQLite scan every hour row).
+        """
         totals: dict[int, list[int]] = {}
         covered: list[tuple[datetime, datetime]] = []
         for period in (cls.Period.DAY, cls.Period.HOUR, cls.Period.MINUTE):
             start, end = cls.ceil(since, period), cls.watermark(period)
             if end is None or start >= end:
                 continue
-            rows = cls.objects.filter(period=period, bucket_start__gte=start, bucket_start__lt=end)
-            for a, b in covered:
-                rows = rows.exclude(bucket_start__gte=a, bucket_start__lt=b)
-            for row in rows.values("module_id").annotate(c=Sum("count"), f=Sum("failures")):
-                t = totals.setdefault(row["module_id"], [0, 0])
-                t[0] += row["c"]
-                t[1] += row["f"]
+            for a, b in _uncovered(start, end, covered):
+                rows = cls.objects.filter(period=period, bucket_start__gte=a, bucket_start__lt=b)
+                for row in rows.values("module_id").annotate(c=Sum("count"), f=Sum("failures")):
+                    t = totals.setdefault(row["module_id"], [0, 0])
+                    t[0] += row["c"]
+                    t[1] += row["f"]
             covered.append((start, end))
         return {mid: 100.0 * (c - f) / c for mid, (c, f) in totals.items() if c}
 
@@ -497,11 +493,14 @@ class Rollup(models.Model):
         now = now or timezone.now()
         windows = {"uptime_24h": timedelta(hours=24), "uptime_7d": timedelta(days=7), "uptime_30d": timedelta(days=30)}
         values = {field: cls.uptimes_since(now - span) for field, span in windows.items()}
-        modules = list(Module.objects.only("id", *windows))
-        for m in modules:
-            for field in windows:
-                setattr(m, field, values[field].get(m.id))
-        Module.objects.bulk_update(modules, list(windows), batch_size=500)
+        changed = []
+        for m in Module.objects.only("id", *windows):
+            new = {field: values[field].get(m.id) for field in windows}
+            if any(getattr(m, field) != value for field, value in new.items()):
+                for field, value in new.items():
+                    setattr(m, field, value)
+                changed.append(m)
+        bulk_set(changed, list(windows))
 
     @classmethod
     def prune(cls, now: datetime | None = None) -> int:
@@ -512,6 +511,14 @@ class Rollup(models.Model):
             cls.Period.DAY: timedelta(days=settings.VX11_DAY_RETENTION_DAYS),
         }
         return sum(prune_in_chunks(cls.objects.filter(period=p, bucket_start__lt=now - span)) for p, span in keep.items())
+
+
+def _uncovered(start: datetime, end: datetime, covered: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The parts of [start, end) outside every covered interval."""
+    parts = [(start, end)]
+    for a, b in covered:
+        parts = [piece for lo, hi in parts for piece in ((lo, min(hi, a)), (max(lo, b), hi)) if piece[0] < piece[1]]
+    return parts
 
 
 def maintain_history(now: datetime | None = None) -> dict:

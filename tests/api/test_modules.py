@@ -22,7 +22,8 @@ def patch(api, path, body):
 def test_list_has_the_ten_reference_modules_with_state_fields(api):
     r = api.get("/api/modules")
     assert r.status_code == 200
-    rows = {m["slug"]: m for m in r.json()}
+    assert r.json()["count"] == 10
+    rows = {m["slug"]: m for m in r.json()["items"]}
     assert set(rows) == {"tentaculo_link", "madre", "switch", "hermes", "hormiguero", "manifestator", "mcp", "shub", "spawner", "operator"}
     assert rows["manifestator"]["accepted_statuses"] == ["healthy"]
     assert rows["madre"]["core"] and not rows["hermes"]["core"]
@@ -32,9 +33,15 @@ def test_list_has_the_ten_reference_modules_with_state_fields(api):
 
 def test_list_filters(api):
     Module.objects.filter(slug="hermes").update(state="down")
-    assert [m["slug"] for m in api.get("/api/modules?state=down").json()] == ["hermes"]
-    assert len(api.get("/api/modules?core=true").json()) == 5
+    assert [m["slug"] for m in api.get("/api/modules?state=down").json()["items"]] == ["hermes"]
+    assert api.get("/api/modules?core=true").json()["count"] == 5
     assert api.get("/api/modules?state=sideways").status_code == 422
+
+
+def test_list_is_paged(api):
+    page = api.get("/api/modules?limit=3&offset=3").json()
+    assert page["count"] == 10 and [m["port"] for m in page["items"]] == [8003, 8004, 8005]
+    assert api.get("/api/modules?limit=5000").status_code == 422
 
 
 def test_create_read_update_delete(api):
@@ -151,6 +158,7 @@ def test_overview(api, fleet, sim):
     assert r["summary"]["down"] == 1 and r["summary"]["core_down"] == ["switch"]
     assert r["summary"]["up"] + r["summary"]["degraded"] == 9
     assert len(r["modules"]) == 10
+    assert {m["slug"]: m["state"] for m in r["modules"]}["switch"] == "down"
 
 
 def test_openapi_docs_are_served(api):
