@@ -133,17 +133,22 @@ class SummaryOut(Schema):
 class OverviewModule(Schema):
     slug: str
     state: str
+    last_latency_ms: float | None
+    uptime_24h: float | None
+
+
+class Problem(Schema):
+    slug: str
+    state: str
     core: bool
     state_since: datetime | None
-    last_checked_at: datetime | None
-    last_latency_ms: float | None
     last_error: str
-    uptime_24h: float | None
 
 
 class OverviewOut(Schema):
     summary: SummaryOut
     modules: list[OverviewModule]
+    problems: list[Problem] = Field(..., description="modules not up, with since when and why")
 
 
 class HistoryFilter(Schema):
@@ -170,10 +175,14 @@ def _save(module: Module) -> Module:
     return module
 
 
-@router.get("/overview", response=OverviewOut, summary="Fleet summary and every enabled module's current state, compact")
+@router.get("/overview", response=OverviewOut, summary="Fleet summary, every enabled module's state (compact), and the problems")
 def overview(request):
-    modules = Module.objects.filter(enabled=True).values(*OverviewModule.model_fields)
-    return {"summary": Module.fleet_summary(), "modules": list(modules)}
+    enabled = Module.objects.filter(enabled=True)
+    return {
+        "summary": Module.fleet_summary(),
+        "modules": list(enabled.values(*OverviewModule.model_fields)),
+        "problems": list(enabled.exclude(state="up").values(*Problem.model_fields)),
+    }
 
 
 @router.get("/modules", response=list[ModuleOut], summary="List modules, paged (limit/offset)")

@@ -159,6 +159,7 @@ def test_overview(api, fleet, sim):
     assert r["summary"]["up"] + r["summary"]["degraded"] == 9
     assert len(r["modules"]) == 10
     assert {m["slug"]: m["state"] for m in r["modules"]}["switch"] == "down"
+    assert [(p["slug"], p["core"], p["last_error"]) for p in r["problems"]] == [("switch", True, "connection refused")]
 
 
 def test_openapi_docs_are_served(api):
