@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/probe_round.py
+	$(PY) bench/ws_fanout.py
 
 clean:
 	rm -rf $(VENV) var

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def _digest(key: str) -> str:
@@ -54,7 +58,10 @@ class ApiKey(models.Model):
         key = cls.objects.select_related("user").filter(prefix=parts[1], revoked=False, user__is_active=True).first()
         if key is None or not hmac.compare_digest(key.key_hash, _digest(plain)):
             return None
-        cls.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+            # a write per request would cost a commit each time; a minute's resolution is enough
+            cls.objects.filter(pk=key.pk).update(last_used_at=now)
         return key
 
 

@@ -177,12 +177,8 @@ def _save(module: Module) -> Module:
 
 @router.get("/overview", response=OverviewOut, summary="Fleet summary, every enabled module's state (compact), and the problems")
 def overview(request):
-    enabled = Module.objects.filter(enabled=True)
-    return {
-        "summary": Module.fleet_summary(),
-        "modules": list(enabled.values(*OverviewModule.model_fields)),
-        "problems": list(enabled.exclude(state="up").values(*Problem.model_fields)),
-    }
+    rows = list(Module.objects.filter(enabled=True).values(*OverviewModule.model_fields, *Problem.model_fields, "simulated"))
+    return {"summary": Module.fleet_summary(rows), "modules": rows, "problems": [r for r in rows if r["state"] != "up"]}
 
 
 @router.get("/modules", response=list[ModuleOut], summary="List modules, paged (limit/offset)")

@@ -188,12 +188,20 @@ class Module(models.Model):
     ]
 
     @classmethod
-    def fleet_summary(cls) -> dict:
-        counts = dict(cls.objects.filter(enabled=True).values_list("state").annotate(n=models.Count("id")))
-        summary = {state: counts.get(state, 0) for state in State.values}
-        summary["total"] = sum(counts.values())
-        summary["core_down"] = list(cls.objects.filter(enabled=True, core=True, state=State.DOWN).values_list("slug", flat=True))
-        summary["simulated"] = cls.objects.filter(enabled=True, simulated=True).count()
+    def fleet_summary(cls, rows: list[dict] | None = None) -> dict:
+        """Counts per state of the enabled modules, core modules down, how many are simulated.
+
+        `rows`: enabled modules as dicts with slug, state, core and simulated, when the caller
+        has them already (the API overview reads the fleet once).
+        """
+        if rows is None:
+            rows = list(cls.objects.filter(enabled=True).values("slug", "state", "core", "simulated"))
+        summary = {state: 0 for state in State.values}
+        for row in rows:
+            summary[row["state"]] += 1
+        summary["total"] = len(rows)
+        summary["core_down"] = [r["slug"] for r in rows if r["core"] and r["state"] == State.DOWN]
+        summary["simulated"] = sum(r["simulated"] for r in rows)
         return summary
 
 

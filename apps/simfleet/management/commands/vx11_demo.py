@@ -84,7 +84,9 @@ class Command(BaseCommand):
                 children = self.start_portal(options["portal_port"])
                 url = f"http://127.0.0.1:{options['portal_port']}/admin/"
                 self.stdout.write(self.style.SUCCESS(f"\nVX11 Ops Portal: {url}   login: {ADMIN_USER} / {password}"))
-                self.stdout.write(f"API docs: http://127.0.0.1:{options['portal_port']}/api/docs   Ctrl-C stops everything.\n")
+                self.stdout.write(f"API docs: http://127.0.0.1:{options['portal_port']}/api/docs   Operator console: http://127.0.0.1:{options['portal_port']}/operator/console")
+                self.stdout.write(f"X-VX11-Token (operator endpoints, ws://127.0.0.1:{options['portal_port']}/ws/<session>?token=...): {settings.VX11_TOKEN}")
+                self.stdout.write("Ctrl-C stops everything.\n")
             self.wait(children)
         finally:
             for child in children:
