@@ -1,0 +1,46 @@
+"""`vx11 demo`: bad options are a clear error line, and --fleet-only points the registry at the simulator."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.django_db
+def test_port_offset_out_of_range_is_refused():
+    with pytest.raises(CommandError, match="--port-offset"):
+        call_command("vx11_demo", port_offset=99999, fleet_only=True)
+
+
+def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_VAR_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "manage.py", "vx11", "demo", "--fleet-only", "--port-offset", "23000", "--shub-warmup", "0"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("First probe round"):
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)
+    out = "".join(lines)
+    assert "Demo fleet (SIMULATOR) is up" in out and "http://127.0.0.1:31001/health" in out  # madre at 8001 + 23000
+    assert "First probe round: 10/10 answering." in out
+    check = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                            "from apps.fleet.models import Module; print(Module.objects.filter(simulated=True, port__gte=31000).count())"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert check.stdout.strip().splitlines()[-1] == "10"
