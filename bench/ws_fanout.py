@@ -1,11 +1,12 @@
 """WebSocket fan-out through the channel layer: Redis against in-memory, figures, not tests.
 
     .venv/bin/python bench/ws_fanout.py [--clients 200] [--events 1000] [--paced-ms 1]
-                                        [--redis-url redis://127.0.0.1:6379/13] [--skip-extra]
+                                        [--sustained-ms 100] [--sustained-events 150]
+                                        [--redis-url redis://127.0.0.1:6379/13] [--skip-extra] [--what-if]
 
 N WebSocket clients (aiohttp, in this process) connect to /ws/bench-<i> of ONE daphne process
 (a child process per channel-layer configuration), each with its own session id, so the only
-group they share is `vx11.broadcast`; M events are then group_send to that group with the send
+group they share is `vx11.broadcast`; events are then group_send to that group with the send
 time (`time.time()`) in the event data, and each client parses it on arrival.
 
 The in-memory layer only works inside one process, so the publisher runs inside the daphne
@@ -13,23 +14,33 @@ process for both layers: the child is this same script with `--serve PORT`, whic
 programmatically (daphne.server.Server) on `vx11_site.asgi:application` wrapped by a small ASGI
 shim that answers `GET /__bench/publish` by calling `get_channel_layer().group_send(...)` on the
 server's own event loop (and `GET /__bench/stats` with the server's CPU time and drop counters).
-Nothing else of the app is changed. For Redis a run with the publisher in this (client) process
-is added, a RedisChannelLayer on the same URL: the path a Celery worker's publish() takes.
+Nothing of the app is changed. For Redis the runs are repeated with the publisher in this (client)
+process, a RedisChannelLayer on the same URL: the path publish() from a Celery worker takes.
+Note: a publisher inside a saturated daphne is slowed down by the fan-out itself ("send s" in the
+table), so its latency leaves out the time events would have waited before being sent; the
+publisher-outside rows (pub=bench) show the queueing a burst really meets.
 
-Runs, per configuration: a burst (all M events as fast as the publisher can send) and a paced run
-(1 event every --paced-ms ms). Configurations, each in a fresh daphne process:
-  * redis, capacity 5000 (VX11_CHANNEL_CAPACITY, the project's default)      -> the figures under test
-  * in-memory, VX11_WS_POLL_SECONDS=0 (the same code path as Redis)          -> the baseline
-  * in-memory, app default poll (1 s DB poll per client)                     -> informative (--skip-extra)
-  * redis, capacity 100 (channels-redis's own default), burst and paced      -> why capacity is sized
+Runs, per configuration: a burst (--events as fast as the publisher can send), a paced run (one
+event every --paced-ms ms) and a sustained run (--sustained-events, one every --sustained-ms ms,
+a rate one daphne process keeps up with). Configurations, each in a fresh daphne process:
+  * in-memory, capacity 5000 (*)  the baseline: lossless, same capacity as Redis, poll off
+  * in-memory, capacity 100       as settings.py builds it (no CONFIG), poll off
+  * in-memory, app default        capacity 100 and the 1 s DB poll per client (burst only; --skip-extra)
+  * redis, capacity 5000          VX11_CHANNEL_CAPACITY's default: the figures under test
+  * redis, capacity 100           channels-redis's own default: why the setting is sized
+  * --what-if (*): RedisPubSubChannelLayer; and RedisChannelLayer with vx11.event handed to the
+    handler without channels' per-message close_old_connections thread-pool hop
+(*) set up by this bench inside its daphne child only (settings / EventConsumer.dispatch patched
+in memory before the first connection).
 
 Per run: delivered total and minimum per client, duplicates, latency (receive - send) p50/p99/max,
-drain (first send -> last receive), the server's CPU time over the run, and where messages were
-dropped, counted inside the server by wrapping the layer's own drop points (channels-redis's
-group_send "over capacity" log line and its BoundedQueue eviction; the in-memory layer's
-ChannelFull, which its group_send swallows). The DB is a throwaway SQLite file in a temp dir
-(migrated first); Redis keys `asgi*` of the bench's db (13) are deleted before and after.
-Progress goes to stderr, the figures table to stdout. Nothing fails on timing.
+drain (first send -> last receive), frames/s, the server's CPU time and CPU per delivered frame, and
+where messages were dropped, counted inside the server by wrapping the layer's own drop points
+(channels-redis's group_send "over capacity" log line and its receive-buffer eviction; the
+in-memory layer's ChannelFull, which its group_send swallows). The DB is a throwaway SQLite file
+in a temp dir (migrated first); Redis keys `asgi*` of the bench's db (13) are deleted before and
+after. RLIMIT_NOFILE is raised to the hard limit. Progress goes to stderr, the figures table to
+stdout. Nothing fails on timing. A full run takes ~10 min (~12 min with --what-if) on 2 CPUs.
 """
 
 from __future__ import annotations
@@ -228,6 +239,23 @@ def serve(port: int) -> None:
         layer_settings = settings.CHANNEL_LAYERS["default"]
         assert layer_settings["BACKEND"] == "channels.layers.InMemoryChannelLayer", layer_settings
         layer_settings["CONFIG"] = {**layer_settings.get("CONFIG", {}), "capacity": int(capacity)}
+    if os.environ.get("VX11_BENCH_LAYER") == "pubsub":  # what-if: channels-redis's pub/sub layer, this process only
+        from django.conf import settings
+
+        settings.CHANNEL_LAYERS["default"] = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [settings.REDIS_URL]}}
+    if os.environ.get("VX11_BENCH_DIRECT_EVENTS"):
+        # what-if: channels' dispatch() runs close_old_connections in the thread pool before EVERY handler;
+        # vx11_event touches no database (with the poller off), so hand it the message directly
+        from apps.operator.consumers import EventConsumer
+
+        original_dispatch = EventConsumer.dispatch
+
+        async def dispatch(self, message):
+            if message["type"] == "vx11.event" and not getattr(self, "poller", None):
+                return await self.vx11_event(message)
+            return await original_dispatch(self, message)
+
+        EventConsumer.dispatch = dispatch
 
     counters = DropCounters()
     counters.install()
@@ -550,10 +578,18 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
         if r.config == REDIS_SMALL:
             print(f"  capacity 100, {r.run:<14} delivered {r.delivered:,}/{r.expected:,} ({100 * r.delivered / r.expected:.1f}%), "
                   f"min {r.min_per_client}/client; " + (", ".join(f"{k}={v:,}" for k, v in r.drops.items() if v) or "no drops"))
+    for config in (PUBSUB, DIRECT):
+        for run in run_names:
+            r, redis_r = find(config, run), find(REDIS, run)
+            if r and redis_r:
+                print(f"  what-if {config:<22} {run:<14} delivered {r.delivered:,}/{r.expected:,}, p99 {fmt(r.p99)} ms "
+                      f"({fmt(ratio(r, redis_r), 2)}x {REDIS}), server CPU {fmt(1e6 * r.server_cpu_s / max(r.delivered, 1), 0)} us/frame "
+                      f"vs {fmt(1e6 * redis_r.server_cpu_s / max(redis_r.delivered, 1), 0)}")
 
 
 REDIS, REDIS_SMALL = "redis cap 5000", "redis cap 100"
 BASELINE, MEMORY_APP, MEMORY_POLL = "in-memory cap 5000*", "in-memory cap 100", "in-memory app default"
+PUBSUB, DIRECT = "redis pubsub*", "redis cap 5000 direct*"
 
 
 async def main_async(args) -> None:
@@ -590,6 +626,11 @@ async def main_async(args) -> None:
         ]
         if not args.skip_extra:
             configs.insert(2, Config(MEMORY_POLL, {}, [burst]))
+        if args.what_if:
+            configs += [
+                Config(PUBSUB, {**redis_env, "VX11_WS_POLL_SECONDS": "0", "VX11_BENCH_LAYER": "pubsub"}, main_runs),
+                Config(DIRECT, {**redis_env, "VX11_CHANNEL_CAPACITY": "5000", "VX11_BENCH_DIRECT_EVENTS": "1"}, main_runs),
+            ]
         results = []
         for config in configs:
             results += await run_config(config, args, base_env, tmp)
@@ -605,6 +646,10 @@ async def main_async(args) -> None:
             print(f"  {MEMORY_POLL:<22} as {MEMORY_APP}, with the app's default DB poll for the in-memory layer (1 s per client)")
         print(f"  {REDIS:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=5000 (the project's default), expiry 60")
         print(f"  {REDIS_SMALL:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=100 (channels-redis's own default)")
+        if args.what_if:
+            print(f"  {PUBSUB:<22} what-if (*): channels_redis.pubsub.RedisPubSubChannelLayer set by this bench in its daphne child")
+            print(f"  {DIRECT:<22} what-if (*): as {REDIS}, vx11.event handed to the handler without channels' per-message")
+            print(f"  {'':<22} close_old_connections thread hop (EventConsumer.dispatch patched in the daphne child)")
         print("  drops: redis_over_capacity = group_send skipped a full channel key (one key per daphne process, i.e. one event")
         print("         for all its clients); redis_buffer_evicted = receive buffer overflow; memory_channel_full = ChannelFull per client")
         print()
@@ -633,6 +678,9 @@ def main() -> None:
     parser.add_argument("--sustained-events", type=int, default=150, help="events of the sustained run; 0 skips it (default 150)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--skip-extra", action="store_true", help="skip the in-memory burst with the app's default DB poll")
+    parser.add_argument("--what-if", action="store_true",
+                        help="also run two candidate fixes, set up in the daphne child only: RedisPubSubChannelLayer, and "
+                             "vx11.event dispatched without the per-message close_old_connections thread hop")
     parser.add_argument("--keep-tmp", action="store_true")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the daphne child
     args = parser.parse_args()

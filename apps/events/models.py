@@ -69,6 +69,11 @@ class Event(models.Model):
         return cls.objects.aggregate(m=models.Max("id"))["m"] or 0
 
     @classmethod
+    def after(cls, cursor: int, limit: int = 1000) -> list[Event]:
+        """Every session's events after a cursor (the in-memory layer's relay)."""
+        return list(cls.objects.filter(id__gt=cursor).order_by("id")[:limit])
+
+    @classmethod
     def replay(cls, session_id: str, after: int, limit: int = 1000) -> list[Event]:
         return list(cls.objects.filter(id__gt=after, session_id__in=[session_id, ""]).order_by("id")[:limit])
 
