@@ -332,7 +332,6 @@ def api_worker(args):
     if postgres:
         create_postgres_db()
     setup_django(os.environ["VX11_VAR_DIR"])
-    from datetime import timedelta
 
     from django.contrib.auth.models import User
     from django.core.management import call_command
@@ -449,7 +448,7 @@ def print_part2(f):
     print(f"  set-up: migrate {f['migrate_s']:.1f} s; rollups 1 day hourly {f['insert_1d_s']:.1f} s, {days} days hourly {f['insert_hourly_s']:.1f} s, daily {f['insert_daily_s']:.1f} s")
     print(f"  {'history':<34} {'rollup rows':>12} {'/api/modules p50/p95':>22} {'/api/overview p50/p95':>23} {'refresh_uptimes':>16}")
     print("  " + "-" * 112)
-    for label, s in ((f"(a) 1 day hourly", a), (f"(b) {days} d hourly + {days} d daily", b)):
+    for label, s in (("(a) 1 day hourly", a), (f"(b) {days} d hourly + {days} d daily", b)):
         m, o = s["modules"], s["overview"]
         print(f"  {label:<34} {s['rollups']:>12,} {m['p50']:>10.1f} / {m['p95']:>5.1f} ms {o['p50']:>11.1f} / {o['p95']:>5.1f} ms {s['refresh_ms']:>10.0f} ms")
     row("/api/modules p50 (b)", f"{b['modules']['p50']:.1f} ms", "<= 20 ms", verdict(b["modules"]["p50"], 20))
