@@ -211,8 +211,9 @@ def read_module(request, slug: str):
 def update_module(request, slug: str, payload: ModulePatch):
     module = _module(slug)
     changes = payload.model_dump(exclude_unset=True)
-    for field in ("name", "base_url", "health_path", "core", "enabled", "accepted_statuses", "timeout", "down_after", "up_after", "owned_tables", "role"):
-        if field in changes and changes[field] is None:
+    nullable = {"degraded_latency_ms"}
+    for field, value in changes.items():
+        if value is None and field not in nullable:
             raise HttpError(422, f"{field}: may not be null")
     for field, value in changes.items():
         setattr(module, field, value)

@@ -290,12 +290,14 @@ class StateChange(models.Model):
     def __str__(self) -> str:
         return f"{self.module_id}: {self.from_state} → {self.to_state}"
 
+    @property
+    def event_data(self) -> dict:
+        """What a listener is told of this change (the bus event, webhooks)."""
+        return {"module": self.module.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()}
+
     def announce(self) -> None:
         """Tell every listener (WebSocket clients, the live admin) as a canonical status_changed event."""
-        publish(
-            "status_changed",
-            {"module": self.module.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()},
-        )
+        publish("status_changed", self.event_data)
 
 
 def p95(values: list[float]) -> float | None:

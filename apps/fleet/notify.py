@@ -47,14 +47,7 @@ def is_newsworthy(change: StateChange) -> bool:
 
 
 def payload(change: StateChange) -> dict:
-    return {
-        "event": "status_changed",
-        "module": change.module.slug,
-        "from": change.from_state,
-        "to": change.to_state,
-        "reason": change.reason,
-        "at": change.at.isoformat(),
-    }
+    return {"event": "status_changed", **change.event_data}
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -17,7 +17,7 @@ def verbs() -> dict[str, str]:
 
 
 class Command(BaseCommand):
-    help = "VX11 portal verbs: " + ", ".join("probe demo sim".split()) + " (run `vx11 <verb> --help`)"
+    help = "VX11 portal verbs; run `vx11` for the list and `vx11 <verb> --help` for one"
 
     def run_from_argv(self, argv):
         available = verbs()
