@@ -64,3 +64,6 @@ def on_validation_error(request, exc):
 
 
 api.add_router("/", "apps.fleet.api.router")
+api.add_router("/", "apps.daughters.api.router")
+api.add_router("/", "apps.power.api.router")
+api.add_router("/", "apps.flows.api.router")

@@ -90,6 +90,9 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.fleet",
     "apps.events",
+    "apps.daughters",
+    "apps.power",
+    "apps.flows",
     "apps.operator",
     "apps.simfleet",
 ]
@@ -235,6 +238,13 @@ VX11_WS_BURST = envint("VX11_WS_BURST", 40)
 # never reach daphne), so WebSocket clients then also poll the stored events.
 VX11_WS_POLL_SECONDS = envfloat("VX11_WS_POLL_SECONDS", 0.0 if REDIS_URL else 1.0)
 VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "evidence")).resolve()
+
+# --- daughters (apps.daughters) -----------------------------------------------------------
+
+# --- power (apps.power) -------------------------------------------------------------------
+
+# --- flows (apps.flows) -------------------------------------------------------------------
+
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,5 @@
+"""Daughters API."""
+
+from ninja import Router
+
+router = Router(tags=["daughters"])

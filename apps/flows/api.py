@@ -1,0 +1,5 @@
+"""Flows API."""
+
+from ninja import Router
+
+router = Router(tags=["flows"])

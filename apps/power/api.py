@@ -1,0 +1,5 @@
+"""Power API."""
+
+from ninja import Router
+
+router = Router(tags=["power"])
