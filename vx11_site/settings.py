@@ -242,6 +242,18 @@ VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "eviden
 # --- daughters (apps.daughters) -----------------------------------------------------------
 
 # --- power (apps.power) -------------------------------------------------------------------
+# Guards of the power manager (apps.power); see README "Power manager".
+VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", False)  # off: every start/stop/restart is refused (403)
+VX11_MAINTENANCE_WINDOW_ENABLED = envbool("VX11_MAINTENANCE_WINDOW_ENABLED", True)  # on: applying needs a window covering the service
+VX11_POWER_RATE_LIMIT_PER_MIN = envint("VX11_POWER_RATE_LIMIT_PER_MIN", 6)  # applied requests per user per minute
+VX11_POWER_COMMAND_TIMEOUT = envfloat("VX11_POWER_COMMAND_TIMEOUT", 30.0)  # seconds for docker compose / systemctl
+VX11_POWER_HEALTH_TIMEOUT = envfloat("VX11_POWER_HEALTH_TIMEOUT", 15.0)  # process backend: wait for /health up or gone
+VX11_POWER_STOP_GRACE = envfloat("VX11_POWER_STOP_GRACE", 5.0)  # default SIGTERM -> SIGKILL grace of a new ServiceControl
+VX11_POWER_WINDOW_MAX_TTL = envint("VX11_POWER_WINDOW_MAX_TTL", 86400)  # longest power window, seconds
+VX11_POWER_WINDOW_CHECK_SECONDS = envint("VX11_POWER_WINDOW_CHECK_SECONDS", 2)  # beat interval of the expiry checker
+VX11_POWER_ACTION_RETENTION_DAYS = envint("VX11_POWER_ACTION_RETENTION_DAYS", 180)
+VX11_POWER_CLAIM_STALE_SECONDS = envint("VX11_POWER_CLAIM_STALE_SECONDS", 600)  # a claim older than this (crashed worker) is taken over
+VX11_COMPOSE_PROJECT = os.environ.get("VX11_COMPOSE_PROJECT", "vx11")
 
 # --- flows (apps.flows) -------------------------------------------------------------------
 

@@ -12,5 +12,6 @@ urlpatterns = [
     path("health", portal_health, name="portal-health"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),
+    path("madre/", include("apps.power.urls", namespace="madre-power")),
     path("", include("apps.operator.urls")),
 ]

@@ -96,7 +96,10 @@ class ModuleAdmin(admin.ModelAdmin):
         return "—" if obj.state_since is None else f"{timesince(obj.state_since)} ago"
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "fleet_summary": Module.fleet_summary()}
+        from .models import MaintenanceWindow
+
+        windows = MaintenanceWindow.active_at(timezone.now()).select_related("created_by").prefetch_related("modules")
+        extra_context = {**(extra_context or {}), "fleet_summary": Module.fleet_summary(), "active_windows": windows}
         return super().changelist_view(request, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -179,12 +182,12 @@ class DeliveryAdmin(admin.ModelAdmin):
 
 @admin.register(MaintenanceWindow)
 class MaintenanceWindowAdmin(admin.ModelAdmin):
-    list_display = ["starts_at", "ends_at", "covered", "reason", "active_now", "created_by"]
-    list_filter = ["modules"]
+    list_display = ["starts_at", "ends_at", "covered", "reason", "source", "mode", "closed_at", "active_now", "created_by"]
+    list_filter = ["source", "mode", "modules"]
     search_fields = ["reason"]
     filter_horizontal = ["modules"]
-    fields = ["modules", "starts_at", "ends_at", "reason", "created_by", "created"]
-    readonly_fields = ["created_by", "created"]
+    fields = ["modules", "starts_at", "ends_at", "reason", "source", "mode", "closed_at", "expired_handled_at", "created_by", "created"]
+    readonly_fields = ["created_by", "created", "expired_handled_at"]
     date_hierarchy = "starts_at"
 
     def get_queryset(self, request):
@@ -196,7 +199,7 @@ class MaintenanceWindowAdmin(admin.ModelAdmin):
 
     @admin.display(description="active now", boolean=True)
     def active_now(self, obj):
-        return obj.starts_at <= timezone.now() < obj.ends_at
+        return obj.is_active()
 
     def save_model(self, request, obj, form, change):
         if obj.created_by_id is None:

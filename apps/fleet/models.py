@@ -665,9 +665,19 @@ class Delivery(models.Model):
 class MaintenanceWindow(models.Model):
     """A span of time in which the listed modules are expected to misbehave (power opens these).
 
-    A window covers exactly the modules listed (none listed = none covered): starts_at <= t < ends_at.
-    Notifications for a change inside a window are stored as muted and not sent.
+    A window covers exactly the modules listed (none listed = none covered): starts_at <= t < ends_at,
+    and not after it was closed (closed_at). Notifications for a change inside a window are stored as
+    muted and not sent. A power window (opened through apps.power) has a mode: "ttl" = the power
+    checker stops its modules when it expires; "hold" = they stay as they are when it ends.
     """
+
+    class Source(models.TextChoices):
+        ADMIN = "admin", "maintenance (admin)"
+        POWER = "power", "power window"
+
+    class Mode(models.TextChoices):
+        TTL = "ttl", "ttl: stop the services at expiry"
+        HOLD = "hold", "hold: leave the services as they are"
 
     modules = models.ManyToManyField(Module, related_name="maintenance_windows")
     starts_at = models.DateTimeField()
@@ -675,6 +685,11 @@ class MaintenanceWindow(models.Model):
     reason = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created = models.DateTimeField(default=timezone.now, editable=False)
+    source = models.CharField(max_length=5, choices=Source.choices, default=Source.ADMIN)
+    mode = models.CharField(max_length=4, choices=Mode.choices, blank=True, help_text="power windows only")
+    closed_at = models.DateTimeField(null=True, blank=True, help_text="closed early (or by the expiry checker); no longer covers after this")
+    expired_handled_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                              help_text="when the power checker claimed this window at its expiry")
 
     class Meta:
         ordering = ["-starts_at"]
@@ -682,6 +697,8 @@ class MaintenanceWindow(models.Model):
         indexes = [
             # covering(): windows that have not ended by the moment asked about
             models.Index(fields=["ends_at", "starts_at"], name="window_time"),
+            # power: the open power window (one at most) and the expiry checker's scan
+            models.Index(fields=["source", "closed_at", "ends_at"], name="window_power_open"),
         ]
 
     def __str__(self) -> str:
@@ -693,7 +710,18 @@ class MaintenanceWindow(models.Model):
 
     @classmethod
     def active_at(cls, at: datetime) -> models.QuerySet:
-        return cls.objects.filter(starts_at__lte=at, ends_at__gt=at)
+        not_closed = models.Q(closed_at__isnull=True) | models.Q(closed_at__gt=at)
+        return cls.objects.filter(not_closed, starts_at__lte=at, ends_at__gt=at)
+
+    def is_active(self, at: datetime | None = None) -> bool:
+        at = at or timezone.now()
+        return self.starts_at <= at < self.ends_at and (self.closed_at is None or self.closed_at > at)
+
+    @classmethod
+    def open_power_window(cls, at: datetime | None = None) -> MaintenanceWindow | None:
+        """The power window open now (power allows one at a time), or None."""
+        at = at or timezone.now()
+        return cls.active_at(at).filter(source=cls.Source.POWER).first()
 
     @classmethod
     def covering(cls, module: Module | int, at: datetime) -> models.QuerySet:

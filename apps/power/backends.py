@@ -1,0 +1,188 @@
+"""How a service is started and stopped: process, docker compose or systemd.
+
+Every command is an argument list (never a shell) with a timeout. Each function returns an
+`Outcome` (ok, one-line message, output text); none raises for an expected failure.
+
+The process backend owns the module's OS process: it starts the command in its own session,
+records the pid (the caller stores it), stops it with SIGTERM then SIGKILL after a grace period,
+and waits for the module's /health to come up or go away.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+
+OUTPUT_TAIL = 4000  # characters of output kept on the row; output.log in the evidence folder has it all
+POLL = 0.05
+
+# Popen objects of the children this process started, so they are reaped (no zombies) when they end.
+_children: dict[int, subprocess.Popen] = {}
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    message: str
+    output: list[str] = field(default_factory=list)
+    pid: int | None = None  # process backend: the pid now running (None = none)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+
+def tail(text: str, limit: int = OUTPUT_TAIL) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+# --- external commands: docker compose, systemctl ----------------------------------------------
+
+
+def run_command(argv: list[str], timeout: float | None = None) -> Outcome:
+    """Run one argument list; ok when it exits 0 within the timeout."""
+    timeout = settings.VX11_POWER_COMMAND_TIMEOUT if timeout is None else timeout
+    exe = shutil.which(argv[0])
+    shown = " ".join(argv)
+    if exe is None:
+        return Outcome(False, f"{argv[0]!r} not found on PATH", [f"$ {shown}", f"{argv[0]}: not found"])
+    try:
+        done = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        return Outcome(False, f"`{shown}` timed out after {timeout:g} s", [f"$ {shown}", str(exc.stdout or ""), str(exc.stderr or "")])
+    output = [f"$ {shown}", done.stdout.rstrip(), done.stderr.rstrip(), f"exit code {done.returncode}"]
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
+        return Outcome(False, f"`{shown}` exited with {done.returncode}: {last[0][:200]}", output)
+    return Outcome(True, f"`{shown}` ok", output)
+
+
+COMPOSE_VERBS = {"start": ["up", "-d"], "stop": ["stop"], "restart": ["restart"]}
+SYSTEMD_VERBS = {"start": "start", "stop": "stop", "restart": "restart"}
+
+
+def compose_argv(service: str, action: str) -> list[str]:
+    return ["docker", "compose", "-p", settings.VX11_COMPOSE_PROJECT, *COMPOSE_VERBS[action], service]
+
+
+def systemd_argv(unit: str, action: str) -> list[str]:
+    return ["systemctl", SYSTEMD_VERBS[action], unit]
+
+
+# --- the process backend ---------------------------------------------------------------------
+
+
+def pid_alive(pid: int | None, argv: list[str] | None = None) -> bool:
+    """Whether `pid` runs (not a zombie) and, where /proc tells, runs `argv` (guards pid reuse)."""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _children.pop(pid, None)
+            return False
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # not ours: never signal it
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            if argv is not None and len(argv) > 1:
+                cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")[:-1]
+                if cmdline[-(len(argv) - 1):] != [str(a).encode() for a in argv[1:]]:
+                    return False  # the pid was reused by another program
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def health_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+
+
+def log_path(slug: str) -> Path:
+    folder = settings.VAR_DIR / "power"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{slug}.log"
+
+
+def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, timeout: float | None = None) -> Outcome:
+    timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
+    if pid_alive(pid, argv):
+        return Outcome(True, f"{slug} already running (pid {pid})", [f"pid {pid} alive; nothing to do"], pid=pid)
+    log = log_path(slug)
+    started = time.monotonic()
+    try:
+        with log.open("ab") as out:
+            child = subprocess.Popen(argv, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, close_fds=True)
+    except OSError as exc:
+        return Outcome(False, f"cannot start {slug}: {exc}", [f"$ {' '.join(argv)}", str(exc)])
+    _children[child.pid] = child
+    output = [f"$ {' '.join(argv)}", f"pid {child.pid}, log {log}"]
+    up = wait_for(lambda: child.poll() is not None or health_answers(health_url), timeout)
+    if child.poll() is not None:
+        output.append(tail(log.read_text(errors="replace"), 2000))
+        return Outcome(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
+    if not up:
+        _terminate(child.pid, 1.0)
+        output.append(tail(log.read_text(errors="replace"), 2000))
+        return Outcome(False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output)
+    output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
+    return Outcome(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
+
+
+def _terminate(pid: int, grace: float) -> str:
+    """SIGTERM the process group, SIGKILL after `grace` seconds; say which it took."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "already gone"
+    if wait_for(lambda: not pid_alive(pid), grace):
+        return "ended on SIGTERM"
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "ended on SIGTERM"
+    wait_for(lambda: not pid_alive(pid), 5.0)
+    return f"killed (SIGKILL after {grace:g} s)"
+
+
+def process_stop(slug: str, argv: list[str], pid: int | None, health_url: str, grace: float, timeout: float | None = None) -> Outcome:
+    timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
+    if not pid_alive(pid, argv):
+        return Outcome(True, f"{slug} not running", [f"no live process (recorded pid {pid})"], pid=None)
+    how = _terminate(pid, grace)
+    output = [f"pid {pid}: {how}"]
+    if not wait_for(lambda: not health_answers(health_url), timeout):
+        output.append(f"{health_url} still answers")
+        return Outcome(False, f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s", output, pid=None)
+    output.append(f"{health_url} no longer answers")
+    return Outcome(True, f"{slug} stopped (pid {pid} {how})", output, pid=None)

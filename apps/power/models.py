@@ -1,0 +1,474 @@
+"""The power manager: guarded start/stop/restart of fleet modules, modes, power windows, the action log.
+
+Re-implements madre's power manager (REFERENCE.md section 2) with its guards enforced:
+- VX11_ALLOW_SERVICE_CONTROL off refuses every applied action (403);
+- madre and tentaculo_link are never stopped (403);
+- VX11_MAINTENANCE_WINDOW_ENABLED on: an applied action needs a window covering the module (409);
+- VX11_POWER_RATE_LIMIT_PER_MIN applied requests per user per minute (429), counted in the database
+  so every process shares the limit;
+- one action per module at a time: a conditional UPDATE claims the ServiceControl row; a second
+  action on the same module meanwhile is refused with 409 "another action is running" (the claim
+  is not held inside a transaction, so a 15 s start never blocks the database).
+
+Every request that asks for an action - a plan, an applied action, a refusal - is a PowerAction
+row and an evidence folder docs/audit/madre_power_<action>_<svc>_<YYYYmmddTHHMMSSZ>/ under
+VX11_EVIDENCE_ROOT, as real madre writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.events.models import publish
+from apps.fleet.models import MaintenanceWindow, Module
+from vx11_site.db import prune_in_chunks
+
+from . import backends
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("start", "stop", "restart")
+NEVER_STOP = ("madre", "tentaculo_link")
+# mode -> the modules that run in it (None = every module); the others are stopped
+MODES = {
+    "low_power": ("madre", "tentaculo_link"),
+    "operative_core": ("madre", "tentaculo_link", "switch", "spawner", "mcp"),
+    "full": None,
+}
+PERMISSION = "power.control_services"
+
+
+class Refused(Exception):
+    """A guard said no: the HTTP status and the message the caller sees."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def default_grace() -> float:
+    return settings.VX11_POWER_STOP_GRACE
+
+
+def validate_argv(value) -> None:
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise ValidationError('the command is a JSON list of strings, e.g. ["/usr/bin/python3", "-m", "app"]')
+
+
+class ServiceControl(models.Model):
+    """How the portal starts and stops one module; a module without one cannot be controlled."""
+
+    class Backend(models.TextChoices):
+        PROCESS = "process", "process (the portal runs the command)"
+        COMPOSE = "compose", "docker compose"
+        SYSTEMD = "systemd", "systemd unit"
+
+    module = models.OneToOneField(Module, on_delete=models.CASCADE, related_name="control")
+    backend = models.CharField(max_length=7, choices=Backend.choices, default=Backend.COMPOSE)
+    command = models.JSONField(default=list, blank=True, validators=[validate_argv],
+                               help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]')
+    compose_service = models.CharField(max_length=100, blank=True, help_text="compose: the service name (default: the module slug)")
+    systemd_unit = models.CharField(max_length=200, blank=True, help_text="systemd: the unit, e.g. vx11-madre.service")
+    stop_grace_sec = models.FloatField(default=default_grace, validators=[MinValueValidator(0), MaxValueValidator(300)],
+                                       help_text="process: seconds between SIGTERM and SIGKILL")
+    pid = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="process: the pid the portal started")
+    pid_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # the one-action-at-a-time claim (conditional UPDATE; see claim())
+    busy_since = models.DateTimeField(null=True, blank=True, editable=False)
+    busy_with = models.CharField(max_length=100, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["module__port", "module__slug"]
+        permissions = [("control_services", "Can start, stop and restart VX11 services and open power windows")]
+
+    def __str__(self) -> str:
+        return f"{self.module.slug} ({self.backend})"
+
+    def clean(self) -> None:
+        if self.backend == self.Backend.PROCESS and not self.command:
+            raise ValidationError({"command": "the process backend needs a command (an argument list)"})
+        if self.backend == self.Backend.SYSTEMD and not self.systemd_unit:
+            raise ValidationError({"systemd_unit": "the systemd backend needs a unit name"})
+
+    @property
+    def slug(self) -> str:
+        return self.module.slug
+
+    def argv(self, action: str) -> list[str]:
+        if self.backend == self.Backend.COMPOSE:
+            return backends.compose_argv(self.compose_service or self.slug, action)
+        if self.backend == self.Backend.SYSTEMD:
+            return backends.systemd_argv(self.systemd_unit, action)
+        return list(self.command)
+
+    def plan(self, action: str) -> dict:
+        """What `action` would do, step by step, without doing it."""
+        if self.backend != self.Backend.PROCESS:
+            steps = [" ".join(self.argv(action))]
+        else:
+            health, wait = self.module.health_url, settings.VX11_POWER_HEALTH_TIMEOUT
+            stop = [f"SIGTERM the process group of pid {self.pid or '(none recorded)'}", f"SIGKILL after {self.stop_grace_sec:g} s",
+                    f"wait until {health} no longer answers (up to {wait:g} s)"]
+            start = [f"run {' '.join(self.command)}", f"wait until {health} answers (up to {wait:g} s)"]
+            steps = {"start": start, "stop": stop, "restart": stop + start}[action]
+        return {"service": self.slug, "action": action, "backend": self.backend, "steps": steps, "running": self.running()}
+
+    def running(self) -> bool | None:
+        """Process backend: whether its process lives; other backends: None (not known here)."""
+        if self.backend != self.Backend.PROCESS:
+            return None
+        return backends.pid_alive(self.pid, self.command)
+
+    def claim(self, what: str) -> bool:
+        """Take the module for one action; False when another action holds it (a stale claim is taken over)."""
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.VX11_POWER_CLAIM_STALE_SECONDS)
+        free = Q(busy_since__isnull=True) | Q(busy_since__lt=stale)
+        return ServiceControl.objects.filter(free, pk=self.pk).update(busy_since=now, busy_with=what[:100]) == 1
+
+    def release(self) -> None:
+        ServiceControl.objects.filter(pk=self.pk).update(busy_since=None, busy_with="")
+
+    def run(self, action: str) -> backends.Outcome:
+        """Do it, now (the guards and the claim are the caller's)."""
+        if self.backend != self.Backend.PROCESS:
+            return backends.run_command(self.argv(action))
+        health = self.module.health_url
+        outcome = None
+        if action in ("stop", "restart"):
+            outcome = backends.process_stop(self.slug, self.command, self.pid, health, self.stop_grace_sec)
+            self._record_pid(outcome.pid)
+            if action == "stop" or not outcome.ok:
+                return outcome
+        started = backends.process_start(self.slug, self.command, self.pid, health)
+        self._record_pid(started.pid)
+        if outcome is not None:  # restart: both halves in the output
+            started.output = outcome.output + started.output
+            started.message = f"{outcome.message}; {started.message}"
+        return started
+
+    def _record_pid(self, pid: int | None) -> None:
+        if pid != self.pid:
+            self.pid, self.pid_started_at = pid, (timezone.now() if pid else None)
+            ServiceControl.objects.filter(pk=self.pk).update(pid=self.pid, pid_started_at=self.pid_started_at)
+
+
+class PowerAction(models.Model):
+    """One power request: who, when, what, the plan, whether it ran, and how it ended."""
+
+    class Result(models.TextChoices):
+        OK = "ok", "ok"
+        REFUSED = "refused", "refused"
+        ERROR = "error", "error"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.CharField(max_length=150, help_text="the user, or the system part that acted (window checker)")
+    at = models.DateTimeField(default=timezone.now)
+    service = models.CharField(max_length=200, help_text="the module; the mode for a mode change; the modules of a window")
+    action = models.CharField(max_length=20, help_text="start, stop, restart, mode, window_open, window_close")
+    plan = models.JSONField(default=dict, blank=True)
+    applied = models.BooleanField(default=False, help_text="the action was carried out (not only planned, not refused)")
+    result = models.CharField(max_length=7, choices=Result.choices)
+    http_status = models.PositiveSmallIntegerField()
+    message = models.CharField(max_length=500)
+    output = models.TextField(blank=True, help_text=f"the last {backends.OUTPUT_TAIL} characters; the evidence folder has it all")
+    duration_ms = models.FloatField(default=0)
+    evidence_path = models.CharField(max_length=500, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="steps",
+                               help_text="the mode change or window expiry this action is a step of")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # the per-user rate limit: applied top-level requests of a user in the last minute
+            models.Index(fields=["user", "applied", "at"], name="power_action_rate"),
+            # PowerAction.prune (age cut-off) and the admin list
+            models.Index(fields=["at"], name="power_action_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.service}: {self.result}"
+
+    def finish(self, result: str, status: int, message: str, output: str = "", applied: bool | None = None) -> PowerAction:
+        """Fill in how it ended, save, write the evidence folder, announce an applied action."""
+        if applied is not None:
+            self.applied = applied
+        self.result, self.http_status, self.message = result, status, message[:500]
+        self.output = backends.tail(output)
+        self.duration_ms = round((timezone.now() - self.at).total_seconds() * 1000, 1)
+        self.save()
+        self.evidence_path = write_evidence(self, output)
+        if self.evidence_path:
+            PowerAction.objects.filter(pk=self.pk).update(evidence_path=self.evidence_path)
+        if self.applied:
+            publish("status_changed", {"module": self.service, "power_action": self.action, "result": self.result,
+                                       "message": self.message, "actor": self.actor, "action_id": self.id})
+        return self
+
+    def as_dict(self) -> dict:
+        data = {"id": self.id, "service": self.service, "action": self.action, "applied": self.applied, "result": self.result,
+                "status": self.http_status, "message": self.message, "plan": self.plan, "actor": self.actor,
+                "at": self.at.isoformat(), "duration_ms": self.duration_ms, "output": self.output, "out_dir": self.evidence_path}
+        if self.action == "mode":
+            data["steps"] = [s.as_dict() for s in self.steps.order_by("id")]
+        return data
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        now = now or timezone.now()
+        return prune_in_chunks(cls.objects.filter(at__lt=now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS)))
+
+
+# --- evidence -------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def evidence_dir(action: str, service: str, at: datetime):
+    """A new folder docs/audit/madre_power_<action>_<svc>_<stamp>[_n]/, confined to the evidence root."""
+    audit = (settings.VX11_EVIDENCE_ROOT / "docs" / "audit").resolve()
+    name = f"madre_power_{_UNSAFE.sub('-', action)}_{_UNSAFE.sub('-', service)[:80]}_{at:%Y%m%dT%H%M%SZ}"
+    audit.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = (audit / (name if n == 1 else f"{name}_{n}")).resolve()
+        if not folder.is_relative_to(audit):
+            raise ValueError(f"evidence path escapes {audit}: {folder}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many evidence folders named {name}")
+
+
+def write_evidence(row: PowerAction, output: str) -> str:
+    try:
+        folder = evidence_dir(row.action, row.service, row.at.astimezone(dt_timezone.utc))
+        result = {k: v for k, v in row.as_dict().items() if k not in ("plan", "output", "out_dir", "steps")}
+        result["steps"] = list(row.steps.values_list("id", flat=True)) if row.action == "mode" else []
+        (folder / "plan.json").write_text(json.dumps(row.plan, indent=2, default=str))
+        (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        (folder / "output.log").write_text(output + ("\n" if output else ""))
+        return str(folder)
+    except (OSError, ValueError) as exc:  # the action happened; a full disk must not hide that
+        log.warning("power: no evidence folder for action %s: %s", row.pk, exc)
+        return ""
+
+
+# --- guards ---------------------------------------------------------------------------------
+
+
+def check_permission(user) -> None:
+    if user is None or not user.has_perm(PERMISSION):
+        name = getattr(user, "username", "anonymous")
+        raise Refused(403, f"user '{name}' lacks the permission '{PERMISSION}' needed to control services")
+
+
+def check_allowed() -> None:
+    if not settings.VX11_ALLOW_SERVICE_CONTROL:
+        raise Refused(403, "service control is disabled on this portal (set VX11_ALLOW_SERVICE_CONTROL=1 to allow it)")
+
+
+def check_never_stop(slug: str, action: str) -> None:
+    if action == "stop" and slug in NEVER_STOP:
+        raise Refused(403, f"{slug} cannot be stopped: {', '.join(NEVER_STOP)} always run")
+
+
+def controllable(slug: str) -> ServiceControl:
+    control = ServiceControl.objects.select_related("module").filter(module__slug=slug).first()
+    if control is None:
+        if Module.objects.filter(slug=slug).exists():
+            raise Refused(404, f"service '{slug}' has no control backend configured (add a Service control in the admin)")
+        raise Refused(404, f"unknown service '{slug}': not a module of the fleet")
+    return control
+
+
+def check_windows(modules: list[Module], now: datetime | None = None) -> None:
+    if not settings.VX11_MAINTENANCE_WINDOW_ENABLED:
+        return
+    now = now or timezone.now()
+    outside = [m.slug for m in modules if not MaintenanceWindow.module_in_window(m, now)]
+    if outside:
+        raise Refused(409, f"no open maintenance window covers {', '.join(outside)}; open one first "
+                           "(POST /madre/power/window/open), or set VX11_MAINTENANCE_WINDOW_ENABLED=0")
+
+
+def check_rate(user) -> None:
+    limit = settings.VX11_POWER_RATE_LIMIT_PER_MIN
+    since = timezone.now() - timedelta(minutes=1)
+    done = PowerAction.objects.filter(user=user, applied=True, parent__isnull=True, at__gte=since).count()
+    if done >= limit:
+        raise Refused(429, f"rate limit: {done} applied power actions by '{user.username}' in the last minute (limit {limit}); wait and retry")
+
+
+# --- what the endpoints and the checker call ---------------------------------------------------
+
+
+def _actor(user, system: str | None) -> str:
+    return system or getattr(user, "username", "") or "anonymous"
+
+
+def perform(user, slug: str, action: str, apply: bool, *, system: str | None = None, parent: PowerAction | None = None) -> PowerAction:
+    """Plan or apply one action on one module, through every guard; always returns the audited row.
+
+    `system` names a part of the portal acting on its own (the window checker): no permission,
+    window or rate check then. `parent`: a mode change whose guards already ran for all its steps.
+    """
+    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, system), service=slug[:200],
+                      action=action, parent=parent, at=timezone.now())
+    checked = system is not None or parent is not None
+    try:
+        if not checked:
+            check_permission(user)
+        check_never_stop(slug, action)
+        control = controllable(slug)
+        row.plan = control.plan(action)
+        if not apply:
+            return row.finish(PowerAction.Result.OK, 200, f"plan only: send {{\"apply\": true}} to {action} {slug}")
+        check_allowed()
+        if not checked:
+            check_windows([control.module])
+            check_rate(user)
+        if not control.claim(f"{action} by {row.actor}"):
+            control.refresh_from_db(fields=["busy_since", "busy_with"])
+            raise Refused(409, f"another action is running on {slug} ({control.busy_with}, since {control.busy_since:%H:%M:%S}); try again when it ends")
+    except Refused as refusal:
+        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
+    try:
+        outcome = control.run(action)
+    except Exception as exc:  # an unexpected failure is still an audited error, never a 500
+        log.exception("power: %s %s failed", action, slug)
+        outcome = backends.Outcome(False, f"{action} {slug} failed: {exc}", [repr(exc)])
+    finally:
+        control.release()
+    result = PowerAction.Result.OK if outcome.ok else PowerAction.Result.ERROR
+    return row.finish(result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True)
+
+
+def mode_plan(mode: str) -> list[dict]:
+    wanted = MODES[mode]
+    steps = []
+    for control in ServiceControl.objects.select_related("module").filter(module__enabled=True):
+        slug = control.slug
+        steps.append({"service": slug, "action": "start" if wanted is None or slug in wanted or slug in NEVER_STOP else "stop"})
+    return steps
+
+
+def perform_mode(user, mode: str, apply: bool) -> PowerAction:
+    """low_power / operative_core / full: start the mode's modules, stop the others, each step audited."""
+    steps = mode_plan(mode)
+    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=mode, action="mode",
+                      at=timezone.now(), plan={"mode": mode, "runs": MODES[mode] or "all", "steps": steps})
+    try:
+        check_permission(user)
+        if not apply:
+            return row.finish(PowerAction.Result.OK, 200, f"plan only: send {{\"apply\": true}} to switch to {mode}")
+        check_allowed()
+        modules = {m.slug: m for m in Module.objects.filter(slug__in=[s["service"] for s in steps])}
+        check_windows([modules[s["service"]] for s in steps])
+        check_rate(user)
+    except Refused as refusal:
+        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
+    row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.OK, 200, "running"
+    row.save()
+    done = [perform(user, s["service"], s["action"], True, parent=row) for s in steps]
+    failed = [f"{d.service} ({d.message})" for d in done if d.result != PowerAction.Result.OK]
+    if failed:
+        return row.finish(PowerAction.Result.ERROR, 502, f"mode {mode}: {len(failed)} of {len(done)} steps failed: {'; '.join(failed)}")
+    return row.finish(PowerAction.Result.OK, 200, f"mode {mode}: {len(done)} steps ok")
+
+
+def window_dict(window: MaintenanceWindow | None) -> dict | None:
+    if window is None:
+        return None
+    return {"id": window.id, "services": sorted(m.slug for m in window.modules.all()), "mode": window.mode,
+            "opened_at": window.starts_at.isoformat(), "expires_at": window.ends_at.isoformat(), "reason": window.reason,
+            "closed_at": window.closed_at.isoformat() if window.closed_at else None,
+            "ttl_left_sec": max(0.0, round((window.ends_at - timezone.now()).total_seconds(), 1))}
+
+
+def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str) -> tuple[PowerAction, MaintenanceWindow | None]:
+    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=",".join(services)[:200],
+                      action="window_open", at=timezone.now(),
+                      plan={"services": services, "ttl_sec": ttl_sec, "mode": mode, "reason": reason})
+    window = None
+    try:
+        check_permission(user)
+        modules = list(Module.objects.filter(slug__in=services))
+        unknown = sorted(set(services) - {m.slug for m in modules})
+        if unknown:
+            raise Refused(422, f"not in the fleet: {', '.join(unknown)}")
+        with transaction.atomic():
+            current = MaintenanceWindow.open_power_window()
+            if current is not None:
+                raise Refused(409, f"power window #{current.id} is already open until {current.ends_at:%H:%M:%S} UTC; close it first")
+            now = timezone.now()
+            window = MaintenanceWindow.objects.create(source=MaintenanceWindow.Source.POWER, mode=mode, starts_at=now,
+                                                      ends_at=now + timedelta(seconds=ttl_sec), reason=reason[:500],
+                                                      created_by=row.user)
+            window.modules.set(modules)
+    except Refused as refusal:
+        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message), None
+    row.plan["window"] = window.id
+    return row.finish(PowerAction.Result.OK, 200, f"power window #{window.id} open for {ttl_sec} s ({mode})", applied=True), window
+
+
+def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
+    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service="window",
+                      action="window_close", at=timezone.now())
+    try:
+        check_permission(user)
+        window = MaintenanceWindow.open_power_window()
+        if window is None:
+            raise Refused(404, "no power window is open")
+        row.service = ",".join(sorted(m.slug for m in window.modules.all()))[:200] or "window"
+        row.plan = {"window": window.id}
+        MaintenanceWindow.objects.filter(pk=window.pk, closed_at__isnull=True).update(closed_at=row.at)
+        window.refresh_from_db()
+    except Refused as refusal:
+        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message), None
+    return row.finish(PowerAction.Result.OK, 200, f"power window #{window.id} closed", applied=True), window
+
+
+def expire_windows(now: datetime | None = None) -> list[PowerAction]:
+    """The checker: stop the modules of every ttl power window that has expired (each window once)."""
+    now = now or timezone.now()
+    due = MaintenanceWindow.objects.filter(source=MaintenanceWindow.Source.POWER, mode=MaintenanceWindow.Mode.TTL,
+                                           closed_at__isnull=True, expired_handled_at__isnull=True, ends_at__lte=now)
+    actions = []
+    for window in due.select_related("created_by"):
+        if MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(expired_handled_at=now) != 1:
+            continue  # another checker took it
+        for module in window.modules.order_by("slug"):
+            if module.slug in NEVER_STOP:
+                continue
+            actions.append(perform(window.created_by, module.slug, "stop", True, system=f"window #{window.id} expiry"))
+    return actions
+
+
+def power_status() -> dict:
+    controls = {c.module_id: c for c in ServiceControl.objects.select_related("module")}
+    now = timezone.now()
+    services = []
+    for module in Module.objects.filter(enabled=True):
+        control = controls.get(module.id)
+        services.append({"service": module.slug, "state": module.state, "controlled": control is not None,
+                         "backend": control.backend if control else None, "running": control.running() if control else None,
+                         "pid": control.pid if control else None, "busy": bool(control and control.busy_since),
+                         "in_window": MaintenanceWindow.module_in_window(module, now)})
+    return {"status": "ok", "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,
+            "window_required": settings.VX11_MAINTENANCE_WINDOW_ENABLED, "window": window_dict(MaintenanceWindow.open_power_window(now)),
+            "modes": {m: list(s) if s else "all" for m, s in MODES.items()}, "services": services}
