@@ -1,0 +1,122 @@
+"""The power world: a controller with the permission, demo modules as real OS processes, stand-ins.
+
+- `controller` / `power_api`: a staff user holding power.control_services and a client with its key.
+- `power_on`: service control allowed, evidence into tmp_path, short timeouts.
+- `demo_process(slug)`: points the module at a free port and gives it the process backend running
+  `python -m apps.simfleet.serve_one <slug> --port N`; every process still alive is killed at teardown.
+- `window(*slugs)`: a maintenance window covering those modules for an hour.
+- `stand_in(name, exit_code=0)`: a recording executable named `name` first on PATH; `.calls()` are
+  the argument lists it received.
+"""
+
+import json
+import os
+import signal
+import stat
+import sys
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.utils import timezone
+
+from apps.accounts.models import ApiKey
+from apps.fleet.models import MaintenanceWindow, Module
+from apps.power import backends
+from apps.power.models import ServiceControl
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def power_on(settings, tmp_path):
+    settings.VX11_ALLOW_SERVICE_CONTROL = True
+    settings.VX11_MAINTENANCE_WINDOW_ENABLED = True
+    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.VX11_POWER_HEALTH_TIMEOUT = 10.0
+    settings.VX11_POWER_COMMAND_TIMEOUT = 5.0
+    return settings
+
+
+@pytest.fixture
+def controller(db, django_user_model):
+    user = django_user_model.objects.create_user("controller", password="controller-pass-123", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="control_services", content_type__app_label="power"))
+    return user
+
+
+@pytest.fixture
+def power_api(controller):
+    return Client(headers={"Authorization": f"Bearer {ApiKey.issue(controller, 'power rw')[1]}"})
+
+
+@pytest.fixture
+def demo_process(fleet):
+    def make(slug: str, grace: float = 2.0) -> ServiceControl:
+        port = free_port()
+        module = fleet[slug]
+        module.base_url = f"http://127.0.0.1:{port}"
+        module.save()
+        argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
+        control, _ = ServiceControl.objects.update_or_create(
+            module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv, "stop_grace_sec": grace})
+        return control
+
+    yield make
+    for pid, child in list(backends._children.items()):
+        if child.poll() is None:
+            os.killpg(pid, signal.SIGKILL)
+            child.wait(timeout=5)
+        backends._children.pop(pid, None)
+
+
+@pytest.fixture
+def window(fleet):
+    def make(*slugs: str) -> MaintenanceWindow:
+        now = timezone.now()
+        w = MaintenanceWindow.objects.create(starts_at=now - timedelta(seconds=1), ends_at=now + timedelta(hours=1), reason="test")
+        w.modules.set(Module.objects.filter(slug__in=slugs))
+        return w
+
+    return make
+
+
+class StandIn:
+    def __init__(self, folder, name, exit_code):
+        self.record = folder / f"{name}.calls"
+        self.path = folder / name
+        self.path.write_text(
+            f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(self.record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+            f"print('stand-in {name} ran', *sys.argv[1:])\n"
+            f"sys.exit({exit_code})\n"
+        )
+        self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR)
+
+    def calls(self) -> list[list[str]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def make(name: str, exit_code: int = 0) -> StandIn:
+        return StandIn(folder, name, exit_code)
+
+    return make
+
+
+@pytest.fixture
+def evidence(power_on):
+    """The evidence folders written so far, oldest name first."""
+
+    def folders() -> list:
+        audit = power_on.VX11_EVIDENCE_ROOT / "docs" / "audit"
+        return sorted(audit.iterdir()) if audit.exists() else []
+
+    return folders
