@@ -361,7 +361,7 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
 def mode_plan(mode: str) -> list[dict]:
     wanted = MODES[mode]
     steps = []
-    for control in ServiceControl.objects.select_related("module").filter(module__enabled=True):
+    for control in ServiceControl.objects.select_related("module").filter(module__enabled=True).order_by("module__slug"):
         slug = control.slug
         steps.append({"service": slug, "action": "start" if wanted is None or slug in wanted or slug in NEVER_STOP else "stop"})
     return steps
