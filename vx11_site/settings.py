@@ -256,6 +256,12 @@ VX11_POWER_CLAIM_STALE_SECONDS = envint("VX11_POWER_CLAIM_STALE_SECONDS", 600)  
 VX11_COMPOSE_PROJECT = os.environ.get("VX11_COMPOSE_PROJECT", "vx11")
 
 # --- flows (apps.flows) -------------------------------------------------------------------
+VX11_FLOW_HTTP_TIMEOUT = envfloat("VX11_FLOW_HTTP_TIMEOUT", 5.0)  # seconds for a step's HTTP call when the step sets none
+VX11_FLOW_MAX_WAIT_SECONDS = envint("VX11_FLOW_MAX_WAIT_SECONDS", 900)  # the longest a step may wait (HTTP timeout, DB "within")
+VX11_FLOW_DB_POLL_SECONDS = envfloat("VX11_FLOW_DB_POLL_SECONDS", 0.2)  # how often a DB step looks for its rows
+VX11_FLOW_EXCERPT_CHARS = envint("VX11_FLOW_EXCERPT_CHARS", 2000)  # stored excerpt of each step's request and response body
+VX11_FLOW_INTERVAL_SECONDS = envint("VX11_FLOW_INTERVAL_SECONDS", 300)  # beat schedule the data migration creates (editable in the admin)
+VX11_FLOW_RUN_RETENTION_DAYS = envint("VX11_FLOW_RUN_RETENTION_DAYS", 30)  # runs (and their step results) older than this are pruned
 
 
 LOGGING = {

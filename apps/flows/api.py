@@ -1,5 +1,155 @@
-"""Flows API."""
+"""Flows API: list, read, create/replace a definition, run now, runs, run detail, contract coherence."""
 
-from ninja import Router
+from datetime import datetime
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from ninja import Body, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.pagination import LimitOffsetPagination, paginate
+
+from .models import ContractCoherence, Flow, FlowRun
 
 router = Router(tags=["flows"])
+
+
+class RunOut(Schema):
+    id: int
+    flow: str
+    status: str
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+    failed_step: int | None
+    reason: str
+
+    @staticmethod
+    def resolve_flow(obj):
+        return obj.flow.name
+
+
+class StepResultOut(Schema):
+    position: int
+    name: str
+    kind: str
+    status: str
+    reason: str
+    request: dict
+    response_status: int | None
+    response_excerpt: str
+    duration_ms: float | None
+    captured: dict
+
+
+class RunDetailOut(RunOut):
+    captured: dict
+    steps: list[StepResultOut]
+
+    @staticmethod
+    def resolve_steps(obj):
+        return list(obj.steps.all())
+
+
+class FlowOut(Schema):
+    name: str
+    title: str
+    description: str
+    enabled: bool
+    steps: int
+    last_run: RunOut | None
+
+    @staticmethod
+    def resolve_steps(obj):
+        return obj.steps.count()
+
+    @staticmethod
+    def resolve_last_run(obj):
+        return obj.last_run()
+
+
+class FlowDetailOut(FlowOut):
+    definition: dict
+
+    @staticmethod
+    def resolve_definition(obj):
+        return obj.to_spec()
+
+
+class CoherenceOut(Schema):
+    contract_coherence_pct: float | Literal["NV"]
+    passed: int | None
+    total: int | None
+    computed_at: datetime | None
+    detail: dict
+
+
+def _flow(name: str) -> Flow:
+    return get_object_or_404(Flow, name=name)
+
+
+def _save(spec: Any, replace: bool) -> Flow:
+    try:
+        return Flow.save_spec(spec, replace=replace)
+    except DjangoValidationError as exc:
+        raise HttpError(422, "; ".join(exc.messages)) from None
+
+
+@router.get("/flows", response=list[FlowOut], summary="List flows with their last run, paged")
+@paginate(LimitOffsetPagination)
+def list_flows(request, enabled: bool | None = None):
+    flows = Flow.objects.all()
+    if enabled is not None:
+        flows = flows.filter(enabled=enabled)
+    return flows
+
+
+@router.post("/flows", response={201: FlowDetailOut}, summary="Create a flow from a definition (the YAML/JSON file shape)")
+def create_flow(request, definition: dict[str, Any] = Body(..., description='{"name": "D", "steps": [...]}')):
+    name = definition.get("name")
+    if isinstance(name, str) and Flow.objects.filter(name=name).exists():
+        raise HttpError(409, f"flow {name} already exists; PUT /api/flows/{name} replaces it")
+    return Status(201, _save(definition, replace=False))
+
+
+@router.get("/flows/coherence", response=CoherenceOut, summary="contract_coherence_pct: passed / total over the latest run of each enabled flow")
+def coherence(request):
+    row = ContractCoherence.objects.first()
+    if row is None:
+        return {"contract_coherence_pct": "NV", "passed": None, "total": None, "computed_at": None, "detail": {}}
+    return {"contract_coherence_pct": Flow.contract_coherence_pct(), "passed": row.passed, "total": row.total,
+            "computed_at": row.computed_at, "detail": row.detail}
+
+
+@router.get("/flows/{name}", response=FlowDetailOut, summary="Read a flow: its definition and last run")
+def read_flow(request, name: str):
+    return _flow(name)
+
+
+@router.put("/flows/{name}", response=FlowDetailOut, summary="Replace a flow's definition (steps and all)")
+def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
+    _flow(name)
+    if definition.get("name", name) != name:
+        raise HttpError(422, f"name in the body ({definition.get('name')!r}) differs from the URL ({name!r})")
+    return _save({**definition, "name": name}, replace=True)
+
+
+@router.post("/flows/{name}/run", response=RunDetailOut, summary="Run a flow now (waits for the end) and return the run with its steps")
+def run_flow(request, name: str):
+    flow = _flow(name)
+    return flow.run(trigger="api", user=request.user)
+
+
+@router.get("/flows/{name}/runs", response=list[RunOut], summary="A flow's runs, newest first, paged")
+@paginate(LimitOffsetPagination)
+def flow_runs(request, name: str, status: Literal["running", "passed", "failed"] | None = None):
+    runs = FlowRun.objects.filter(flow=_flow(name)).select_related("flow")
+    if status:
+        runs = runs.filter(status=status)
+    return runs
+
+
+@router.get("/flow-runs/{run_id}", response=RunDetailOut, summary="One run with its steps: request, response excerpt, duration, pass/fail and why")
+def read_run(request, run_id: int):
+    return get_object_or_404(FlowRun.objects.select_related("flow"), id=run_id)

@@ -2,7 +2,10 @@
 
 Ten aiohttp servers on 127.0.0.1, one per VX11 module, answer with the exact /health shapes of
 the real modules (../shared/vx11/REFERENCE.md section 1) plus the two upstream calls the operator
-backend makes (hermes GET /tools, shub POST /metrics). A control server (GET /_sim, POST /_sim/<slug>)
+backend makes (hermes GET /tools, shub POST /metrics) and what the E2E flows A/B/C need (sections 2
+and 8): tentaculo_link proxies /vx11/* to its siblings, madre plans intents (IntentV2/PlanV2),
+hormiguero scans into incidents, manifestator answers drift and patches (see E2E below).
+A control server (GET /_sim, POST /_sim/<slug>)
 and `SimFleet.set_mode()` make any module misbehave: slow, hang, error, garbage, wrong_status, down.
 All servers share one asyncio loop in one background thread, so a test starts the fleet in a line:
 
@@ -12,12 +15,17 @@ All servers share one asyncio loop in one background thread, so a test starts th
 """
 
 import asyncio
+import itertools
 import json
 import math
+import re
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from datetime import datetime, timezone
 
+import aiohttp
 from aiohttp import web
 
 from apps.fleet.reference import REFERENCE_MODULES
@@ -107,7 +115,7 @@ async def shub_metrics(request):
 
 
 async def normal_answer(fleet, slug, request):
-    """What the real module answers (a dict), or a 404 like FastAPI's."""
+    """What the real module answers (a dict, or a whole response when proxied), or a 404 like FastAPI's."""
     route = (request.method, request.path)
     if route == ("GET", "/health"):
         return health_body(fleet, slug)
@@ -115,7 +123,288 @@ async def normal_answer(fleet, slug, request):
         return HERMES_TOOLS
     if slug == "shub" and route == ("POST", "/metrics"):
         return await shub_metrics(request)
+    if slug == "tentaculo_link" and request.path.startswith("/vx11/"):
+        return await proxy(fleet, request)
+    handler = E2E_ROUTES.get(slug)
+    if handler is not None:
+        return await handler(fleet, request)
     raise json_error(web.HTTPNotFound, "Not Found")
+
+
+# -- E2E: what flows A (gateway -> switch -> hermes -> madre), B (madre -> daughter) and C
+# (hormiguero -> manifestator) call. State (plans, incidents, drift reports, patches) lives in the
+# SimFleet's bounded memory, so one module can answer about what another produced.
+
+PROXY_TIMEOUT = 3.0  # seconds; the gateway's upstream timeout (REFERENCE.md section 3)
+MEMORY_SIZE = 500  # plans, incidents, drift reports and patches kept per kind (oldest dropped)
+MAX_TEXT = 2000  # longest intent text madre accepts
+RISK_HIGH = {"delete", "drop", "destroy", "reset", "migrate", "restore", "stop", "kill", "terminate"}
+RISK_MED = {"restart", "reboot", "suspend", "cleanup", "patch", "update"}
+SPAWN_ACTIONS = {"run", "execute", "start"}
+OTHER_ACTIONS = {"status", "check", "scan", "analyze", "route", "list", "show"}
+DENIED_ACTIONS = {"stop", "kill", "delete", "destroy"}  # ... on madre or tentaculo_link
+PROTECTED = {"madre", "tentaculo_link"}
+ANTS = ("fs_drift", "health", "db_sanity", "cpu_pressure")
+BLUEPRINT = "vx11-v7"
+# What the fs_drift ant finds and manifestator's /drift reports: the blueprint against the module dirs.
+FS_DRIFT = [
+    {"module": "shubniggurath", "missing": ["shubniggurath/engines/"], "extra": []},
+    {"module": "hermes", "missing": [], "extra": ["switch/hermes/tmp_cache/"]},
+]
+
+
+class Memory:
+    """Bounded dicts (oldest entry dropped) and id counters for the E2E endpoints."""
+
+    def __init__(self, size=MEMORY_SIZE):
+        self.size = size
+        self._tables = {}
+        self._ids = itertools.count(1)
+
+    def put(self, table, key, value):
+        rows = self._tables.setdefault(table, OrderedDict())
+        rows[key] = value
+        while len(rows) > self.size:
+            rows.popitem(last=False)
+        return value
+
+    def get(self, table, key):
+        return self._tables.get(table, {}).get(key)
+
+    def values(self, table):
+        return list(self._tables.get(table, {}).values())
+
+    def next_id(self):
+        return next(self._ids)
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat()
+
+
+async def json_body(request, required=True):
+    """The request's JSON object, or a FastAPI-like 422 {"detail": ...}."""
+    if not required and not await request.read():
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise json_error(web.HTTPUnprocessableEntity, "body must be JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(web.HTTPUnprocessableEntity, "body must be a JSON object")
+    return body
+
+
+async def proxy(fleet, request):
+    """tentaculo_link: /vx11/intent and /vx11/result/* go to madre; /vx11/<module>/<rest> to <module> /<rest>."""
+    if request.path == "/vx11/intent" or request.path.startswith("/vx11/result/"):
+        target, path = "madre", request.path
+    else:
+        parts = request.path.split("/", 3)  # "", "vx11", module, rest
+        target = parts[2] if len(parts) > 2 else ""
+        if target not in PORTS or target == "tentaculo_link":
+            raise json_error(web.HTTPNotFound, f"no upstream for {request.path}; use /vx11/<module>/<path>, /vx11/intent or /vx11/result/<id>")
+        path = "/" + (parts[3] if len(parts) > 3 else "")
+    url = fleet.base_url(target) + path + (f"?{request.query_string}" if request.query_string else "")
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept", "x-vx11-token")}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT)) as session:
+            async with session.request(request.method, url, data=await request.read(), headers=headers) as upstream:
+                body = await upstream.read()
+                return web.Response(body=body, status=upstream.status, content_type=upstream.content_type,
+                                    headers={"X-VX11-Upstream": target})
+    except asyncio.TimeoutError:
+        return web.json_response({"detail": f"upstream {target} timed out after {PROXY_TIMEOUT:g} s"}, status=504)
+    except aiohttp.ClientError as err:
+        return web.json_response({"detail": f"upstream {target} unreachable: {type(err).__name__}"}, status=502)
+
+
+def parse_intent(body):
+    """IntentV2 from madre's /vx11/intent body {text, session_id?, mode?, require?: {spawner}}."""
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+        raise json_error(web.HTTPUnprocessableEntity, f'"text" must be a non-empty string of at most {MAX_TEXT} characters')
+    mode = body.get("mode", "MADRE")
+    if mode not in ("MADRE", "AUDIO_ENGINEER"):
+        raise json_error(web.HTTPUnprocessableEntity, '"mode" must be "MADRE" or "AUDIO_ENGINEER"')
+    require = body.get("require") or {}
+    if not isinstance(require, dict):
+        raise json_error(web.HTTPUnprocessableEntity, '"require" must be an object like {"spawner": true}')
+    words = re.findall(r"[a-z_]+", text.lower())
+    known = RISK_HIGH | RISK_MED | SPAWN_ACTIONS | OTHER_ACTIONS
+    action = next((w for w in words if w in known), "chat")
+    targets = list(dict.fromkeys("shub" if w == "shubniggurath" else w for w in words if w in PORTS or w == "shubniggurath"))
+    risk = "HIGH" if action in RISK_HIGH else "MED" if action in RISK_MED else "LOW"
+    denied = [t for t in targets if t in PROTECTED] if action in DENIED_ACTIONS else []
+    if denied:
+        raise json_error(web.HTTPForbidden, f"{action} on {', '.join(denied)} is denied")
+    return {
+        "intent_id": str(uuid.uuid4()),
+        "session_id": str(body.get("session_id") or uuid.uuid4())[:64],
+        "mode": mode,
+        "dsl": {"domain": "audio" if mode == "AUDIO_ENGINEER" else ("system" if action != "chat" else "general"),
+                "action": action, "parameters": {"targets": targets}, "confidence": 0.9 if action != "chat" else 0.5,
+                "original_text": text},
+        "risk": risk,
+        "requires_confirmation": risk in ("MED", "HIGH"),
+        "targets": targets,
+    }, bool(require.get("spawner"))
+
+
+def plan_for(fleet, intent, spawner):
+    """PlanV2: SYSTEM_HEALTHCHECK -> (blocking NOOP awaiting_confirmation) -> CALL_SWITCH|CALL_SHUB
+    -> SPAWNER_REQUEST (run/execute/start, or required) -> NOOP plan_complete."""
+
+    def step(kind, payload, blocking=False):
+        return {"type": kind, "payload": payload, "blocking": blocking, "status": "pending", "result": None, "error": None}
+
+    steps = [step("SYSTEM_HEALTHCHECK", {"modules": intent["targets"] or ["madre"]})]
+    if intent["requires_confirmation"]:
+        steps.append(step("NOOP", {"reason": "awaiting_confirmation"}, blocking=True))
+    audio = intent["mode"] == "AUDIO_ENGINEER"
+    steps.append(step("CALL_SHUB" if audio else "CALL_SWITCH", {"prompt": intent["dsl"]["original_text"]}))
+    if spawner or intent["dsl"]["action"] in SPAWN_ACTIONS:
+        steps.append(step("SPAWNER_REQUEST", {"action": intent["dsl"]["action"], "targets": intent["targets"]}))
+    steps.append(step("NOOP", {"reason": "plan_complete"}))
+    plan = {"plan_id": str(uuid.uuid4()), "intent_id": intent["intent_id"], "session_id": intent["session_id"],
+            "status": "PENDING", "steps": steps, "created_at": now_iso()}
+    advance(fleet, plan)
+    return plan
+
+
+def advance(fleet, plan):
+    """Run the plan's steps up to the first that must wait: a blocking NOOP (confirmation) or the spawner."""
+    plan["status"] = "RUNNING"
+    for s in plan["steps"]:
+        if s["status"] == "done":
+            continue
+        if s["blocking"] and s["status"] == "pending":
+            s["status"] = plan["status"] = "WAITING"
+            return
+        if s["type"] == "SPAWNER_REQUEST" and s["status"] == "pending":
+            s["status"] = "queued"
+            return
+        s["status"] = "done"
+        if s["type"] == "SYSTEM_HEALTHCHECK":
+            s["result"] = {"deps": {dep: fleet.dep_state(dep) for dep in MADRE_DEPS}}
+        elif s["type"] == "CALL_SWITCH":
+            s["result"] = {"model": HEALTH["switch"]["active_model"], "reply": "ok"}
+        elif s["type"] == "CALL_SHUB":
+            s["result"] = {"engine": "shubniggurath", "reply": "ok"}
+    plan["status"] = "DONE"
+
+
+async def madre_answer(fleet, request):
+    path, method = request.path, request.method
+    if (method, path) == ("POST", "/vx11/intent"):
+        intent, spawner = parse_intent(await json_body(request))
+        plan = plan_for(fleet, intent, spawner)
+        correlation_id = str(uuid.uuid4())
+        status = {"DONE": "DONE", "WAITING": "WAITING"}.get(plan["status"], "QUEUED")
+        fleet.memory.put("plans", plan["plan_id"], plan)
+        fleet.memory.put("results", correlation_id, {"correlation_id": correlation_id, "intent_id": intent["intent_id"], "plan_id": plan["plan_id"]})
+        return {"status": status, "correlation_id": correlation_id, "intent": intent, "plan": plan}
+    if (method, path) == ("GET", "/madre/plans"):
+        return {"plans": [{k: p[k] for k in ("plan_id", "intent_id", "session_id", "status")} for p in fleet.memory.values("plans")]}
+    match = re.fullmatch(r"/madre/plans/([\w-]+)(/confirm)?", path)
+    if match:
+        plan = fleet.memory.get("plans", match[1])
+        if plan is None:
+            raise json_error(web.HTTPNotFound, f"plan {match[1]} not found")
+        if match[2] and method == "POST":
+            if plan["status"] != "WAITING":
+                raise json_error(web.HTTPConflict, f"plan {match[1]} is {plan['status']}, not WAITING")
+            next(s for s in plan["steps"] if s["status"] == "WAITING")["status"] = "done"
+            advance(fleet, plan)
+            return plan
+        if not match[2] and method == "GET":
+            return plan
+    match = re.fullmatch(r"/vx11/result/([\w-]+)", path)
+    if match and method == "GET":
+        result = fleet.memory.get("results", match[1])
+        if result is None:
+            raise json_error(web.HTTPNotFound, f"no intent with correlation id {match[1]}")
+        plan = fleet.memory.get("plans", result["plan_id"]) or {}
+        return {**result, "status": plan.get("status", "UNKNOWN")}
+    raise json_error(web.HTTPNotFound, "Not Found")
+
+
+def incident(kind, severity, evidence, actions, scan_id, fleet):
+    row = {"id": fleet.memory.next_id(), "kind": kind, "severity": severity, "status": "open", "evidence": evidence,
+           "correlation_id": str(uuid.uuid4()), "suggested_actions": actions, "scan_id": scan_id, "created_at": now_iso()}
+    return fleet.memory.put("incidents", row["id"], row)
+
+
+def run_ant(fleet, name, scan_id):
+    """One ant's incidents: fs_drift always finds FS_DRIFT; health finds the siblings madre would see down."""
+    if name == "fs_drift":
+        return [incident("fs_drift", "medium", {"blueprint": BLUEPRINT, "drift": FS_DRIFT}, ["manifestator_patch"], scan_id, fleet)]
+    if name == "health":
+        down = sorted(slug for slug in PORTS if slug != "hormiguero" and fleet.dep_state(slug) == "down")
+        return [incident("health", "high", {"down": down}, ["restart_service"], scan_id, fleet)] if down else []
+    return []  # db_sanity, cpu_pressure: nothing to report in the demo
+
+
+async def hormiguero_answer(fleet, request):
+    path, method = request.path, request.method
+    if (method, path) == ("POST", "/hormiguero/scan"):
+        body = await json_body(request, required=False)
+        ants = body.get("ants", list(ANTS))
+        if not isinstance(ants, list) or not ants or not all(a in ANTS for a in ants):
+            raise json_error(web.HTTPUnprocessableEntity, f'"ants" must be a non-empty list of names from {list(ANTS)}')
+        scan_id = f"scan-{fleet.memory.next_id()}"
+        found, report = [], []
+        for name in ants:
+            rows = run_ant(fleet, name, scan_id)
+            found += rows
+            report.append({"name": name, "status": "ok", "incidents": len(rows)})
+        return {"scan_id": scan_id, "status": "done", "ants": report, "incidents": found}
+    if (method, path) == ("GET", "/hormiguero/incidents"):
+        status = request.query.get("status")
+        return {"incidents": [i for i in fleet.memory.values("incidents") if status in (None, i["status"])]}
+    match = re.fullmatch(r"/hormiguero/incidents/(\d+)", path)
+    if match and method == "GET":
+        row = fleet.memory.get("incidents", int(match[1]))
+        if row is None:
+            raise json_error(web.HTTPNotFound, f"incident {match[1]} not found")
+        return row
+    raise json_error(web.HTTPNotFound, "Not Found")
+
+
+def incident_by_correlation(fleet, correlation_id):
+    row = next((i for i in fleet.memory.values("incidents") if i["correlation_id"] == correlation_id), None)
+    if row is None:
+        raise json_error(web.HTTPNotFound, f"no incident with correlation id {correlation_id}")
+    return row
+
+
+async def manifestator_answer(fleet, request):
+    path, method = request.path, request.method
+    if (method, path) == ("GET", "/drift"):
+        correlation_id = request.query.get("correlation_id")
+        if correlation_id:
+            incident_by_correlation(fleet, correlation_id)
+        report = {"drift_id": f"drift-{fleet.memory.next_id()}", "status": "drift_detected", "blueprint": BLUEPRINT,
+                  "correlation_id": correlation_id, "modules": FS_DRIFT, "checked_at": now_iso()}
+        return fleet.memory.put("drift", report["drift_id"], report)
+    if (method, path) == ("POST", "/generate-patch"):
+        body = await json_body(request)
+        drift_id, correlation_id = body.get("drift_id"), body.get("correlation_id")
+        if not drift_id and not correlation_id:
+            raise json_error(web.HTTPUnprocessableEntity, 'send "drift_id" or "correlation_id"')
+        if drift_id and fleet.memory.get("drift", drift_id) is None:
+            raise json_error(web.HTTPNotFound, f"drift report {drift_id} not found")
+        if correlation_id:
+            incident_by_correlation(fleet, correlation_id)
+        operations = [{"op": "add", "path": "/" + d, "value": {"type": "dir"}} for m in FS_DRIFT for d in m["missing"]]
+        operations += [{"op": "remove", "path": "/" + d} for m in FS_DRIFT for d in m["extra"]]
+        patch = {"patch_id": f"patch-{fleet.memory.next_id()}", "status": "proposed", "drift_id": drift_id,
+                 "correlation_id": correlation_id, "operations": operations, "created_at": now_iso()}
+        return fleet.memory.put("patches", patch["patch_id"], patch)
+    raise json_error(web.HTTPNotFound, "Not Found")
+
+
+E2E_ROUTES = {"madre": madre_answer, "hormiguero": hormiguero_answer, "manifestator": manifestator_answer}
 
 
 def module_app(fleet, slug):
@@ -130,6 +419,8 @@ def module_app(fleet, slug):
         if mode == "garbage":
             return web.Response(text="<<simulated garbage>> this body is not JSON", content_type="text/plain")
         body = await normal_answer(fleet, slug, request)
+        if isinstance(body, web.StreamResponse):  # proxied: the upstream's answer as it came
+            return body
         if mode == "wrong_status":
             body = {**body, "status": "broken"}
         return web.json_response(body)
@@ -185,6 +476,7 @@ class SimFleet:
         self._runners = {}  # slug -> AppRunner of each module that is listening now
         self._control_runner = None
         self._loop = self._thread = self._started_at = None
+        self.memory = Memory()  # plans, incidents, drift reports, patches of the E2E endpoints
 
     # -- life cycle --------------------------------------------------------------------------
 

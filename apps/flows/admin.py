@@ -1,0 +1,171 @@
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
+
+COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "running": "#0969da", "skipped": "#6e7781"}
+
+
+def badge(status: str) -> str:
+    return format_html('<span class="vx11-badge" data-status="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+                       status, COLOURS.get(status, "#6e7781"), status)
+
+
+def history_strip(flow: Flow, limit: int = 20) -> str:
+    """The latest runs as small squares, oldest left; each links to its run page."""
+    runs = flow.history(limit)
+    if not runs:
+        return "—"
+    return format_html_join(
+        "", '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
+        ((reverse("admin:flows_flowrun_change", args=[r.id]), r.id, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+          COLOURS.get(r.status, "#6e7781")) for r in runs))
+
+
+class StepFormSet(BaseInlineFormSet):
+    """Validates the whole flow as one definition (check_spec), so a bad step is refused at save
+    with a message naming it, exactly as the loader and the API refuse it."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        forms = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        forms.sort(key=lambda f: f.cleaned_data.get("position") or 0)
+        positions = [f.cleaned_data.get("position") for f in forms]
+        if positions != list(range(1, len(forms) + 1)):
+            raise ValidationError(f"steps must be numbered 1 to {len(forms)} without gaps or repeats (got {', '.join(map(str, positions)) or 'none'})")
+        spec = {"name": self.instance.name or "new", "steps": [f.instance.to_spec() for f in forms]}
+        try:
+            clean = check_spec(spec)
+            check_references(clean["steps"])
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from None
+        for form, step in zip(forms, clean["steps"]):  # store the normalised form of each step
+            for field, value in Step.fields_from(step).items():
+                setattr(form.instance, field, value)
+
+
+class StepInline(admin.StackedInline):
+    model = Step
+    formset = StepFormSet
+    extra = 0
+    ordering = ["position"]
+    fieldsets = [
+        (None, {"fields": [("position", "name", "kind")]}),
+        ("HTTP call", {"fields": [("module", "method", "path"), ("timeout", "expect_status", "max_latency_ms"), "headers", "body", "checks"]}),
+        ("Database / spawn", {"fields": ["db", "spawn"]}),
+        ("Captures for later steps", {"fields": ["capture"]}),
+    ]
+
+
+@admin.action(description="Run selected flows now")
+def run_now(modeladmin, request, queryset):
+    runs = [flow.run(trigger="admin", user=request.user) for flow in queryset]
+    failed = [f"{r.flow.name} ({r.reason})" for r in runs if not r.passed]
+    text = f"Ran {len(runs)} flow(s); {len(runs) - len(failed)} passed."
+    if failed:
+        text += f" Failed: {'; '.join(failed)}."
+    modeladmin.message_user(request, text, messages.WARNING if failed else messages.SUCCESS)
+
+
+@admin.register(Flow)
+class FlowAdmin(admin.ModelAdmin):
+    list_display = ["name", "title", "enabled", "last_result", "history", "last_run_at", "step_count"]
+    list_display_links = ["name", "title"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "title", "description"]
+    fields = ["name", "title", "description", "enabled"]
+    inlines = [StepInline]
+    actions = [run_now]
+    change_form_template = "admin/flows/flow/change_form.html"
+
+    @admin.display(description="last result")
+    def last_result(self, obj):
+        last = obj.last_run()
+        return badge(last.status) if last else "never run"
+
+    @admin.display(description="history (oldest → newest)")
+    def history(self, obj):
+        return history_strip(obj)
+
+    @admin.display(description="last run")
+    def last_run_at(self, obj):
+        last = obj.last_run()
+        return last.started_at if last else "—"
+
+    @admin.display(description="steps")
+    def step_count(self, obj):
+        return obj.steps.count()
+
+    def get_urls(self):
+        return [path("<int:flow_id>/run/", self.admin_site.admin_view(self.run_view), name="flows_flow_run"), *super().get_urls()]
+
+    def run_view(self, request, flow_id):
+        """The change page's "Run now" button (POST): run, then show the run's page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            return redirect("admin:flows_flow_changelist")
+        flow = get_object_or_404(Flow, id=flow_id)
+        run = flow.run(trigger="admin", user=request.user)
+        self.message_user(request, f"Flow {flow.name} {run.status}" + (f": {run.reason}" if run.reason else "."),
+                          messages.SUCCESS if run.passed else messages.WARNING)
+        return redirect("admin:flows_flowrun_change", run.id)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        flow = self.get_object(request, object_id)
+        if flow is not None:
+            extra_context["history_strip"] = history_strip(flow, 50)
+            extra_context["recent_runs"] = flow.runs.all()[:20]
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(FlowRun)
+class FlowRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "flow", "status_badge", "started_at", "duration", "trigger", "failed_step", "reason"]
+    list_filter = ["status", "flow", "trigger"]
+    list_select_related = ["flow"]
+    date_hierarchy = "started_at"
+    fields = ["flow", "status", "trigger", "triggered_by", "started_at", "finished_at", "duration_ms", "failed_step", "reason", "captured"]
+    readonly_fields = fields
+    change_form_template = "admin/flows/flowrun/change_form.html"
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return badge(obj.status)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return "—" if obj.duration_ms is None else f"{obj.duration_ms:.0f} ms"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        run = self.get_object(request, object_id)
+        if run is not None:
+            extra_context["step_results"] = [(r, badge(r.status)) for r in StepResult.objects.filter(run=run)]
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(ContractCoherence)
+class ContractCoherenceAdmin(admin.ModelAdmin):
+    list_display = ["computed_at", "pct", "passed", "total", "detail"]
+    date_hierarchy = "computed_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

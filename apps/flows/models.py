@@ -1,0 +1,527 @@
+"""E2E flows: ordered steps that call modules or watch the database, their runs and step results.
+
+A flow is stored in the ORM (editable in the admin, steps inline) and can be loaded from a YAML or
+JSON file of the same shape as `Flow.to_spec()`. Validation lives in one place, `check_spec()`, a
+pure function the loader, the API, the admin and the data migration all go through, so a bad
+definition is refused everywhere with a message naming the bad step.
+
+A step is one of three kinds:
+  http   call a module (method, path, headers, body) and state what must hold: the status code,
+         values at JSON paths (equals, exists, one_of, regex) and a latency bound; capture values.
+  db     rows of a model matching a filter appear (and all match `expect`) within `within` seconds;
+         a row matching `fail_on` fails the step at once.
+  spawn  madre's side of flow B: the portal's daughters app spawns a daughter (DaughterTask.spawn).
+Captured values are used by later steps as `{{ steps.N.name }}` (N is the 1-based step number).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from django.apps import apps as django_apps
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.utils import timezone
+
+from apps.events.models import publish
+from vx11_site.db import prune_in_chunks
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+CAPTURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+TEMPLATE = re.compile(r"\{\{\s*(steps\.(\d+)\.([A-Za-z_][A-Za-z0-9_]*)|env\.(VX11_[A-Z0-9_]+))\s*\}\}")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+CHECK_OPS = ("equals", "exists", "one_of", "regex")
+KINDS = ("http", "db", "spawn")
+MAX_STEPS = 50
+# keys a step spec may carry, per kind (plus name, kind)
+STEP_KEYS = {
+    "http": {"module", "method", "path", "headers", "body", "timeout", "expect", "capture"},
+    "db": {"db", "capture"},
+    "spawn": {"spawn", "capture"},
+}
+EXPECT_KEYS = {"status", "max_latency_ms", "json"}
+DB_KEYS = {"model", "filter", "expect", "fail_on", "within", "min_count"}
+SPAWN_KEYS = {"kind", "params", "source", "description", "ttl_seconds", "max_retries"}
+SPAWN_CAPTURES = ("task_id", "daughter_ids", "status")
+
+
+# -- the definition: one validating function for every way in ---------------------------------
+
+
+def _templates_in(value) -> list[re.Match]:
+    """Every {{ ... }} in a value (strings inside dicts and lists too); a malformed one raises."""
+    if isinstance(value, str):
+        found = list(TEMPLATE.finditer(value))
+        if value.count("{{") != len(found):
+            raise ValueError(f"malformed template in {value!r}: use {{{{ steps.N.name }}}} or {{{{ env.VX11_NAME }}}}")
+        return found
+    if isinstance(value, dict):
+        return [m for k, v in value.items() for m in _templates_in(k) + _templates_in(v)]
+    if isinstance(value, list):
+        return [m for v in value for m in _templates_in(v)]
+    return []
+
+
+def _jsonpath(expr, what: str) -> None:
+    from jsonpath_ng.exceptions import JsonPathParserError
+    from jsonpath_ng.ext import parse
+
+    if not isinstance(expr, str) or not expr.strip():
+        raise ValueError(f"{what} must be a JSONPath string like $.status")
+    try:
+        parse(expr)
+    except (JsonPathParserError, Exception) as exc:  # the lexer raises plain exceptions too
+        raise ValueError(f"{what}: invalid JSONPath {expr!r} ({exc})") from None
+
+
+def _number(value, what: str, low: float = 0, high: float | None = None, integer: bool = False):
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < low or (high is not None and value > high):
+        bound = f" and at most {high:g}" if high is not None else ""
+        raise ValueError(f"{what} must be a{'n integer' if integer else ' number'} of at least {low:g}{bound}, not {value!r}")
+    return value
+
+
+def _unknown(keys, allowed, what: str) -> None:
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise ValueError(f"unknown {what} key(s): {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check(raw, i: int) -> dict:
+    """One JSON check, {path, equals|exists|one_of|regex: value}, normalised to {path, op, value}."""
+    what = f"expect.json[{i}]"
+    if not isinstance(raw, dict) or "path" not in raw:
+        raise ValueError(f"{what} must be an object like {{path: $.status, equals: ok}}")
+    if "op" in raw:  # the stored form
+        _unknown(raw, {"path", "op", "value"}, what)
+        op, value = raw["op"], raw.get("value")
+    else:
+        ops = [k for k in raw if k != "path"]
+        if len(ops) != 1 or ops[0] not in CHECK_OPS:
+            raise ValueError(f"{what} needs exactly one of {', '.join(CHECK_OPS)} besides path")
+        op, value = ops[0], raw[ops[0]]
+    if op not in CHECK_OPS:
+        raise ValueError(f"{what}: unknown op {op!r}; expected one of {', '.join(CHECK_OPS)}")
+    _jsonpath(raw["path"], f"{what}.path")
+    if op == "exists" and not isinstance(value, bool):
+        raise ValueError(f"{what}: exists takes true or false")
+    if op == "one_of" and (not isinstance(value, list) or not value):
+        raise ValueError(f"{what}: one_of takes a non-empty list")
+    if op == "regex":
+        if not isinstance(value, str):
+            raise ValueError(f"{what}: regex takes a string")
+        if not TEMPLATE.search(value):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{what}: invalid regex {value!r} ({exc})") from None
+    return {"path": raw["path"], "op": op, "value": value}
+
+
+def _http_step(raw: dict) -> dict:
+    module = raw.get("module")
+    if not isinstance(module, str) or not module:
+        raise ValueError("module is required (a module slug, e.g. madre)")
+    method = str(raw.get("method", "GET")).upper()
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    path = raw.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 500:
+        raise ValueError("path is required and must start with / (at most 500 characters)")
+    headers = raw.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ValueError("headers must be an object of strings")
+    timeout = raw.get("timeout")
+    if timeout is not None:
+        _number(timeout, "timeout", 0.01, settings.VX11_FLOW_MAX_WAIT_SECONDS)
+    expect = raw.get("expect") or {}
+    if not isinstance(expect, dict):
+        raise ValueError("expect must be an object with status, max_latency_ms, json")
+    _unknown(expect, EXPECT_KEYS, "expect")
+    status = expect.get("status", 200)
+    if status is not None:
+        _number(status, "expect.status", 100, 599, integer=True)
+    latency = expect.get("max_latency_ms")
+    if latency is not None:
+        _number(latency, "expect.max_latency_ms", 0)
+    checks = expect.get("json") or []
+    if not isinstance(checks, list):
+        raise ValueError("expect.json must be a list of checks")
+    return {"module": module, "method": method, "path": path, "headers": headers, "body": raw.get("body"),
+            "timeout": timeout, "expect_status": status, "max_latency_ms": latency,
+            "checks": [_check(c, i) for i, c in enumerate(checks)]}
+
+
+def _db_step(raw: dict) -> dict:
+    db = raw.get("db")
+    if not isinstance(db, dict):
+        raise ValueError("db must be an object with model, filter, expect, fail_on, within")
+    _unknown(db, DB_KEYS, "db")
+    label = db.get("model")
+    if not isinstance(label, str) or label.count(".") != 1:
+        raise ValueError("db.model must be an app_label.Model, e.g. daughters.Daughter")
+    for key in ("filter", "expect", "fail_on"):
+        if not isinstance(db.get(key) or {}, dict):
+            raise ValueError(f"db.{key} must be an object of field lookups")
+    if not db.get("filter"):
+        raise ValueError("db.filter is required (which rows to watch)")
+    _number(db.get("within", 0), "db.within", 0, settings.VX11_FLOW_MAX_WAIT_SECONDS)
+    _number(db.get("min_count", 1), "db.min_count", 1, integer=True)
+    return {"db": {"model": label, "filter": db["filter"], "expect": db.get("expect") or {}, "fail_on": db.get("fail_on") or {},
+                   "within": db.get("within", 0), "min_count": db.get("min_count", 1)}}
+
+
+def _spawn_step(raw: dict) -> dict:
+    spawn = raw.get("spawn")
+    if not isinstance(spawn, dict):
+        raise ValueError("spawn must be an object with kind, params, ttl_seconds ...")
+    _unknown(spawn, SPAWN_KEYS, "spawn")
+    if not isinstance(spawn.get("kind"), str) or not spawn["kind"]:
+        raise ValueError("spawn.kind is required (http, command, flow)")
+    if not isinstance(spawn.get("params", {}), dict):
+        raise ValueError("spawn.params must be an object")
+    if "ttl_seconds" in spawn:
+        _number(spawn["ttl_seconds"], "spawn.ttl_seconds", 1, settings.VX11_FLOW_MAX_WAIT_SECONDS, integer=True)
+    if "max_retries" in spawn:
+        _number(spawn["max_retries"], "spawn.max_retries", 0, 10, integer=True)
+    return {"spawn": {"params": {}, "source": "madre", **spawn}}
+
+
+def _step(raw, number: int, captured: dict[int, set]) -> dict:
+    if not isinstance(raw, dict):
+        raise ValueError("a step must be an object")
+    kind = raw.get("kind") or next((k for k in ("db", "spawn") if k in raw), "http")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _unknown(raw, STEP_KEYS[kind] | {"name", "kind"}, "step")
+    name = raw.get("name") or f"step {number}"
+    if not isinstance(name, str) or len(name) > 100:
+        raise ValueError("name must be a string of at most 100 characters")
+    fields = {"http": _http_step, "db": _db_step, "spawn": _spawn_step}[kind](raw)
+    capture = raw.get("capture") or {}
+    if not isinstance(capture, dict):
+        raise ValueError("capture must be an object of name: JSONPath")
+    for key, expr in capture.items():
+        if not CAPTURE_NAME.match(str(key)):
+            raise ValueError(f"capture name {key!r} must be a Python-like identifier")
+        _jsonpath(expr, f"capture.{key}")
+    try:
+        templates = _templates_in(fields)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    for match in templates:
+        if match[2] is None:
+            continue  # {{ env.VX11_... }}
+        ref, key = int(match[2]), match[3]
+        if ref >= number:
+            raise ValueError(f"template {match[0]} refers to step {ref}, which does not run before step {number}")
+        if key not in captured.get(ref, set()):
+            raise ValueError(f"template {match[0]}: step {ref} captures no {key!r} (it captures: {', '.join(sorted(captured.get(ref, ()))) or 'nothing'})")
+    captured[number] = set(capture) | (set(SPAWN_CAPTURES) if kind == "spawn" else set())
+    return {"position": number, "name": name, "kind": kind, "capture": capture, **fields}
+
+
+def check_spec(spec) -> dict:
+    """Validate a flow definition (the YAML/JSON shape) and return it normalised:
+    {"name", "title", "description", "enabled", "steps": [step fields...]}. Raises ValidationError
+    whose message names the bad step ("step 3 (madre plan): ...")."""
+    if not isinstance(spec, dict):
+        raise ValidationError("a flow definition must be an object with name and steps")
+    extra = sorted(set(spec) - {"name", "title", "description", "enabled", "steps"})
+    if extra:
+        raise ValidationError(f"unknown flow key(s): {', '.join(extra)}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValidationError(f"flow name {name!r} must be 1-32 letters, digits, _ or - (e.g. A)")
+    steps = spec.get("steps")
+    if not isinstance(steps, list) or not steps or len(steps) > MAX_STEPS:
+        raise ValidationError(f"flow {name}: steps must be a list of 1 to {MAX_STEPS} steps")
+    captured: dict[int, set] = {}
+    normalised = []
+    for number, raw in enumerate(steps, start=1):
+        try:
+            normalised.append(_step(raw, number, captured))
+        except ValueError as exc:
+            label = raw.get("name") if isinstance(raw, dict) and raw.get("name") else ""
+            raise ValidationError(f"flow {name}: step {number}{f' ({label})' if label else ''}: {exc}") from None
+    return {"name": name, "title": str(spec.get("title") or name)[:200], "description": str(spec.get("description") or ""),
+            "enabled": bool(spec.get("enabled", True)), "steps": normalised}
+
+
+def check_references(steps: list[dict]) -> None:
+    """The checks that need the database: modules and models exist. Raises ValidationError naming the step."""
+    from apps.fleet.models import Module
+
+    slugs = set(Module.objects.values_list("slug", flat=True))
+    for step in steps:
+        where = f"step {step['position']} ({step['name']})"
+        if step["kind"] == "http" and step["module"] not in slugs:
+            raise ValidationError(f"{where}: unknown module {step['module']!r}; known: {', '.join(sorted(slugs))}")
+        if step["kind"] == "db":
+            label = step["db"]["model"]
+            try:
+                model = django_apps.get_model(label)
+            except (LookupError, ValueError):
+                raise ValidationError(f"{where}: unknown model {label!r}") from None
+            names = {f.name for f in model._meta.get_fields()} | {f.attname for f in model._meta.concrete_fields} | {"pk"}
+            for part in ("filter", "expect", "fail_on"):
+                for lookup in step["db"][part]:
+                    if lookup.split("__")[0] not in names:
+                        raise ValidationError(f"{where}: db.{part}: {label} has no field {lookup.split('__')[0]!r}")
+
+
+def parse_file(text: str, filename: str = "") -> dict:
+    """A definition from YAML or JSON text (JSON is YAML, so one parser reads both)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"{filename or 'definition'} is not valid YAML/JSON: {exc}") from None
+
+
+# -- the models ------------------------------------------------------------------------------
+
+
+class Flow(models.Model):
+    """An E2E flow (A, B, C...): an ordered list of steps."""
+
+    name = models.CharField(max_length=32, unique=True, help_text="short name used by the CLI and API, e.g. A")
+    title = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True, help_text="run on beat and counted in contract_coherence_pct")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.title}" if self.title and self.title != self.name else self.name
+
+    def clean(self):
+        if not NAME.match(self.name or ""):
+            raise ValidationError({"name": "1-32 letters, digits, _ or - (e.g. A)"})
+
+    # definitions in and out
+
+    def to_spec(self) -> dict:
+        return {"name": self.name, "title": self.title, "description": self.description, "enabled": self.enabled,
+                "steps": [step.to_spec() for step in self.steps.all()]}
+
+    @classmethod
+    def save_spec(cls, spec, replace: bool = False) -> Flow:
+        """Create (or with replace, overwrite) a flow from a definition; ValidationError names the bad step."""
+        clean = check_spec(spec)
+        check_references(clean["steps"])
+        with transaction.atomic():
+            flow = cls.objects.select_for_update().filter(name=clean["name"]).first()
+            if flow is not None and not replace:
+                raise ValidationError(f"flow {clean['name']} already exists")
+            flow = flow or cls(name=clean["name"])
+            flow.title, flow.description, flow.enabled = clean["title"], clean["description"], clean["enabled"]
+            flow.save()
+            flow.steps.all().delete()
+            Step.objects.bulk_create([Step(flow=flow, **Step.fields_from(s)) for s in clean["steps"]])
+        return flow
+
+    # runs
+
+    def last_run(self) -> FlowRun | None:
+        return self.runs.exclude(status=FlowRun.Status.RUNNING).first()
+
+    def history(self, limit: int = 20) -> list[FlowRun]:
+        """The latest finished runs, oldest first (the admin's pass/fail strip)."""
+        return list(self.runs.exclude(status=FlowRun.Status.RUNNING)[:limit])[::-1]
+
+    def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
+        """Run now, in this process; see apps.flows.runner."""
+        from .runner import run_flow
+
+        return run_flow(self, trigger=trigger, user=user, on_step=on_step)
+
+    @classmethod
+    def contract_coherence_pct(cls):
+        """passed / total over the latest run of each enabled flow, as last stored; "NV" before any run."""
+        row = ContractCoherence.objects.first()
+        return "NV" if row is None or row.pct is None else row.pct
+
+
+class Step(models.Model):
+    """One step of a flow. The kind decides which fields matter; `clean()` and the admin formset check them."""
+
+    class Kind(models.TextChoices):
+        HTTP = "http", "HTTP call to a module"
+        DB = "db", "database rows appear"
+        SPAWN = "spawn", "spawn a daughter"
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(help_text="1-based; later steps refer to it as {{ steps.N.name }}")
+    name = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.HTTP)
+    module = models.CharField(max_length=64, blank=True, help_text="http: module slug")
+    method = models.CharField(max_length=8, default="GET", blank=True)
+    path = models.CharField(max_length=500, blank=True, help_text="http: e.g. /madre/plans/{{ steps.2.plan_id }}")
+    headers = models.JSONField(default=dict, blank=True)
+    body = models.JSONField(null=True, blank=True, help_text="http: JSON body (templates allowed in strings)")
+    timeout = models.FloatField(null=True, blank=True, help_text="http: seconds; empty = VX11_FLOW_HTTP_TIMEOUT")
+    expect_status = models.PositiveSmallIntegerField(null=True, blank=True, default=200, help_text="http: empty = any status")
+    max_latency_ms = models.FloatField(null=True, blank=True)
+    checks = models.JSONField(default=list, blank=True, help_text='http: [{"path": "$.status", "equals": "ok"}, ...]; ops: equals, exists, one_of, regex')
+    capture = models.JSONField(default=dict, blank=True, help_text='{"plan_id": "$.plan.plan_id"}; spawn steps always capture task_id')
+    db = models.JSONField(default=dict, blank=True, help_text='db: {"model": "daughters.Daughter", "filter": {...}, "expect": {...}, "fail_on": {...}, "within": 30}')
+    spawn = models.JSONField(default=dict, blank=True, help_text='spawn: {"kind": "http", "params": {...}, "ttl_seconds": 30}')
+
+    class Meta:
+        ordering = ["flow", "position"]
+        constraints = [models.UniqueConstraint(fields=["flow", "position"], name="flow_step_position")]
+
+    def __str__(self) -> str:
+        return f"{self.flow.name}.{self.position} {self.name}"
+
+    @staticmethod
+    def fields_from(step: dict) -> dict:
+        """Model fields from one normalised step of check_spec()."""
+        fields = {"position": step["position"], "name": step["name"], "kind": step["kind"], "capture": step["capture"],
+                  "module": "", "method": "GET", "path": "", "headers": {}, "body": None, "timeout": None,
+                  "expect_status": None, "max_latency_ms": None, "checks": [], "db": {}, "spawn": {}}
+        if step["kind"] == "http":
+            for key in ("module", "method", "path", "headers", "body", "timeout", "expect_status", "max_latency_ms", "checks"):
+                fields[key] = step[key]
+        else:
+            fields[step["kind"]] = step[step["kind"]]
+        return fields
+
+    def to_spec(self) -> dict:
+        spec = {"name": self.name, "kind": self.kind}
+        if self.kind == self.Kind.HTTP:
+            expect = {"status": self.expect_status}
+            if self.max_latency_ms is not None:
+                expect["max_latency_ms"] = self.max_latency_ms
+            if self.checks:
+                expect["json"] = self.checks
+            spec.update(module=self.module, method=self.method, path=self.path, expect=expect)
+            if self.headers:
+                spec["headers"] = self.headers
+            if self.body is not None:
+                spec["body"] = self.body
+            if self.timeout is not None:
+                spec["timeout"] = self.timeout
+        else:
+            spec[self.kind] = getattr(self, self.kind)
+        if self.capture:
+            spec["capture"] = self.capture
+        return spec
+
+
+class FlowRun(models.Model):
+    """One run of a flow: when, who or what started it, the outcome and why."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        PASSED = "passed", "passed"
+        FAILED = "failed", "failed"
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=16, help_text="beat, admin, api, cli, daughter")
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    failed_step = models.PositiveSmallIntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=1000, blank=True)
+    captured = models.JSONField(default=dict, blank=True, help_text="values captured by each step, by step number")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            # a flow's runs newest first: admin strip, API /flows/{name}/runs, latest run per flow (coherence)
+            models.Index(fields=["flow", "-started_at"], name="flowrun_flow_time"),
+            # prune by age: FlowRun.prune()
+            models.Index(fields=["started_at"], name="flowrun_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow.name} #{self.id} {self.status}"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == self.Status.PASSED
+
+    def summary(self) -> dict:
+        return {"flow": self.flow.name, "run_id": self.id, "status": self.status, "trigger": self.trigger,
+                "started_at": self.started_at.isoformat(), "duration_ms": self.duration_ms,
+                "failed_step": self.failed_step, "reason": self.reason}
+
+    def announce(self) -> None:
+        """status_changed on the bus when a run starts and ends."""
+        publish("status_changed", {"source": "flows", **self.summary()})
+
+    @classmethod
+    def prune(cls, now=None) -> int:
+        """Delete runs (and, by cascade, their step results) past VX11_FLOW_RUN_RETENTION_DAYS, in chunks."""
+        cutoff = (now or timezone.now()) - timedelta(days=settings.VX11_FLOW_RUN_RETENTION_DAYS)
+        deleted = prune_in_chunks(StepResult.objects.filter(run__started_at__lt=cutoff))
+        deleted += prune_in_chunks(cls.objects.filter(started_at__lt=cutoff))
+        deleted += prune_in_chunks(ContractCoherence.objects.filter(computed_at__lt=cutoff))
+        return deleted
+
+
+class StepResult(models.Model):
+    """What one step of one run did: the request, an excerpt of the response, how long, pass/fail and why."""
+
+    class Status(models.TextChoices):
+        PASSED = "passed", "passed"
+        FAILED = "failed", "failed"
+        SKIPPED = "skipped", "skipped"
+
+    run = models.ForeignKey(FlowRun, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    reason = models.CharField(max_length=1000, blank=True)
+    request = models.JSONField(default=dict, blank=True, help_text="method, URL, headers (secrets masked), body excerpt; or the DB query")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True, help_text="at most VX11_FLOW_EXCERPT_CHARS characters")
+    duration_ms = models.FloatField(null=True, blank=True)
+    captured = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.name}: {self.status}"
+
+
+class ContractCoherence(models.Model):
+    """contract_coherence_pct = passed / total over the latest run of each enabled flow, stored after
+    every run so metrics read a number instead of re-deriving it."""
+
+    computed_at = models.DateTimeField(default=timezone.now)
+    passed = models.PositiveIntegerField()
+    total = models.PositiveIntegerField()
+    pct = models.FloatField(null=True, blank=True, help_text="0-100; empty (NV) when no enabled flow has run")
+    detail = models.JSONField(default=dict, help_text="flow name -> status of its latest run")
+
+    class Meta:
+        ordering = ["-computed_at", "-id"]
+        indexes = [models.Index(fields=["computed_at"], name="coherence_time")]  # latest row; prune by age
+
+    def __str__(self) -> str:
+        return f"{self.pct if self.pct is not None else 'NV'} % at {self.computed_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def recompute(cls) -> ContractCoherence:
+        detail = {}
+        for flow in Flow.objects.filter(enabled=True):
+            last = flow.last_run()
+            if last is not None:
+                detail[flow.name] = last.status
+        passed = sum(status == FlowRun.Status.PASSED for status in detail.values())
+        total = len(detail)
+        return cls.objects.create(passed=passed, total=total, pct=round(100.0 * passed / total, 2) if total else None, detail=detail)

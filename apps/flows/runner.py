@@ -1,0 +1,296 @@
+"""Runs a flow: each step in order, its result stored; the first failure skips the rest.
+
+A step raises StepFailed(reason) to fail; anything unexpected (a bad filter, a module gone) is
+caught and stored as a failure too, so a run always ends with a reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from django.apps import apps as django_apps
+from django.conf import settings
+from django.core.exceptions import FieldError, ValidationError
+from django.utils import timezone
+
+from apps.events.models import publish
+
+from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult
+
+SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", re.I)
+_MISSING = object()
+
+
+class StepFailed(Exception):
+    """A step's expectation did not hold; the message is the reason stored and shown."""
+
+
+@dataclass
+class Outcome:
+    request: dict = field(default_factory=dict)
+    response_status: int | None = None
+    response_excerpt: str = ""
+    captured: dict = field(default_factory=dict)
+
+
+def excerpt(text: str) -> str:
+    limit = settings.VX11_FLOW_EXCERPT_CHARS
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
+
+
+def short(value, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# -- templates -------------------------------------------------------------------------------
+
+
+def render(value, captured: dict[int, dict]):
+    """Fill {{ steps.N.name }} and {{ env.VX11_NAME }} in strings (inside dicts and lists too).
+    A string that is one template keeps the captured value's type (a task id stays an int)."""
+    if isinstance(value, dict):
+        return {render(k, captured): render(v, captured) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, captured) for v in value]
+    if not isinstance(value, str) or "{{" not in value:
+        return value
+
+    def lookup(match: re.Match):
+        if match[4]:
+            if match[4] not in os.environ:
+                raise StepFailed(f"template {match[0]}: environment variable {match[4]} is not set")
+            return os.environ[match[4]]
+        ref, key = int(match[2]), match[3]
+        found = captured.get(ref, {}).get(key, _MISSING)
+        if found is _MISSING:
+            raise StepFailed(f"template {match[0]}: step {ref} captured no value {key!r} (captured: {', '.join(captured.get(ref, {})) or 'nothing'})")
+        if found is None:
+            raise StepFailed(f"template {match[0]}: step {ref} captured {key!r} as null")
+        return found
+
+    whole = TEMPLATE.fullmatch(value.strip())
+    if whole:
+        return lookup(whole)
+    return TEMPLATE.sub(lambda m: str(lookup(m)), value)
+
+
+# -- JSON paths ------------------------------------------------------------------------------
+
+
+def find(data, expr: str) -> list:
+    from jsonpath_ng.ext import parse
+
+    return [m.value for m in parse(expr).find(data)]
+
+
+def check_json(data, check: dict) -> None:
+    path, op, want = check["path"], check["op"], check["value"]
+    found = find(data, path)
+    if op == "exists":
+        if want and not found:
+            raise StepFailed(f"{path} is missing from the response")
+        if not want and found:
+            raise StepFailed(f"{path} should be absent, found {short(found[0])}")
+        return
+    if not found:
+        raise StepFailed(f"{path} is missing from the response (expected {op} {short(want)})")
+    got = found[0]
+    if op == "equals" and got != want:
+        raise StepFailed(f"{path} is {short(got)}, expected {short(want)}")
+    if op == "one_of" and got not in want:
+        raise StepFailed(f"{path} is {short(got)}, expected one of {short(want)}")
+    if op == "regex" and not re.search(want, str(got)):
+        raise StepFailed(f"{path} is {short(got)}, which does not match /{want}/")
+
+
+def capture_from(data, capture: dict) -> dict:
+    values = {}
+    for name, expr in capture.items():
+        found = find(data, expr)
+        if not found:
+            raise StepFailed(f"capture {name}: {expr} matched nothing in the response")
+        values[name] = found[0] if len(found) == 1 else found
+    return values
+
+
+# -- the three kinds -------------------------------------------------------------------------
+
+
+def masked(headers: dict) -> dict:
+    return {k: ("***" if SECRET_HEADERS.search(k) else v) for k, v in headers.items()}
+
+
+def run_http(step: Step, captured: dict, out: Outcome) -> None:
+    from apps.fleet.models import Module
+
+    module = Module.objects.filter(slug=step.module).first()
+    if module is None:
+        raise StepFailed(f"unknown module {step.module!r}")
+    path, headers = render(step.path, captured), render(step.headers or {}, captured)
+    body = render(step.body, captured)
+    url = module.base_url.rstrip("/") + path
+    out.request = {"method": step.method, "url": url, "headers": masked(headers)}
+    if body is not None:
+        out.request["body"] = excerpt(json.dumps(body))
+    timeout = min(step.timeout or settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_MAX_WAIT_SECONDS)
+    started = time.perf_counter()
+    try:
+        response = httpx.request(step.method, url, headers=headers, json=body, timeout=timeout)
+    except httpx.TimeoutException:
+        raise StepFailed(f"{step.module} did not answer {step.method} {path} within {timeout:g} s") from None
+    except httpx.HTTPError as exc:
+        raise StepFailed(f"{step.module} unreachable at {url}: {type(exc).__name__} {exc}".strip()) from None
+    latency = (time.perf_counter() - started) * 1000
+    out.response_status = response.status_code
+    out.response_excerpt = excerpt(response.text)
+    if step.expect_status is not None and response.status_code != step.expect_status:
+        detail = ""
+        try:
+            detail = f": {short(response.json().get('detail'))}" if isinstance(response.json(), dict) and "detail" in response.json() else ""
+        except ValueError:
+            pass
+        raise StepFailed(f"expected status {step.expect_status}, got {response.status_code}{detail}")
+    if step.max_latency_ms is not None and latency > step.max_latency_ms:
+        raise StepFailed(f"took {latency:.0f} ms, over the bound of {step.max_latency_ms:g} ms")
+    if step.checks or step.capture:
+        try:
+            data = response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "no content type")
+            raise StepFailed(f"response is not JSON ({kind}): {short(response.text, 80)}") from None
+        for check in step.checks or []:
+            check_json(data, {**check, "value": render(check["value"], captured)})
+        out.captured = capture_from(data, step.capture or {})
+
+
+def run_db(step: Step, captured: dict, out: Outcome) -> None:
+    spec = render(step.db, captured)
+    try:
+        model = django_apps.get_model(spec["model"])
+    except (LookupError, ValueError):
+        raise StepFailed(f"unknown model {spec['model']!r}") from None
+    within, min_count = float(spec.get("within") or 0), int(spec.get("min_count") or 1)
+    out.request = {"model": spec["model"], "filter": spec["filter"], "expect": spec["expect"], "fail_on": spec["fail_on"], "within": within}
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            rows = model.objects.filter(**spec["filter"])
+            count = rows.count()
+            bad = rows.filter(**spec["fail_on"]).first() if spec["fail_on"] else None
+            if bad is not None:
+                out.response_excerpt = excerpt(describe_rows(rows))
+                raise StepFailed(f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad)}")
+            matching = rows.filter(**spec["expect"]).count() if spec["expect"] else count
+            if count >= min_count and matching == count:
+                out.response_excerpt = excerpt(describe_rows(rows))
+                out.captured = {"count": count, "ids": list(rows.values_list("pk", flat=True)[:100])}
+                return
+            if time.monotonic() >= deadline:
+                out.response_excerpt = excerpt(describe_rows(rows))
+                if count < min_count:
+                    raise StepFailed(f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}")
+                raise StepFailed(f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s")
+            time.sleep(settings.VX11_FLOW_DB_POLL_SECONDS)
+    except (FieldError, ValidationError, ValueError, TypeError) as exc:
+        raise StepFailed(f"bad query on {spec['model']}: {exc}") from None
+
+
+def describe_row(row) -> str:
+    fields = [f.attname for f in row._meta.concrete_fields][:8]
+    return ", ".join(f"{name}={short(getattr(row, name), 40)}" for name in fields)
+
+
+def describe_rows(rows) -> str:
+    return "\n".join(describe_row(row) for row in rows[:20])
+
+
+def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
+    try:
+        from apps.daughters.models import DaughterTask
+    except ImportError:
+        raise StepFailed("the daughters app is not available (apps.daughters.models.DaughterTask)") from None
+    spec = render(step.spawn, captured)
+    kwargs = {k: spec[k] for k in ("source", "description", "ttl_seconds", "max_retries") if k in spec}
+    kwargs.setdefault("description", f"flow {step.flow.name} step {step.position}: {step.name}")
+    out.request = {"spawn": spec["kind"], "params": spec.get("params", {}), **kwargs}
+    try:
+        task = DaughterTask.spawn(spec["kind"], spec.get("params", {}), **kwargs)
+    except ValidationError as exc:
+        raise StepFailed(f"the daughters app refused the spawn: {'; '.join(exc.messages)}") from None
+    daughters = list(task.daughters.values_list("id", flat=True))
+    out.captured = {"task_id": task.id, "daughter_ids": daughters, "status": getattr(task, "status", "")}
+    out.response_excerpt = excerpt(json.dumps(out.captured, default=str))
+    data = {}
+    for name, expr in (step.capture or {}).items():  # extra captures read the summary above
+        found = find(out.captured, expr)
+        if not found:
+            raise StepFailed(f"capture {name}: {expr} matched nothing in the spawned task")
+        data[name] = found[0]
+    out.captured.update(data)
+
+
+KIND_RUNNERS = {"http": run_http, "db": run_db, "spawn": run_spawn}
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run_flow(flow: Flow, trigger: str = "api", user=None, on_step=None) -> FlowRun:
+    """Run every step in order; the first failure marks the rest skipped. Stores the run and its
+    step results, publishes status_changed (start, end) and plan_updated (each step), recomputes
+    contract_coherence_pct. `on_step(result)` is called after each step (the CLI's progress bar)."""
+    steps = list(flow.steps.all())
+    run = FlowRun.objects.create(flow=flow, trigger=trigger, triggered_by=user if getattr(user, "pk", None) else None)
+    run.announce()
+    started = time.perf_counter()
+    captured: dict[int, dict] = {}
+    failed: StepResult | None = None
+    for step in steps:
+        if failed is not None:
+            result = StepResult.objects.create(run=run, position=step.position, name=step.name, kind=step.kind, status=StepResult.Status.SKIPPED,
+                                               reason=f"skipped: step {failed.position} failed")
+        else:
+            result = run_step(run, step, captured)
+            if result.status == StepResult.Status.FAILED:
+                failed = result
+        publish("plan_updated", {"source": "flows", "flow": flow.name, "run_id": run.id, "step": step.position, "name": step.name,
+                                 "status": result.status, "reason": result.reason})
+        if on_step:
+            on_step(result)
+    run.finished_at = timezone.now()
+    run.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    run.captured = {str(k): v for k, v in captured.items()}
+    if failed is None:
+        run.status = FlowRun.Status.PASSED
+    else:
+        run.status, run.failed_step = FlowRun.Status.FAILED, failed.position
+        run.reason = f"step {failed.position} ({failed.name}): {failed.reason}"[:1000]
+    run.save()
+    run.announce()
+    ContractCoherence.recompute()
+    return run
+
+
+def run_step(run: FlowRun, step: Step, captured: dict) -> StepResult:
+    out = Outcome()
+    started = time.perf_counter()
+    status, reason = StepResult.Status.PASSED, ""
+    try:
+        KIND_RUNNERS[step.kind](step, captured, out)
+        captured[step.position] = out.captured
+    except StepFailed as exc:
+        status, reason = StepResult.Status.FAILED, str(exc)
+    except Exception as exc:  # a bug or an outage must still end the run with a reason
+        status, reason = StepResult.Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}"
+    return StepResult.objects.create(
+        run=run, position=step.position, name=step.name, kind=step.kind, status=status, reason=reason[:1000],
+        request=json.loads(json.dumps(out.request, default=str)), response_status=out.response_status,
+        response_excerpt=out.response_excerpt, duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        captured=json.loads(json.dumps(out.captured, default=str)),
+    )
