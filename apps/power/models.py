@@ -214,8 +214,11 @@ class PowerAction(models.Model):
         if self.evidence_path:
             PowerAction.objects.filter(pk=self.pk).update(evidence_path=self.evidence_path)
         if self.applied:
-            publish("status_changed", {"module": self.service, "power_action": self.action, "result": self.result,
-                                       "message": self.message, "actor": self.actor, "action_id": self.id})
+            try:
+                publish("status_changed", {"module": self.service, "power_action": self.action, "result": self.result,
+                                           "message": self.message, "actor": self.actor, "action_id": self.id})
+            except Exception:  # the bus being down must not turn a done action into a 500
+                log.exception("power: could not announce action %s", self.pk)
         return self
 
     def as_dict(self) -> dict:
