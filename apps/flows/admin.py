@@ -43,7 +43,7 @@ class StepFormSet(BaseInlineFormSet):
         spec = {"name": self.instance.name or "new", "steps": [f.instance.to_spec() for f in forms]}
         try:
             clean = check_spec(spec)
-            check_references(clean["steps"])
+            check_references(clean["steps"], clean["name"])
         except ValidationError as exc:
             raise ValidationError(exc.messages) from None
         for form, step in zip(forms, clean["steps"]):  # store the normalised form of each step

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 from django.apps import apps as django_apps
 from django.conf import settings
@@ -45,6 +46,9 @@ EXPECT_KEYS = {"status", "max_latency_ms", "json"}
 DB_KEYS = {"model", "filter", "expect", "fail_on", "within", "min_count"}
 SPAWN_KEYS = {"kind", "params", "source", "description", "ttl_seconds", "max_retries"}
 SPAWN_CAPTURES = ("task_id", "daughter_ids", "status")
+DEFINITIONS = Path(__file__).resolve().parent / "definitions"
+CANONICAL = ("A", "B", "C")  # loaded by migration 0002
+MAX_FILE_BYTES = 1_000_000  # a definition file larger than this is refused
 
 
 # -- the definition: one validating function for every way in ---------------------------------
@@ -245,32 +249,38 @@ def check_spec(spec) -> dict:
         try:
             normalised.append(_step(raw, number, captured))
         except ValueError as exc:
-            label = raw.get("name") if isinstance(raw, dict) and raw.get("name") else ""
-            raise ValidationError(f"flow {name}: step {number}{f' ({label})' if label else ''}: {exc}") from None
+            label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else ""
+            raise ValidationError(f"{where(name, number, label)}: {exc}") from None
     return {"name": name, "title": str(spec.get("title") or name)[:200], "description": str(spec.get("description") or ""),
             "enabled": bool(spec.get("enabled", True)), "steps": normalised}
 
 
-def check_references(steps: list[dict]) -> None:
+def where(flow_name: str, number: int, step_name: str = "") -> str:
+    """How a message names a step: "flow A: step 3 (madre plan)"."""
+    label = f" ({step_name})" if step_name and step_name != f"step {number}" else ""
+    return f"flow {flow_name}: step {number}{label}"
+
+
+def check_references(steps: list[dict], flow_name: str) -> None:
     """The checks that need the database: modules and models exist. Raises ValidationError naming the step."""
     from apps.fleet.models import Module
 
     slugs = set(Module.objects.values_list("slug", flat=True))
     for step in steps:
-        where = f"step {step['position']} ({step['name']})"
+        where_ = where(flow_name, step["position"], step["name"])
         if step["kind"] == "http" and step["module"] not in slugs:
-            raise ValidationError(f"{where}: unknown module {step['module']!r}; known: {', '.join(sorted(slugs))}")
+            raise ValidationError(f"{where_}: unknown module {step['module']!r}; known: {', '.join(sorted(slugs))}")
         if step["kind"] == "db":
             label = step["db"]["model"]
             try:
                 model = django_apps.get_model(label)
             except (LookupError, ValueError):
-                raise ValidationError(f"{where}: unknown model {label!r}") from None
+                raise ValidationError(f"{where_}: unknown model {label!r}") from None
             names = {f.name for f in model._meta.get_fields()} | {f.attname for f in model._meta.concrete_fields} | {"pk"}
             for part in ("filter", "expect", "fail_on"):
                 for lookup in step["db"][part]:
                     if lookup.split("__")[0] not in names:
-                        raise ValidationError(f"{where}: db.{part}: {label} has no field {lookup.split('__')[0]!r}")
+                        raise ValidationError(f"{where_}: db.{part}: {label} has no field {lookup.split('__')[0]!r}")
 
 
 def parse_file(text: str, filename: str = "") -> dict:
@@ -316,7 +326,7 @@ class Flow(models.Model):
     def save_spec(cls, spec, replace: bool = False) -> Flow:
         """Create (or with replace, overwrite) a flow from a definition; ValidationError names the bad step."""
         clean = check_spec(spec)
-        check_references(clean["steps"])
+        check_references(clean["steps"], clean["name"])
         with transaction.atomic():
             flow = cls.objects.select_for_update().filter(name=clean["name"]).first()
             if flow is not None and not replace:
@@ -327,6 +337,21 @@ class Flow(models.Model):
             flow.steps.all().delete()
             Step.objects.bulk_create([Step(flow=flow, **Step.fields_from(s)) for s in clean["steps"]])
         return flow
+
+    @classmethod
+    def load_file(cls, path, replace: bool = False) -> Flow:
+        """Create a flow from a YAML or JSON file (the shape of `to_spec()`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"no such file: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValidationError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+        return cls.save_spec(parse_file(path.read_text(), path.name), replace=replace)
+
+    @classmethod
+    def load_canonical(cls) -> list[Flow]:
+        """The canonical flows A, B, C from apps/flows/definitions/, where they are missing."""
+        return [cls.load_file(DEFINITIONS / f"{name}.yaml") for name in CANONICAL if not cls.objects.filter(name=name).exists()]
 
     # runs
 

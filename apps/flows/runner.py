@@ -126,6 +126,16 @@ def masked(headers: dict) -> dict:
     return {k: ("***" if SECRET_HEADERS.search(k) else v) for k, v in headers.items()}
 
 
+def error_detail(response: httpx.Response) -> str:
+    """": <detail>" from a {"detail": ...} error body (FastAPI's and ours), else ""."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return f": {str(detail)[:300]}" if detail else ""
+
+
 def run_http(step: Step, captured: dict, out: Outcome) -> None:
     from apps.fleet.models import Module
 
@@ -150,12 +160,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
     out.response_status = response.status_code
     out.response_excerpt = excerpt(response.text)
     if step.expect_status is not None and response.status_code != step.expect_status:
-        detail = ""
-        try:
-            detail = f": {short(response.json().get('detail'))}" if isinstance(response.json(), dict) and "detail" in response.json() else ""
-        except ValueError:
-            pass
-        raise StepFailed(f"expected status {step.expect_status}, got {response.status_code}{detail}")
+        raise StepFailed(f"expected status {step.expect_status}, got {response.status_code}{error_detail(response)}")
     if step.max_latency_ms is not None and latency > step.max_latency_ms:
         raise StepFailed(f"took {latency:.0f} ms, over the bound of {step.max_latency_ms:g} ms")
     if step.checks or step.capture:
@@ -178,21 +183,22 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
     within, min_count = float(spec.get("within") or 0), int(spec.get("min_count") or 1)
     out.request = {"model": spec["model"], "filter": spec["filter"], "expect": spec["expect"], "fail_on": spec["fail_on"], "within": within}
     deadline = time.monotonic() + within
+    lookups = [*spec["expect"], *spec["fail_on"]]
     try:
         while True:
             rows = model.objects.filter(**spec["filter"])
             count = rows.count()
             bad = rows.filter(**spec["fail_on"]).first() if spec["fail_on"] else None
             if bad is not None:
-                out.response_excerpt = excerpt(describe_rows(rows))
-                raise StepFailed(f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad)}")
+                out.response_excerpt = excerpt(describe_rows(rows, lookups))
+                raise StepFailed(f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad, lookups)}")
             matching = rows.filter(**spec["expect"]).count() if spec["expect"] else count
             if count >= min_count and matching == count:
-                out.response_excerpt = excerpt(describe_rows(rows))
+                out.response_excerpt = excerpt(describe_rows(rows, lookups))
                 out.captured = {"count": count, "ids": list(rows.values_list("pk", flat=True)[:100])}
                 return
             if time.monotonic() >= deadline:
-                out.response_excerpt = excerpt(describe_rows(rows))
+                out.response_excerpt = excerpt(describe_rows(rows, lookups))
                 if count < min_count:
                     raise StepFailed(f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}")
                 raise StepFailed(f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s")
@@ -201,13 +207,18 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
         raise StepFailed(f"bad query on {spec['model']}: {exc}") from None
 
 
-def describe_row(row) -> str:
-    fields = [f.attname for f in row._meta.concrete_fields][:8]
-    return ", ".join(f"{name}={short(getattr(row, name), 40)}" for name in fields)
+WHY_FIELDS = ("status", "error_last", "error", "reason")  # shown for a row when the model has them
 
 
-def describe_rows(rows) -> str:
-    return "\n".join(describe_row(row) for row in rows[:20])
+def describe_row(row, lookups=()) -> str:
+    """pk plus the fields the step asks about and the usual why-fields: what a reader needs first."""
+    names = {f.attname for f in row._meta.concrete_fields}
+    wanted = [n for n in dict.fromkeys([*(k.split("__")[0] for k in lookups), *WHY_FIELDS]) if n in names]
+    return ", ".join([f"pk={row.pk}", *(f"{n}={short(getattr(row, n), 200)}" for n in wanted)])
+
+
+def describe_rows(rows, lookups=()) -> str:
+    return "\n".join(describe_row(row, lookups) for row in rows[:20])
 
 
 def run_spawn(step: Step, captured: dict, out: Outcome) -> None:

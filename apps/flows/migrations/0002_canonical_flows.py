@@ -3,15 +3,11 @@ one PeriodicTask per flow (edit or disable its schedule in the admin) and a dail
 """
 
 import json
-from pathlib import Path
-
 from django.conf import settings
 from django.db import migrations
 
-from apps.flows.models import Step, check_spec, parse_file
+from apps.flows.models import CANONICAL, DEFINITIONS, Step, check_spec, parse_file
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "definitions"
-CANONICAL = ("A", "B", "C")
 PRUNE_TASK = "flows: prune old runs"
 
 

@@ -1,13 +1,10 @@
 import json
-from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from apps.flows.models import Flow
-
-MAX_FILE_BYTES = 1_000_000
 
 
 class Command(BaseCommand):
@@ -63,15 +60,8 @@ class Command(BaseCommand):
         self.stdout.write(f"contract_coherence_pct: {Flow.contract_coherence_pct()}")
 
     def do_load(self, options):
-        from apps.flows.models import parse_file
-
-        path = Path(options["file"])
-        if not path.is_file():
-            raise CommandError(f"no such file: {path}", returncode=2)
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise CommandError(f"{path} is larger than {MAX_FILE_BYTES} bytes", returncode=2)
         try:
-            flow = Flow.save_spec(parse_file(path.read_text(), path.name), replace=options["replace"])
+            flow = Flow.load_file(options["file"], replace=options["replace"])
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages), returncode=2) from None
         if options["json"]:

@@ -1,0 +1,23 @@
+"""Flows against the demo fleet: the canonical flows as the data migration loaded them, the ten
+modules pointed at `sim`, and short step timeouts so a hanging module costs half a second."""
+
+import pytest
+
+from apps.flows.models import Flow
+from flow_helpers import STEP_TIMEOUT
+
+
+@pytest.fixture
+def flows(fleet, settings):
+    settings.VX11_FLOW_HTTP_TIMEOUT = STEP_TIMEOUT
+    settings.VX11_FLOW_DB_POLL_SECONDS = 0.05
+    Flow.load_canonical()  # a transactional test starts from an empty database
+    return {flow.name: flow for flow in Flow.objects.all()}
+
+
+@pytest.fixture
+def eager_daughters(settings):
+    """Daughters run inline (Celery eager) on the test database, as in tests/daughters."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.VX11_DAUGHTER_HEARTBEAT_SECONDS = 0.05
+
