@@ -1,0 +1,90 @@
+"""The flows admin: the list with last result and history strip, inline steps validated on save
+(the message names the bad step), the Run now button and the run page with its steps."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.flows.models import Flow, FlowRun
+
+
+@pytest.fixture
+def staff(admin_user):
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+def inline_data(steps: list[dict], initial: int = 0, flow_fields=None) -> dict:
+    data = {"name": "D", "title": "drill", "description": "", "enabled": "on", **(flow_fields or {}),
+            "steps-TOTAL_FORMS": str(len(steps)), "steps-INITIAL_FORMS": str(initial), "steps-MIN_NUM_FORMS": "0", "steps-MAX_NUM_FORMS": "1000"}
+    for i, step in enumerate(steps):
+        row = {"position": str(i + 1), "name": "", "kind": "http", "module": "", "method": "GET", "path": "", "headers": "{}", "body": "null",
+               "timeout": "", "expect_status": "200", "max_latency_ms": "", "checks": "[]", "capture": "{}", "db": "{}", "spawn": "{}", **step}
+        data.update({f"steps-{i}-{key}": value for key, value in row.items()})
+    return data
+
+
+def test_changelist_shows_last_result_and_history_strip(staff, flows, sim):
+    flows["A"].run()
+    sim.set_mode("hermes", "down")
+    flows["A"].run()
+    page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
+    assert 'data-status="failed"' in page and "never run" in page
+    assert page.count('title="#') == 2  # two squares in A's strip, each linking to its run
+    assert reverse("admin:flows_flowrun_change", args=[FlowRun.objects.first().id]) in page
+
+
+def test_add_a_flow_with_inline_steps(staff, fleet):
+    data = inline_data([
+        {"name": "health", "module": "madre", "path": "/health", "checks": '[{"path": "$.status", "equals": "ok"}]', "capture": '{"v": "$.version"}'},
+        {"name": "plans", "module": "madre", "path": "/madre/plans", "headers": '{"X-V": "{{ steps.1.v }}"}'},
+    ])
+    response = staff.post(reverse("admin:flows_flow_add"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    flow = Flow.objects.get(name="D")
+    assert [s.name for s in flow.steps.all()] == ["health", "plans"]
+    assert flow.steps.get(position=1).checks == [{"path": "$.status", "op": "equals", "value": "ok"}]  # stored normalised
+
+
+@pytest.mark.parametrize("step2, message", [
+    ({"name": "plans", "module": "madre", "path": "/madre/{{ steps.1.plan_id }}"}, "flow D: step 2 (plans): template {{ steps.1.plan_id }}: step 1 captures no"),
+    ({"name": "ghost", "module": "ghost", "path": "/x"}, "flow D: step 2 (ghost): unknown module"),
+    ({"name": "db", "kind": "db", "db": '{"model": "fleet.Module"}'}, "flow D: step 2 (db): db.filter is required"),
+    ({"name": "check", "module": "madre", "path": "/x", "checks": '[{"path": "$.a", "near": 1}]'}, "flow D: step 2 (check): expect.json[0] needs exactly one of"),
+])
+def test_an_invalid_step_is_refused_at_save_naming_it(staff, fleet, step2, message):
+    data = inline_data([{"name": "health", "module": "madre", "path": "/health", "capture": '{"v": "$.version"}'}, step2])
+    response = staff.post(reverse("admin:flows_flow_add"), data)
+    assert response.status_code == 200
+    assert message in response.content.decode().replace("&#x27;", "'").replace("&quot;", '"')
+    assert not Flow.objects.filter(name="D").exists()
+
+
+def test_positions_must_run_one_to_n(staff, fleet):
+    data = inline_data([{"module": "madre", "path": "/health"}, {"module": "madre", "path": "/health"}])
+    data["steps-1-position"] = "5"
+    response = staff.post(reverse("admin:flows_flow_add"), data)
+    assert "steps must be numbered 1 to 2 without gaps or repeats (got 1, 5)" in response.content.decode()
+
+
+def test_run_now_button_then_the_run_page(staff, flows, sim):
+    sim.set_mode("madre", "garbage")
+    change = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].id])).content.decode()
+    assert 'data-action="run-flow"' in change and "Never run" in change
+
+    assert staff.get(reverse("admin:flows_flow_run", args=[flows["A"].id])).status_code == 405
+    response = staff.post(reverse("admin:flows_flow_run", args=[flows["A"].id]), follow=True)
+    run = FlowRun.objects.get()
+    assert response.redirect_chain[-1][0] == reverse("admin:flows_flowrun_change", args=[run.id])
+    page = response.content.decode()
+    assert "Flow A failed: step 4" in page.replace("&#x27;", "'")
+    assert page.count('class="vx11-step"') == 5 and "simulated garbage" in page and "response is not JSON" in page
+    assert (run.trigger, run.triggered_by.username) == ("admin", "admin")
+
+
+def test_run_action_from_the_list(staff, flows):
+    response = staff.post(reverse("admin:flows_flow_changelist"),
+                          {"action": "run_now", "_selected_action": [flows["A"].id, flows["C"].id]}, follow=True)
+    assert "Ran 2 flow(s); 2 passed." in response.content.decode()
+    assert FlowRun.objects.filter(status="passed").count() == 2

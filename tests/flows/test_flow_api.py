@@ -1,0 +1,95 @@
+"""The flows API: list, read, create/replace, run, runs, run detail, coherence; bad input is a 4xx
+with a message, never a 500."""
+
+import pytest
+from django.test import Client
+
+from apps.flows.models import Flow
+
+GOOD = {"name": "D", "steps": [{"name": "madre health", "module": "madre", "path": "/health"}]}
+
+
+def test_list_and_read(api, flows):
+    flows["A"].run()
+    body = api.get("/api/flows").json()
+    assert body["count"] == 3 and [f["name"] for f in body["items"]] == ["A", "B", "C"]
+    a = body["items"][0]
+    assert a["steps"] == 5 and a["last_run"]["status"] == "passed" and a["last_run"]["flow"] == "A"
+    assert body["items"][1]["last_run"] is None
+
+    detail = api.get("/api/flows/C").json()
+    assert detail["definition"]["steps"][0]["path"] == "/hormiguero/scan" and detail["enabled"] is True
+
+
+def test_run_then_runs_then_run_detail(api, flows, sim):
+    sim.set_mode("hermes", "down")
+    response = api.post("/api/flows/A/run")
+    assert response.status_code == 200
+    run = response.json()
+    assert (run["status"], run["failed_step"], run["trigger"]) == ("failed", 3, "api")
+    assert [s["status"] for s in run["steps"]] == ["passed", "passed", "failed", "skipped", "skipped"]
+    assert run["steps"][2]["response_status"] == 502 and "unreachable" in run["steps"][2]["response_excerpt"]
+
+    runs = api.get("/api/flows/A/runs").json()
+    assert runs["count"] == 1 and runs["items"][0]["id"] == run["id"]
+    assert api.get("/api/flows/A/runs?status=passed").json()["count"] == 0
+    detail = api.get(f"/api/flow-runs/{run['id']}").json()
+    assert detail["steps"][2]["reason"] == run["steps"][2]["reason"] and detail["reason"].startswith("step 3")
+
+
+def test_coherence(api, flows, sim):
+    assert api.get("/api/flows/coherence").json()["contract_coherence_pct"] == "NV"
+    api.post("/api/flows/A/run")
+    sim.set_mode("manifestator", "down")
+    api.post("/api/flows/C/run")
+    body = api.get("/api/flows/coherence").json()
+    assert (body["contract_coherence_pct"], body["passed"], body["total"]) == (50.0, 1, 2)
+    assert body["detail"] == {"A": "passed", "C": "failed"}
+
+
+def test_create_and_replace(api, fleet):
+    response = api.post("/api/flows", GOOD, content_type="application/json")
+    assert response.status_code == 201 and response.json()["steps"] == 1
+    assert api.post("/api/flows", GOOD, content_type="application/json").status_code == 409
+
+    longer = {"steps": GOOD["steps"] * 2}
+    assert api.put("/api/flows/D", longer, content_type="application/json").json()["steps"] == 2
+    clash = api.put("/api/flows/D", {**longer, "name": "E"}, content_type="application/json")
+    assert clash.status_code == 422 and "differs from the URL" in clash.json()["detail"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"name": "D", "steps": [{"module": "madre", "path": "/h"}, {"name": "plan", "module": "madre", "path": "/{{ steps.1.plan_id }}"}]},
+     "flow D: step 2 (plan): template {{ steps.1.plan_id }}: step 1 captures no 'plan_id'"),
+    ({"name": "D", "steps": [{"module": "ghost", "path": "/h"}]}, "flow D: step 1: unknown module 'ghost'"),
+    ({"name": "D"}, "flow D: steps must be a list"),
+])
+def test_an_invalid_definition_is_a_422_naming_the_step(api, fleet, body, message):
+    response = api.post("/api/flows", body, content_type="application/json")
+    assert response.status_code == 422 and message in response.json()["detail"]
+    assert not Flow.objects.filter(name="D").exists()
+
+
+@pytest.mark.parametrize("method, url, body, status", [
+    ("get", "/api/flows/nope", None, 404),
+    ("post", "/api/flows/nope/run", None, 404),
+    ("get", "/api/flows/nope/runs", None, 404),
+    ("get", "/api/flow-runs/999999", None, 404),
+    ("get", "/api/flow-runs/abc", None, 422),
+    ("get", "/api/flows/A/runs?status=weird", None, 422),
+    ("get", "/api/flows?limit=-1", None, 422),
+    ("post", "/api/flows", "not json", 400),
+    ("post", "/api/flows", [1, 2], 422),
+])
+def test_bad_input_is_a_4xx_with_a_detail(api, flows, method, url, body, status):
+    kwargs = {"content_type": "application/json", "data": body} if body is not None else {}
+    response = getattr(api, method)(url, **kwargs)
+    assert response.status_code == status, response.content
+    assert response.json()["detail"]
+
+
+def test_auth(flows, readonly_key):
+    assert Client().get("/api/flows").status_code == 401
+    viewer = Client(headers={"Authorization": f"Bearer {readonly_key}"})
+    assert viewer.get("/api/flows").status_code == 200
+    assert viewer.post("/api/flows/A/run").status_code == 403
