@@ -175,6 +175,9 @@ if REDIS_URL:
     }
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
+    # An unacknowledged message (its worker died) goes back to the queue after this long;
+    # the daughters' reaper usually retries the daughter first (VX11_DAUGHTER_STALE_SECONDS).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("VX11_BROKER_VISIBILITY_TIMEOUT", 600)}
 else:
     # sized like the Redis layer: the default capacity of 100 dropped half of a burst silently
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": envint("VX11_CHANNEL_CAPACITY", 5000)}}}
@@ -185,6 +188,7 @@ else:
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_queue_dir),
+        "control_folder": str(_queue_dir / "control"),
         "store_processed": False,
     }
     CELERY_RESULT_BACKEND = "django-db"
@@ -198,6 +202,8 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = envbool("VX11_CELERY_EAGER", False)
+# Daughters are acknowledged late; one message at a time per worker process keeps the queue fair.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 # --- VX11 ---------------------------------------------------------------------------------
 VX11_PROBE_INTERVAL_SECONDS = envint("VX11_PROBE_INTERVAL_SECONDS", 15)
@@ -240,6 +246,25 @@ VX11_WS_POLL_SECONDS = envfloat("VX11_WS_POLL_SECONDS", 0.0 if REDIS_URL else 1.
 VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "evidence")).resolve()
 
 # --- daughters (apps.daughters) -----------------------------------------------------------
+VX11_DAUGHTER_MAX_RUNNING = envint("VX11_DAUGHTER_MAX_RUNNING", 8)  # madre's cap; the rest wait queued by priority
+VX11_DAUGHTER_TTL_SECONDS = envint("VX11_DAUGHTER_TTL_SECONDS", 300)
+VX11_DAUGHTER_MAX_RETRIES = envint("VX11_DAUGHTER_MAX_RETRIES", 2)
+VX11_DAUGHTER_HEARTBEAT_SECONDS = envfloat("VX11_DAUGHTER_HEARTBEAT_SECONDS", 5.0)
+VX11_DAUGHTER_STALE_SECONDS = envint("VX11_DAUGHTER_STALE_SECONDS", 60)  # no heartbeat for this long = stale
+VX11_DAUGHTER_START_TIMEOUT = envint("VX11_DAUGHTER_START_TIMEOUT", 120)  # queued to a worker but never started: queue again
+VX11_DAUGHTER_REAP_INTERVAL = envint("VX11_DAUGHTER_REAP_INTERVAL", 15)
+VX11_DAUGHTER_RETENTION_DAYS = envint("VX11_DAUGHTER_RETENTION_DAYS", 30)
+VX11_DAUGHTER_OUTPUT_CHARS = envint("VX11_DAUGHTER_OUTPUT_CHARS", 4000)
+# The commands a daughter may run: {"name": ["argv", ...]}; a daughter's own args are appended.
+# Never run through a shell. Replace or extend with VX11_DAUGHTER_COMMANDS='{"name": [...]}' (JSON).
+VX11_DAUGHTER_COMMANDS = {"true": ["true"], "false": ["false"], "sleep": ["sleep"], "uptime": ["uptime"], "df": ["df", "-h"]}
+try:
+    import json as _json
+
+    VX11_DAUGHTER_COMMANDS.update(_json.loads(os.environ.get("VX11_DAUGHTER_COMMANDS", "{}")))
+    assert all(isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in VX11_DAUGHTER_COMMANDS.values())
+except (ValueError, AssertionError, AttributeError) as _exc:
+    raise ImproperlyConfigured('VX11_DAUGHTER_COMMANDS must be a JSON object of name -> argument list, e.g. {"ls": ["ls", "-l"]}') from _exc
 
 # --- power (apps.power) -------------------------------------------------------------------
 # Guards of the power manager (apps.power); see README "Power manager".

@@ -1,5 +1,158 @@
-"""Daughters API."""
+"""Daughters API: spawn a task, read tasks and daughters with their attempts, cancel."""
 
-from ninja import Router
+from datetime import datetime
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from ninja import Field, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.pagination import LimitOffsetPagination, paginate
+from pydantic import ConfigDict
+
+from .models import PRIORITIES, Daughter, DaughterTask
 
 router = Router(tags=["daughters"])
+
+TaskStatus = Literal["pending", "planning", "running", "retrying", "completed", "failed", "expired", "cancelled"]
+DaughterStatus = Literal["spawned", "running", "restarting", "finished", "failed", "killed", "expired", "mutated"]
+
+
+class SpawnIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(..., description="http, command, sleep, flow (registered kinds)")
+    params: dict[str, Any] = Field(default_factory=dict, description='e.g. {"module": "hermes", "path": "/tools"}')
+    source: Literal["shub", "operator", "madre", "daughters"] = "operator"
+    description: str = Field("", max_length=500)
+    name: str = Field("", max_length=80)
+    purpose: str = Field("", max_length=300)
+    ttl_seconds: int | None = Field(None, ge=1, le=86400, description="default VX11_DAUGHTER_TTL_SECONDS (300)")
+    max_retries: int | None = Field(None, ge=0, le=10, description="default VX11_DAUGHTER_MAX_RETRIES (2)")
+    count: int = Field(1, ge=1, le=1000)
+    intent_id: str = Field("", max_length=64)
+
+
+class AttemptOut(Schema):
+    attempt_number: int
+    status: str
+    worker: str
+    started_at: datetime
+    ended_at: datetime | None
+    output: str
+    error: str
+
+
+class DaughterOut(Schema):
+    id: int
+    task_id: int
+    name: str
+    purpose: str
+    kind: str
+    params: dict
+    priority: int
+    status: str
+    ttl_seconds: int
+    mutation_level: int
+    error_last: str
+    result: Any = None
+    created: datetime
+    started_at: datetime | None
+    expires_at: datetime | None
+    last_heartbeat_at: datetime | None
+    ended_at: datetime | None
+
+
+class DaughterDetail(DaughterOut):
+    attempts: list[AttemptOut]
+
+    @staticmethod
+    def resolve_attempts(obj):
+        return list(obj.attempts.all())
+
+
+class TaskOut(Schema):
+    id: int
+    intent_id: str
+    source: str
+    priority: int
+    task_type: str
+    description: str
+    max_retries: int
+    status: str
+    plan: dict
+    created: datetime
+    updated: datetime
+
+
+class TaskDetail(TaskOut):
+    daughters: list[DaughterDetail]
+
+    @staticmethod
+    def resolve_daughters(obj):
+        return list(obj.daughters.order_by("id").prefetch_related("attempts"))
+
+
+class CancelOut(Schema):
+    killed: int
+    status: str
+
+
+@router.post("/daughters", response={201: TaskDetail}, summary="Spawn a task with its daughter(s); they run on the Celery workers")
+def spawn(request, payload: SpawnIn):
+    data = payload.model_dump()
+    try:
+        task = DaughterTask.spawn(data.pop("kind"), data.pop("params"), user=request.user, **data)
+    except DjangoValidationError as exc:
+        raise HttpError(422, "; ".join(f"{f}: {' '.join(m)}" for f, m in exc.message_dict.items())) from None
+    return Status(201, task)
+
+
+@router.get("/daughters/tasks", response=list[TaskOut], summary="Tasks, newest first, paged")
+@paginate(LimitOffsetPagination)
+def list_tasks(request, status: TaskStatus | None = None, source: Literal[tuple(PRIORITIES)] | None = None):
+    tasks = DaughterTask.objects.all()
+    if status:
+        tasks = tasks.filter(status=status)
+    if source:
+        tasks = tasks.filter(source=source)
+    return tasks
+
+
+@router.get("/daughters/tasks/{int:task_id}", response=TaskDetail, summary="A task with its daughters and their attempts")
+def get_task(request, task_id: int):
+    return get_object_or_404(DaughterTask, pk=task_id)
+
+
+@router.post("/daughters/tasks/{int:task_id}/cancel", response=CancelOut, summary="Kill every live daughter of the task")
+def cancel_task(request, task_id: int):
+    task = get_object_or_404(DaughterTask, pk=task_id)
+    killed = task.cancel()
+    task.refresh_from_db()
+    return {"killed": killed, "status": task.status}
+
+
+@router.get("/daughters", response=list[DaughterOut], summary="Daughters, newest first, paged")
+@paginate(LimitOffsetPagination)
+def list_daughters(request, status: DaughterStatus | None = None, task_id: int | None = None):
+    daughters = Daughter.objects.all()
+    if status:
+        daughters = daughters.filter(status=status)
+    if task_id is not None:
+        daughters = daughters.filter(task_id=task_id)
+    return daughters
+
+
+@router.get("/daughters/{int:daughter_id}", response=DaughterDetail, summary="A daughter with its attempts")
+def get_daughter(request, daughter_id: int):
+    return get_object_or_404(Daughter.objects.prefetch_related("attempts"), pk=daughter_id)
+
+
+@router.post("/daughters/{int:daughter_id}/cancel", response=CancelOut, summary="Kill a daughter (madre's DELETE /kill/{id})")
+def cancel_daughter(request, daughter_id: int):
+    daughter = get_object_or_404(Daughter, pk=daughter_id)
+    if daughter.status in Daughter.FINAL:
+        raise HttpError(409, f"daughter #{daughter.pk} already ended ({daughter.status})")
+    killed = Daughter.kill(Daughter.objects.filter(pk=daughter.pk))
+    daughter.refresh_from_db()
+    return {"killed": killed, "status": daughter.status}

@@ -1,0 +1,576 @@
+"""Madre's daughters: short-lived child tasks, run on Celery workers, kept in the database.
+
+The real madre kept daughters in memory and nothing noticed a dead one (REFERENCE.md section 2).
+Here every daughter is a row with its lifecycle:
+
+    spawned ──dispatch──► (queued to a worker) ──claim──► running ──► finished
+                                                             │ error / no heartbeat
+                                                             ├──► mutated (mutation_level + 1) ──► queued again
+                                                             └──► failed (retries exhausted)
+    any live state ──► expired (TTL since the first start)   any live state ──► killed (cancel)
+
+At most VX11_DAUGHTER_MAX_RUNNING daughters are handed to workers at once; the rest wait in
+the table, ordered by priority (shub > operator > madre > daughters) then age. A worker claims
+a daughter with a conditional UPDATE on (status, mutation_level), so a message delivered twice
+(acks_late after a lost worker) runs the daughter once. The reaper works in set-based UPDATEs.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, connections, models, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from apps.events.models import publish
+from apps.fleet.models import Module
+from vx11_site.db import bulk_set, prune_in_chunks
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = {"shub": 0, "operator": 1, "madre": 2, "daughters": 3}  # lower runs first, as madre's queue
+EVENT_ID_LIMIT = 200  # ids listed in one aggregated event
+TASK_EVENTS_ONE_BY_ONE = 10  # more changed tasks than this get one aggregated plan_updated event
+
+
+def tail(text: str | bytes | None, limit: int | None = None) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    limit = limit or settings.VX11_DAUGHTER_OUTPUT_CHARS
+    text = text or ""
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# --- kinds of work ------------------------------------------------------------------------------
+# A kind is a function (daughter, params) -> JSON-able result that raises to fail, plus an optional
+# validator (params) -> params that raises ValidationError. Other apps register theirs in ready()
+# (apps.flows registers "flow"), so this app never imports them.
+
+KINDS: dict[str, tuple] = {}
+
+
+def register_kind(name: str, run, validate=None) -> None:
+    KINDS[name] = (run, validate)
+
+
+def validate_params(kind: str, params) -> dict:
+    if kind not in KINDS:
+        raise ValidationError({"kind": f"unknown kind {kind!r}; registered kinds: {', '.join(sorted(KINDS))}"})
+    if not isinstance(params, dict):
+        raise ValidationError({"params": "params must be a JSON object"})
+    validate = KINDS[kind][1]
+    return validate(params) if validate else params
+
+
+def _timeout(params: dict) -> float:
+    value = params.get("timeout", 30)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
+        raise ValidationError({"params": "timeout must be a number of seconds in (0, 3600]"})
+    return float(value)
+
+
+def validate_http(params: dict) -> dict:
+    unknown = set(params) - {"module", "method", "path", "body", "expect_status", "timeout"}
+    if unknown:
+        raise ValidationError({"params": f"unknown http params: {', '.join(sorted(unknown))}"})
+    if not Module.objects.filter(slug=params.get("module")).exists():
+        raise ValidationError({"params": f"module {params.get('module')!r} is not in the fleet"})
+    method = str(params.get("method", "GET")).upper()
+    if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}:
+        raise ValidationError({"params": f"method {method!r} is not an HTTP method"})
+    path = params.get("path", "/health")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValidationError({"params": "path must start with /"})
+    expect = params.get("expect_status", 200)
+    if not isinstance(expect, int) or not 100 <= expect <= 599:
+        raise ValidationError({"params": "expect_status must be an HTTP status code"})
+    return {**params, "method": method, "path": path, "expect_status": expect, "timeout": _timeout(params)}
+
+
+def run_http(daughter: Daughter, params: dict) -> dict:
+    """Call a fleet module; the answer's status must be the expected one."""
+    module = Module.objects.get(slug=params["module"])
+    url = module.base_url.rstrip("/") + params["path"]
+    started = time.monotonic()
+    response = httpx.request(params["method"], url, json=params.get("body"), timeout=params["timeout"])
+    result = {"url": url, "status_code": response.status_code, "latency_ms": round((time.monotonic() - started) * 1000, 2),
+              "body": tail(response.text, 2000)}
+    if response.status_code != params["expect_status"]:
+        raise RuntimeError(f"{params['method']} {url} answered {response.status_code}, expected {params['expect_status']}")
+    return result
+
+
+def validate_command(params: dict) -> dict:
+    unknown = set(params) - {"command", "args", "timeout"}
+    if unknown:
+        raise ValidationError({"params": f"unknown command params: {', '.join(sorted(unknown))}"})
+    name = params.get("command")
+    if name not in settings.VX11_DAUGHTER_COMMANDS:
+        raise ValidationError({"params": f"command {name!r} is not in the allow-list (VX11_DAUGHTER_COMMANDS): "
+                                         f"{', '.join(sorted(settings.VX11_DAUGHTER_COMMANDS))}"})
+    args = params.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) <= 1024 for a in args):
+        raise ValidationError({"params": "args must be a list of strings"})
+    return {"command": name, "args": args, "timeout": _timeout(params)}
+
+
+def run_command(daughter: Daughter, params: dict) -> dict:
+    """Run an allow-listed command as an argument list (never a shell), with a timeout; stop it when killed."""
+    argv = [*settings.VX11_DAUGHTER_COMMANDS[params["command"]], *params["args"]]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + params["timeout"]
+    output = b""
+    try:
+        while True:
+            try:
+                output = proc.communicate(timeout=0.1)[0]
+                break
+            except subprocess.TimeoutExpired:
+                if daughter.stop.is_set() or time.monotonic() > deadline:
+                    proc.kill()
+                    output = proc.communicate()[0]
+                    if daughter.stop.is_set():
+                        raise RuntimeError("stopped: the daughter was killed or reaped") from None
+                    raise TimeoutError(f"{argv[0]} timed out after {params['timeout']:g} s; output: {tail(output, 500)}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: {tail(output, 500)}")
+    return {"argv": argv, "exit_code": 0, "output": tail(output)}
+
+
+def validate_sleep(params: dict) -> dict:
+    seconds = params.get("seconds", 0)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
+        raise ValidationError({"params": "seconds must be a number in [0, 3600]"})
+    if params.get("fail") not in (None, True, False):
+        raise ValidationError({"params": "fail must be true or false"})
+    return {"seconds": seconds, "fail": bool(params.get("fail"))}
+
+
+def run_sleep(daughter: Daughter, params: dict) -> dict:
+    """A harmless kind for drills and benchmarks: wait, then succeed (or fail when asked)."""
+    if daughter.stop.wait(params["seconds"]):
+        raise RuntimeError("stopped: the daughter was killed or reaped")
+    if params["fail"]:
+        raise RuntimeError("failed on purpose (sleep kind with fail=true)")
+    return {"slept": params["seconds"]}
+
+
+register_kind("http", run_http, validate_http)
+register_kind("command", run_command, validate_command)
+register_kind("sleep", run_sleep, validate_sleep)
+
+
+# --- the task and its daughters -----------------------------------------------------------------
+
+class DaughterTask(models.Model):
+    """What madre was asked to do; its daughters do the work. Status follows the daughters."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PLANNING = "planning"
+        RUNNING = "running"
+        RETRYING = "retrying"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        EXPIRED = "expired"
+        CANCELLED = "cancelled"
+
+    class Source(models.TextChoices):
+        SHUB = "shub"
+        OPERATOR = "operator"
+        MADRE = "madre"
+        DAUGHTERS = "daughters"
+
+    FINAL = (Status.COMPLETED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
+
+    intent_id = models.CharField(max_length=64, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MADRE)
+    priority = models.PositiveSmallIntegerField(help_text="0 shub, 1 operator, 2 madre, 3 daughters; lower runs first")
+    task_type = models.CharField(max_length=5, choices=[("short", "short"), ("long", "long")], default="short")
+    description = models.CharField(max_length=500, blank=True)
+    max_retries = models.PositiveSmallIntegerField(default=2)
+    plan = models.JSONField(default=dict, blank=True, help_text="the daughters asked for, as spawned")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    updated = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # admin and API lists filtered by status, newest first; prune() by age of finished tasks
+            models.Index(fields=["status", "created"], name="dtask_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task #{self.pk} {self.description or self.source} ({self.status})"
+
+    @property
+    def current_retry(self) -> int:
+        return max((d.mutation_level for d in self.daughters.all()), default=0)
+
+    @classmethod
+    def spawn(cls, kind: str, params: dict, *, source: str = "madre", description: str = "", ttl_seconds: int | None = None,
+              max_retries: int | None = None, name: str = "", purpose: str = "", count: int = 1, user=None,
+              intent_id: str = "", priority: int | None = None) -> DaughterTask:
+        """Create a task with `count` daughters of one kind and queue them (after commit)."""
+        if source not in PRIORITIES:
+            raise ValidationError({"source": f"source must be one of {', '.join(PRIORITIES)}"})
+        ttl = settings.VX11_DAUGHTER_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+        if not 1 <= ttl <= 86400:
+            raise ValidationError({"ttl_seconds": "ttl_seconds must be between 1 and 86400"})
+        if not 1 <= count <= 1000:
+            raise ValidationError({"count": "count must be between 1 and 1000"})
+        retries = settings.VX11_DAUGHTER_MAX_RETRIES if max_retries is None else max_retries
+        if not 0 <= retries <= 10:
+            raise ValidationError({"max_retries": "max_retries must be between 0 and 10"})
+        params = validate_params(kind, params)
+        priority = PRIORITIES[source] if priority is None else priority
+        name = name or kind
+        with transaction.atomic():
+            task = cls.objects.create(
+                intent_id=intent_id, source=source, priority=priority, description=description[:500], max_retries=retries,
+                plan={"daughters": [{"name": name, "kind": kind, "params": params, "ttl_seconds": ttl, "count": count}]},
+                created_by=user if getattr(user, "pk", None) else None,
+            )
+            Daughter.objects.bulk_create(
+                Daughter(task=task, name=name if count == 1 else f"{name}-{i + 1}", purpose=purpose[:300] or description[:300],
+                         kind=kind, params=params, ttl_seconds=ttl, priority=priority)
+                for i in range(count)
+            )
+            transaction.on_commit(Daughter.dispatch)
+        task.announce()
+        return task
+
+    def cancel(self) -> int:
+        """Kill every live daughter of the task (workers stop at their next heartbeat)."""
+        return Daughter.kill(self.daughters.all())
+
+    def announce(self) -> None:
+        counts = dict(self.daughters.values_list("status").annotate(n=Count("id")))
+        publish("plan_updated", {"task_id": self.pk, "status": self.status, "source": self.source, "daughters": counts})
+
+    @classmethod
+    def refresh_statuses(cls, task_ids) -> list[int]:
+        """Derive each task's status from its daughters' (one grouped query); return the changed ids."""
+        task_ids = list(set(task_ids))
+        if not task_ids:
+            return []
+        counts: dict[int, dict[str, int]] = {}
+        for task_id, status, n in Daughter.objects.filter(task_id__in=task_ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
+            counts.setdefault(task_id, {})[status] = n
+        now = timezone.now()
+        changed = []
+        for task in cls.objects.filter(id__in=task_ids).only("id", "status"):
+            status = cls.status_from(counts.get(task.id, {}))
+            if status != task.status:
+                task.status, task.updated = status, now
+                changed.append(task)
+        bulk_set(changed, ["status", "updated"])
+        return [t.id for t in changed]
+
+    @classmethod
+    def status_from(cls, counts: dict[str, int]) -> str:
+        S, D = cls.Status, Daughter.Status
+        if counts.get(D.RUNNING):
+            return S.RUNNING
+        if counts.get(D.MUTATED) or counts.get(D.RESTARTING):
+            return S.RETRYING
+        if counts.get(D.SPAWNED):
+            return S.RUNNING if any(counts.get(s) for s in Daughter.FINAL) else S.PENDING
+        for daughter_status, task_status in ((D.FAILED, S.FAILED), (D.EXPIRED, S.EXPIRED), (D.KILLED, S.CANCELLED)):
+            if counts.get(daughter_status):
+                return task_status
+        return S.COMPLETED
+
+    @classmethod
+    def announce_changes(cls, task_ids: list[int]) -> None:
+        if len(task_ids) <= TASK_EVENTS_ONE_BY_ONE:
+            for task in cls.objects.filter(id__in=task_ids):
+                task.announce()
+        elif task_ids:
+            counts = dict(cls.objects.filter(id__in=task_ids).values_list("status").annotate(n=Count("id")).order_by())
+            publish("plan_updated", {"tasks_changed": len(task_ids), "task_ids": sorted(task_ids)[:EVENT_ID_LIMIT], "statuses": counts})
+
+    @classmethod
+    def prune(cls, now=None) -> int:
+        cutoff = (now or timezone.now()) - timedelta(days=settings.VX11_DAUGHTER_RETENTION_DAYS)
+        return prune_in_chunks(cls.objects.filter(status__in=cls.FINAL, updated__lt=cutoff))
+
+
+class Daughter(models.Model):
+    """One child task: a kind of work, its params, its TTL and its life on the workers."""
+
+    class Status(models.TextChoices):
+        SPAWNED = "spawned"
+        RUNNING = "running"
+        RESTARTING = "restarting"
+        FINISHED = "finished"
+        FAILED = "failed"
+        KILLED = "killed"
+        EXPIRED = "expired"
+        MUTATED = "mutated"
+
+    QUEUED = (Status.SPAWNED, Status.MUTATED, Status.RESTARTING)  # waiting for a worker
+    LIVE = (*QUEUED, Status.RUNNING)
+    FINAL = (Status.FINISHED, Status.FAILED, Status.KILLED, Status.EXPIRED)
+
+    task = models.ForeignKey(DaughterTask, on_delete=models.CASCADE, related_name="daughters")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    name = models.CharField(max_length=100)
+    purpose = models.CharField(max_length=300, blank=True)
+    kind = models.CharField(max_length=32)
+    params = models.JSONField(default=dict)
+    spawn_uuid = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
+    priority = models.PositiveSmallIntegerField(default=2, help_text="copied from the task; lower runs first")
+    ttl_seconds = models.PositiveIntegerField(default=300)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SPAWNED)
+    mutation_level = models.PositiveSmallIntegerField(default=0, help_text="retries so far")
+    error_last = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="handed to a worker (counts against the cap)")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="first start; the TTL counts from here")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    reaped_at = models.DateTimeField(null=True, blank=True, help_text="the reaper's last touch (marks one sweep's rows)")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # dispatch(): queued daughters in priority order, and the count of dispatched live ones
+            models.Index(fields=["status", "dispatched_at", "priority", "id"], name="daughter_queue"),
+            # reap(): live daughters past their TTL
+            models.Index(fields=["status", "expires_at"], name="daughter_ttl"),
+            # reap(): running daughters whose heartbeat stopped
+            models.Index(fields=["status", "last_heartbeat_at"], name="daughter_heartbeat"),
+            # reap(): the rows one sweep touched
+            models.Index(fields=["reaped_at"], name="daughter_reaped"),
+        ]
+
+    def __str__(self) -> str:
+        return f"daughter #{self.pk} {self.name} ({self.status})"
+
+    def event_data(self, previous: str | None = None) -> dict:
+        return {"daughter_id": self.pk, "task_id": self.task_id, "name": self.name, "kind": self.kind, "status": self.status,
+                "previous": previous, "mutation_level": self.mutation_level, "error": self.error_last[:500] or None}
+
+    def announce(self, previous: str | None = None) -> None:
+        publish("status_changed", self.event_data(previous))
+        changed = DaughterTask.refresh_statuses([self.task_id])
+        DaughterTask.announce_changes(changed)
+
+    # --- dispatching ----------------------------------------------------------------------------
+
+    @classmethod
+    def dispatch(cls) -> int:
+        """Hand queued daughters to the workers, best priority first, up to the running cap."""
+        from .tasks import run_daughter
+
+        with transaction.atomic():
+            if connection.vendor == "postgresql":  # SQLite's IMMEDIATE transactions already serialise this
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(hashtext('vx11.daughters.dispatch'))")
+            busy = cls.objects.filter(status__in=cls.LIVE, dispatched_at__isnull=False).count()
+            free = settings.VX11_DAUGHTER_MAX_RUNNING - busy
+            if free <= 0:
+                return 0
+            picked = list(cls.objects.filter(status__in=cls.QUEUED, dispatched_at__isnull=True)
+                          .order_by("priority", "id").values_list("id", "mutation_level")[:free])
+            if not picked:
+                return 0
+            cls.objects.filter(id__in=[i for i, _ in picked]).update(dispatched_at=timezone.now())
+            transaction.on_commit(lambda: [run_daughter.delay(i, level) for i, level in picked])
+        return len(picked)
+
+    # --- running on a worker --------------------------------------------------------------------
+
+    @classmethod
+    def run(cls, daughter_id: int, level: int, worker: str = "") -> str:
+        """Claim, run with heartbeats, record the end. Returns what happened (for the task result)."""
+        now = timezone.now()
+        daughter = cls.objects.select_related("task").filter(pk=daughter_id).first()
+        if daughter is None:
+            return "gone"
+        claimed = cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(
+            status=cls.Status.RUNNING, last_heartbeat_at=now,
+            started_at=daughter.started_at or now, expires_at=daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds))
+        if not claimed:
+            return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
+        previous = daughter.status
+        daughter.refresh_from_db()
+        attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
+        daughter.announce(previous)
+        try:
+            result = daughter._work(level)
+        except Exception as exc:  # the kind failed: retry while retries remain
+            return daughter._fail(level, attempt, exc)
+        finally:
+            daughter.stop.set()
+        return daughter._finish(level, attempt, result)
+
+    def _work(self, level: int):
+        """Run the kind in a thread; heartbeat meanwhile. A heartbeat that finds the row no longer
+        running this attempt (killed, expired, reaped) stops the work."""
+        self.stop = threading.Event()
+        run = KINDS[self.kind][0]
+
+        def call():
+            try:
+                return run(self, self.params)
+            finally:
+                connections.close_all()
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"daughter-{self.pk}")
+        future = pool.submit(call)
+        try:
+            while not wait([future], timeout=settings.VX11_DAUGHTER_HEARTBEAT_SECONDS).done:
+                if not self.heartbeat(level):
+                    self.stop.set()
+                    raise Superseded()
+            return future.result()
+        finally:
+            pool.shutdown(wait=True)
+
+    def heartbeat(self, level: int) -> bool:
+        """Still ours? Then say so. False when the row was killed, expired or retried elsewhere."""
+        return bool(Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level)
+                    .update(last_heartbeat_at=timezone.now()))
+
+    def _finish(self, level: int, attempt: DaughterAttempt, result) -> str:
+        now = timezone.now()
+        done = Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level).update(
+            status=self.Status.FINISHED, ended_at=now, result=result, error_last="")
+        attempt.end(DaughterAttempt.Status.SUCCESS if done else DaughterAttempt.Status.CANCELLED,
+                    output=str(result) if done else "finished after the daughter was killed, expired or retried")
+        if done:
+            self.refresh_from_db()
+            self.announce(self.Status.RUNNING)
+        Daughter.dispatch()
+        return "finished" if done else "superseded"
+
+    def _fail(self, level: int, attempt: DaughterAttempt, exc: Exception) -> str:
+        if isinstance(exc, Superseded):
+            self.refresh_from_db()
+            attempt.end(DaughterAttempt.Status.TIMEOUT if self.status == self.Status.EXPIRED else DaughterAttempt.Status.CANCELLED,
+                        error=f"stopped: the daughter is now {self.status}")
+            Daughter.dispatch()
+            return "stopped"
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        now = timezone.now()
+        mine = Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level)
+        if level < self.task.max_retries:
+            changed = mine.update(status=self.Status.MUTATED, mutation_level=level + 1, dispatched_at=None, error_last=error)
+        else:
+            changed = mine.update(status=self.Status.FAILED, ended_at=now, error_last=error)
+        attempt.end(DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR, error=error)
+        if changed:
+            self.refresh_from_db()
+            self.announce(self.Status.RUNNING)
+        Daughter.dispatch()
+        return self.status
+
+    # --- cancel and reap (set-based) ------------------------------------------------------------
+
+    @classmethod
+    def kill(cls, queryset) -> int:
+        """Cancel: every live daughter of the queryset becomes `killed`; running ones stop at their next heartbeat."""
+        now = timezone.now()
+        with transaction.atomic():
+            n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last="killed (cancelled)")
+            DaughterAttempt.objects.filter(daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING).update(
+                status=DaughterAttempt.Status.CANCELLED, ended_at=now, error="killed (cancelled)")
+        cls._announce_sweep(now, "killed")
+        cls.dispatch()
+        return n
+
+    @classmethod
+    def reap(cls, now=None) -> dict:
+        """One sweep, each step a single UPDATE: TTL expiry, stale heartbeats (retry or fail), lost dispatches."""
+        now = now or timezone.now()
+        stale_before = now - timedelta(seconds=settings.VX11_DAUGHTER_STALE_SECONDS)
+        S = cls.Status
+        with transaction.atomic():
+            expired = cls.objects.filter(status__in=cls.LIVE, expires_at__lt=now).update(
+                status=S.EXPIRED, ended_at=now, reaped_at=now, error_last="TTL passed (expired)")
+            stale = cls.objects.filter(status=S.RUNNING, last_heartbeat_at__lt=stale_before)
+            retried = stale.filter(mutation_level__lt=F("task__max_retries")).update(
+                status=S.MUTATED, mutation_level=F("mutation_level") + 1, dispatched_at=None, reaped_at=now,
+                error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s (worker lost?); retrying")
+            failed = stale.update(status=S.FAILED, ended_at=now, reaped_at=now,
+                                  error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s; retries exhausted")
+            requeued = cls.objects.filter(status__in=cls.QUEUED, dispatched_at__lt=now - timedelta(seconds=settings.VX11_DAUGHTER_START_TIMEOUT)).update(
+                dispatched_at=None)
+            DaughterAttempt.objects.filter(status=DaughterAttempt.Status.RUNNING, daughter__reaped_at=now).update(
+                status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat")
+        if expired or retried or failed:
+            cls._announce_sweep(now, "reaped")
+        cls.dispatch()
+        return {"expired": expired, "retried": retried, "failed": failed, "requeued": requeued}
+
+    @classmethod
+    def _announce_sweep(cls, now, why: str) -> None:
+        """One event per status for the rows a sweep touched (a sweep may touch 100,000), then the tasks."""
+        touched = cls.objects.filter(reaped_at=now)
+        by_status = {}
+        for status, n in touched.values_list("status").annotate(n=Count("id")).order_by():
+            by_status[status] = n
+        for status, n in by_status.items():
+            ids = list(touched.filter(status=status).order_by("id").values_list("id", flat=True)[:EVENT_ID_LIMIT])
+            publish("status_changed", {"daughters_changed": n, "status": status, "why": why, "daughter_ids": ids})
+        task_ids = list(touched.values_list("task_id", flat=True).distinct().order_by())
+        DaughterTask.announce_changes(DaughterTask.refresh_statuses(task_ids))
+
+    @classmethod
+    def counts(cls) -> dict[str, int]:
+        return dict(cls.objects.values_list("status").annotate(n=Count("id")).order_by())
+
+
+class Superseded(Exception):
+    """The row stopped being this attempt's while it ran (killed, expired, reaped)."""
+
+
+class DaughterAttempt(models.Model):
+    """One run of a daughter on a worker; a retried daughter has several."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCESS = "success"
+        ERROR = "error"
+        TIMEOUT = "timeout"
+        CANCELLED = "cancelled"
+
+    daughter = models.ForeignKey(Daughter, on_delete=models.CASCADE, related_name="attempts")
+    attempt_number = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    output = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["daughter_id", "attempt_number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt_number} of daughter #{self.daughter_id} ({self.status})"
+
+    def end(self, status: str, output: str = "", error: str = "") -> None:
+        updated = DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error))
+        if updated:
+            self.refresh_from_db()

@@ -1,0 +1,109 @@
+"""The running cap and priority order of dispatch, and the reaper's set-based sweeps.
+
+These tests stay inside one transaction, so nothing is handed to a Celery broker: dispatch()
+only marks rows (its messages are sent on commit)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apps.daughters.models import Daughter, DaughterAttempt, DaughterTask
+from apps.events.models import Event
+
+pytestmark = pytest.mark.django_db
+
+
+def spawn(source="madre", n=1, **kw):
+    return DaughterTask.spawn("sleep", {"seconds": 1}, source=source, count=n, **kw)
+
+
+def test_at_most_the_cap_is_dispatched_best_priority_first(settings):
+    settings.VX11_DAUGHTER_MAX_RUNNING = 3
+    daughters_task = spawn("daughters", 2)
+    madre_task = spawn("madre", 2)
+    shub_task = spawn("shub", 1)
+    assert Daughter.dispatch() == 3
+    dispatched = Daughter.objects.filter(dispatched_at__isnull=False)
+    assert sorted(dispatched.values_list("task_id", flat=True)) == sorted([shub_task.pk, madre_task.pk, madre_task.pk])
+    assert Daughter.dispatch() == 0  # full: the rest wait
+    Daughter.objects.filter(task=shub_task).update(status="finished", ended_at=timezone.now())
+    assert Daughter.dispatch() == 1  # a free slot goes to the next in line
+    assert Daughter.objects.filter(task=daughters_task, dispatched_at__isnull=False).count() == 1
+
+
+def running(task, started_ago=0, heartbeat_ago=0, level=0, ttl=300):
+    now = timezone.now()
+    started = now - timedelta(seconds=started_ago)
+    ids = list(task.daughters.values_list("id", flat=True))
+    task.daughters.update(status="running", dispatched_at=started, started_at=started, expires_at=started + timedelta(seconds=ttl),
+                          last_heartbeat_at=now - timedelta(seconds=heartbeat_ago), mutation_level=level)
+    DaughterAttempt.objects.bulk_create(DaughterAttempt(daughter_id=i, attempt_number=level + 1, started_at=started) for i in ids)
+    return ids
+
+
+def test_reaper_expires_retries_and_fails_in_one_sweep():
+    healthy = spawn()
+    past_ttl = spawn(ttl_seconds=10)
+    stale = spawn(max_retries=2)
+    exhausted = spawn(max_retries=1)
+    running(healthy, started_ago=5, heartbeat_ago=1)
+    running(past_ttl, started_ago=11, heartbeat_ago=1, ttl=10)
+    running(stale, started_ago=90, heartbeat_ago=61)
+    running(exhausted, started_ago=90, heartbeat_ago=61, level=1)
+
+    before = timezone.now()
+    assert Daughter.reap() == {"expired": 1, "retried": 1, "failed": 1, "requeued": 0}
+
+    status = {t.pk: t.daughters.get() for t in (healthy, past_ttl, stale, exhausted)}
+    assert status[healthy.pk].status == "running"
+    assert (status[past_ttl.pk].status, status[past_ttl.pk].error_last) == ("expired", "TTL passed (expired)")
+    retried = status[stale.pk]
+    assert (retried.status, retried.mutation_level) == ("mutated", 1)
+    assert retried.dispatched_at >= before  # queued again and handed out by the same sweep
+    assert "no heartbeat for 60 s" in retried.error_last
+    assert status[exhausted.pk].status == "failed" and "retries exhausted" in status[exhausted.pk].error_last
+    assert set(DaughterAttempt.objects.filter(status="timeout").values_list("daughter__task_id", flat=True)) == {past_ttl.pk, stale.pk, exhausted.pk}
+    for task, expected in ((past_ttl, "expired"), (stale, "retrying"), (exhausted, "failed")):
+        task.refresh_from_db()
+        assert task.status == expected
+    assert Event.objects.filter(type="status_changed", data__why="reaped", data__status="expired", data__daughters_changed=1).exists()
+    assert Daughter.reap() == {"expired": 0, "retried": 0, "failed": 0, "requeued": 0}  # idempotent
+
+
+def test_a_dispatch_that_never_started_goes_back_to_the_queue(settings):
+    task = spawn()
+    Daughter.dispatch()
+    Daughter.objects.update(dispatched_at=timezone.now() - timedelta(seconds=settings.VX11_DAUGHTER_START_TIMEOUT + 1))
+    assert Daughter.reap()["requeued"] == 1
+    assert task.daughters.get().dispatched_at is not None  # and handed out again by the same sweep
+
+
+def sweep_queries(n):
+    DaughterTask.objects.all().delete()
+    for _ in range(n):
+        running(spawn(ttl_seconds=10), started_ago=11, ttl=10)
+        running(spawn(), started_ago=90, heartbeat_ago=61)
+    with CaptureQueriesContext(connection) as ctx:
+        result = Daughter.reap()
+    assert result["expired"] == n and result["retried"] == n
+    return len(ctx.captured_queries)
+
+
+def test_the_reaper_is_set_based():
+    """The number of queries of a sweep does not grow with the number of rows it touches
+    (past a handful of tasks, whose plan_updated events are sent one by one)."""
+    assert sweep_queries(10) == sweep_queries(60)
+
+
+def test_cancel_kills_live_daughters_and_the_task():
+    task = spawn(n=3)
+    running(task)
+    Daughter.objects.filter(pk=task.daughters.first().pk).update(status="finished")
+    assert task.cancel() == 2
+    task.refresh_from_db()
+    assert sorted(task.daughters.values_list("status", flat=True)) == ["finished", "killed", "killed"]
+    assert task.status == "cancelled"
+    assert DaughterAttempt.objects.filter(daughter__task=task, status="cancelled").count() == 2
