@@ -6,6 +6,8 @@
 - `admin_user`, `operator_key` / `readonly_key` (plain API keys), `api` clients.
 """
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -136,3 +138,71 @@ def daphne(transactional_db, tmp_path):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
     log.close()
+
+
+@contextlib.contextmanager
+def celery_sends_to(broker: str, queue: str):
+    """Point this process's Celery app (the sender) at a real broker and queue, then back."""
+    from vx11_site.celery import app
+
+    saved = {k: app.conf[k] for k in ("broker_url", "task_default_queue", "broker_transport_options")}
+
+    def reset():
+        app._pool = None  # kombu keeps one pool per broker URL; only this app's references are dropped
+        app.amqp._producer_pool = None
+        for cached in ("queues", "router"):
+            app.amqp.__dict__.pop(cached, None)
+
+    app.conf.update(broker_url=broker, task_default_queue=queue, broker_transport_options={})
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.update(saved)
+        reset()
+
+
+class WorkerProcess:
+    """A real `celery worker` on the test database and a private Redis queue."""
+
+    def __init__(self, env: dict, name: str, log: Path):
+        self.env, self.name, self.log, self.proc = env, name, log, None
+
+    def start(self, concurrency: int = 4) -> "WorkerProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-P", "threads", "-c", str(concurrency), "-l", "INFO",
+             "-n", f"{self.name}-{time.monotonic_ns()}@%h"],
+            cwd=ROOT, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        """Kill the worker's whole process group (SIGKILL: no warm shutdown, nothing acknowledged)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+    def output(self) -> str:
+        return self.log.read_text()[-4000:]
+
+
+@pytest.fixture
+def daughter_worker(transactional_db, tmp_path, settings):
+    """A Celery worker process on real Redis running daughters from the test database.
+
+    Heartbeats every 0.2 s; the allow-list has `once-slow` (sleeps 30 s the first time it runs with
+    a given marker file, returns at once after) for worker-loss drills."""
+    broker = redis_url()
+    queue = f"daughters-test-{os.getpid()}-{time.monotonic_ns()}"
+    commands = {"once-slow": [sys.executable, "-c", "import os,sys,time; p=sys.argv[1]; first=not os.path.exists(p); "
+                                                   "open(p,'a').close(); time.sleep(30 if first else 0)"]}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker,
+           "VX11_CELERY_QUEUE": queue, "VX11_DAUGHTER_HEARTBEAT_SECONDS": "0.2", "VX11_BROKER_VISIBILITY_TIMEOUT": "5",
+           "VX11_DAUGHTER_COMMANDS": json.dumps(commands)}
+    settings.VX11_DAUGHTER_COMMANDS = {**settings.VX11_DAUGHTER_COMMANDS, **commands}
+    worker = WorkerProcess(env, "daughters-test", tmp_path / "worker.log").start()
+    with celery_sends_to(broker, queue):
+        yield worker
+    worker.kill(signal.SIGTERM)
+    import redis
+
+    redis.Redis.from_url(broker).delete(queue)
