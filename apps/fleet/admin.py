@@ -187,7 +187,7 @@ class MaintenanceWindowAdmin(admin.ModelAdmin):
     search_fields = ["reason"]
     filter_horizontal = ["modules"]
     fields = ["modules", "starts_at", "ends_at", "reason", "source", "mode", "closed_at", "expired_handled_at", "created_by", "created"]
-    readonly_fields = ["created_by", "created", "expired_handled_at"]
+    readonly_fields = ["created_by", "created", "source", "expired_handled_at"]
     date_hierarchy = "starts_at"
 
     def get_queryset(self, request):
