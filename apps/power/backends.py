@@ -137,6 +137,9 @@ def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, 
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if pid_alive(pid, argv):
         return Outcome(True, f"{slug} already running (pid {pid})", [f"pid {pid} alive; nothing to do"], pid=pid)
+    if health_answers(health_url):
+        return Outcome(False, f"{health_url} already answers, but not from a process the portal started; not starting a second copy",
+                       [f"recorded pid {pid} is not running", f"{health_url} answers"])
     log = log_path(slug)
     started = time.monotonic()
     try:
@@ -178,7 +181,8 @@ def _terminate(pid: int, grace: float) -> str:
 def process_stop(slug: str, argv: list[str], pid: int | None, health_url: str, grace: float, timeout: float | None = None) -> Outcome:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if not pid_alive(pid, argv):
-        return Outcome(True, f"{slug} not running", [f"no live process (recorded pid {pid})"], pid=None)
+        note = f" (but {health_url} answers: is it running outside the portal?)" if health_answers(health_url) else ""
+        return Outcome(True, f"{slug} not running{note}", [f"no live process (recorded pid {pid}){note}"], pid=None)
     how = _terminate(pid, grace)
     output = [f"pid {pid}: {how}"]
     if not wait_for(lambda: not health_answers(health_url), timeout):

@@ -110,3 +110,15 @@ def test_start_failure_is_an_audited_error(power_on, power_api, demo_process, wi
     assert "exited with 3" in r.json()["detail"]
     row = PowerAction.objects.get()
     assert row.result == "error" and row.applied and "no such module here" in row.output
+
+
+def test_no_second_copy_beside_a_foreign_process(power_on, power_api, fleet, window):
+    """mcp answers from the shared simulator, not from a process the portal started: start refuses."""
+    import sys
+
+    ServiceControl.objects.create(module=fleet["mcp"], backend="process", command=[sys.executable, "-m", "apps.simfleet.serve_one", "mcp"])
+    window("mcp")
+    r = power_api.post("/madre/power/service/mcp/start", {"apply": True}, content_type="application/json")
+    assert r.status_code == 502 and "already answers" in r.json()["detail"]
+    r = power_api.post("/madre/power/service/mcp/stop", {"apply": True}, content_type="application/json")
+    assert r.status_code == 200 and "running outside the portal" in r.json()["message"]

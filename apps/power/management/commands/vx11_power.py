@@ -1,0 +1,55 @@
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.fleet.models import Module
+from apps.power.models import ServiceControl, expire_windows, power_status
+
+
+class Command(BaseCommand):
+    help = "Power: `status` (or --json), `check-windows` (stop expired ttl windows now), `demo-controls SLUG...` (process backend on the demo fleet)."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("status", help="every enabled module: backend, running, pid, in a window").add_argument("--json", action="store_true")
+        sub.add_parser("check-windows", help="run the expiry checker once").add_argument("--json", action="store_true")
+        demo = sub.add_parser("demo-controls", help="give demo modules the process backend: python -m apps.simfleet.serve_one SLUG --port PORT")
+        demo.add_argument("slugs", nargs="+")
+
+    def handle(self, *args, **options):
+        return getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
+
+    def do_status(self, options):
+        status = power_status()
+        if options["json"]:
+            self.stdout.write(json.dumps(status, indent=2))
+            return
+        self.stdout.write(f"service control {'allowed' if status['service_control_allowed'] else 'DISABLED'}; "
+                          f"window required: {status['window_required']}; open power window: {status['window'] or 'none'}")
+        for s in status["services"]:
+            running = {True: "running", False: "stopped", None: "-"}[s["running"]]
+            self.stdout.write(f"{s['service']:<16} {s['state']:<9} {s['backend'] or 'no backend':<10} {running:<8} "
+                              f"pid {s['pid'] or '-':<8} {'in window' if s['in_window'] else ''}")
+
+    def do_check_windows(self, options):
+        actions = expire_windows()
+        rows = [{"service": a.service, "result": a.result, "message": a.message} for a in actions]
+        if options["json"]:
+            self.stdout.write(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                self.stdout.write(f"{row['service']:<16} {row['result']:<8} {row['message']}")
+            self.stdout.write(f"{len(rows)} service(s) stopped by expired windows")
+
+    def do_demo_controls(self, options):
+        modules = {m.slug: m for m in Module.objects.filter(slug__in=options["slugs"])}
+        missing = sorted(set(options["slugs"]) - set(modules))
+        if missing:
+            raise CommandError(f"unknown module(s): {', '.join(missing)}")
+        for slug, module in modules.items():
+            if module.port is None:
+                raise CommandError(f"{slug} has no port in its base URL ({module.base_url})")
+            argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(module.port)]
+            ServiceControl.objects.update_or_create(module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv})
+            self.stdout.write(f"{slug}: process backend, {' '.join(argv)}")
