@@ -215,11 +215,22 @@ class PowerAction(models.Model):
             PowerAction.objects.filter(pk=self.pk).update(evidence_path=self.evidence_path)
         if self.applied:
             try:
-                publish("status_changed", {"module": self.service, "power_action": self.action, "result": self.result,
-                                           "message": self.message, "actor": self.actor, "action_id": self.id})
+                publish("status_changed", self.event_data)
             except Exception:  # the bus being down must not turn a done action into a 500
                 log.exception("power: could not announce action %s", self.pk)
         return self
+
+    @property
+    def event_data(self) -> dict:
+        """What the bus is told: `module` for one module's action, `mode` or `services` otherwise."""
+        data = {"power_action": self.action, "result": self.result, "message": self.message, "actor": self.actor, "action_id": self.id}
+        if self.action in ACTIONS:
+            data["module"] = self.service
+        elif self.action == "mode":
+            data["mode"] = self.service
+        else:
+            data["services"] = [s for s in self.service.split(",") if s]
+        return data
 
     def as_dict(self) -> dict:
         data = {"id": self.id, "service": self.service, "action": self.action, "applied": self.applied, "result": self.result,

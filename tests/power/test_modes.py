@@ -63,3 +63,14 @@ def test_apply_needs_windows_for_every_step(power_on, power_api, demo_process, w
     assert r.status_code == 409
     assert "switch" in r.json()["detail"] and "hermes" in r.json()["detail"]
     assert PowerAction.objects.filter(parent__isnull=False).count() == 0  # nothing ran
+
+
+def test_mode_and_window_events(power_on, power_api, demo_process):
+    from apps.events.models import Event
+
+    demo_process("hermes")
+    power_api.post("/madre/power/window/open", {"services": ["hermes"], "ttl_sec": 60}, content_type="application/json")
+    assert mode(power_api, "low_power", apply=True).status_code == 200
+    data = [e.data for e in Event.objects.filter(type="status_changed").order_by("id")]
+    assert [(d["power_action"], d.get("module"), d.get("mode"), d.get("services")) for d in data] == [
+        ("window_open", None, None, ["hermes"]), ("stop", "hermes", None, None), ("mode", None, "low_power", None)]
