@@ -40,7 +40,7 @@ def power_on(settings, tmp_path):
 
 @pytest.fixture
 def controller(db, django_user_model):
-    user = django_user_model.objects.create_user("controller", password="controller-pass-123", is_staff=True)
+    user = django_user_model.objects.create_user("controller", password=None, is_staff=True)  # no hashing: keys only
     user.user_permissions.add(Permission.objects.get(codename="control_services", content_type__app_label="power"))
     return user
 

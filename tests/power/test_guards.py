@@ -77,7 +77,7 @@ def test_permission_needed(power_on, fleet, compose_switch, window, django_user_
     from apps.accounts.models import ApiKey
 
     window("switch")
-    staff = django_user_model.objects.create_user("plainstaff", password="x-pass-123456", is_staff=True)
+    staff = django_user_model.objects.create_user("plainstaff", password=None, is_staff=True)
     client = Client(headers={"X-API-Key": ApiKey.issue(staff, "no perm")[1]})
     refused(post(client, "/madre/power/service/start", {"service": "switch"}), 403, "power.control_services")
     refused(post(client, "/madre/power/window/open", {"services": ["switch"], "ttl_sec": 5}), 403, "power.control_services")
