@@ -5,6 +5,7 @@ from django.http import HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django_celery_beat.models import PeriodicTask
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
@@ -124,6 +125,7 @@ class FlowAdmin(admin.ModelAdmin):
         if flow is not None:
             extra_context["history_strip"] = history_strip(flow, 50)
             extra_context["recent_runs"] = flow.runs.all()[:20]
+            extra_context["schedule"] = PeriodicTask.objects.filter(task="apps.flows.tasks.run_flow", kwargs__contains=f'"{flow.name}"').first()
         return super().change_view(request, object_id, form_url, extra_context)
 
 

@@ -35,6 +35,6 @@ class FlowsConfig(AppConfig):
     def ready(self):
         try:
             from apps.daughters.models import register_kind
-        except ImportError:  # the daughters app is not built yet: flows run, only the "flow" kind is missing
+        except ImportError:  # without the daughters app flows still run; only spawn steps and the "flow" kind are missing
             return
         register_kind("flow", run_flow_daughter, validate_flow_params)

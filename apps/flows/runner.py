@@ -227,7 +227,7 @@ def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
     except ImportError:
         raise StepFailed("the daughters app is not available (apps.daughters.models.DaughterTask)") from None
     spec = render(step.spawn, captured)
-    kwargs = {k: spec[k] for k in ("source", "description", "ttl_seconds", "max_retries") if k in spec}
+    kwargs = {k: spec[k] for k in ("source", "description", "ttl_seconds", "max_retries", "intent_id") if k in spec}
     kwargs.setdefault("description", f"flow {step.flow.name} step {step.position}: {step.name}")
     out.request = {"spawn": spec["kind"], "params": spec.get("params", {}), **kwargs}
     try:

@@ -72,6 +72,7 @@ def test_run_now_button_then_the_run_page(staff, flows, sim):
     sim.set_mode("madre", "garbage")
     change = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].id])).content.decode()
     assert 'data-action="run-flow"' in change and "Never run" in change
+    assert "flows: run flow A</a>: every 300 seconds" in change  # the beat entry, editable in the admin
 
     assert staff.get(reverse("admin:flows_flow_run", args=[flows["A"].id])).status_code == 405
     response = staff.post(reverse("admin:flows_flow_run", args=[flows["A"].id]), follow=True)

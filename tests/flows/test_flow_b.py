@@ -4,6 +4,7 @@ daughter really runs (Celery eager, transactional test database), its rows must 
 import threading
 
 import pytest
+from django.db import connections
 from flow_helpers import reason_of, steps_of
 
 from apps.daughters.models import Daughter, DaughterTask
@@ -22,6 +23,7 @@ def test_flow_b_spawns_a_daughter_that_finishes(flows, eager_daughters):
     daughter = task.daughters.get()
     plan_id = run.steps.get(position=2).captured["plan_id"]
     assert (task.source, task.status, daughter.kind, daughter.status) == ("madre", "completed", "http", "finished")
+    assert task.intent_id == run.steps.get(position=2).captured["intent_id"]  # the daughter carries madre's intent
     assert daughter.params["path"] == f"/madre/plans/{plan_id}" and daughter.result["status_code"] == 200
     assert run.steps.get(position=4).captured == {"count": 1, "ids": [daughter.id]}
 
@@ -58,8 +60,11 @@ def test_flow_b_fails_when_the_daughter_expires(flows, eager_daughters, sim):
     stop = threading.Event()
 
     def reaper():
-        while not stop.wait(0.1):
-            Daughter.reap()
+        try:
+            while not stop.wait(0.1):
+                Daughter.reap()
+        finally:
+            connections.close_all()  # this thread's own connection (PostgreSQL would keep the test DB busy)
 
     def madre_slows_after_the_intent(result):
         if result.position == 2:
@@ -86,3 +91,13 @@ def test_flow_b_times_out_when_no_worker_runs_the_daughter(flows, settings):
 
     assert run.failed_step == 4
     assert reason_of(run, 4) == '1 of 1 daughters.Daughter row(s) still not {"status": "finished"} after 0.3 s'
+
+
+@pytest.mark.services
+def test_flow_b_on_a_real_worker(flows, daughter_worker):
+    """The daughter runs in a real Celery worker process on Redis, as in production."""
+    run = flows["B"].run(trigger="api")
+
+    assert run.status == "passed", f"{run.reason}\n{daughter_worker.output()}"
+    daughter = Daughter.objects.get(task_id=run.steps.get(position=3).captured["task_id"])
+    assert daughter.status == "finished" and daughter.attempts.get().worker.startswith("daughters-test-")
