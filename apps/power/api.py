@@ -1,9 +1,14 @@
 """Power API: madre's paths at the root (/madre/power/...) and the same under /api/power/...
 
 Auth is the portal API's (API key or staff session; read-only keys refused on writes); acting
-also needs the permission power.control_services. Every refusal is audited before it is answered.
+also needs the permission power.control_services. Every refusal is audited before it is answered,
+the auth's own too: the power routers use PowerKeyAuth and PowerSessionAuth, which refuse exactly as
+the API's classes do (same status, same message, still before the body is validated) but write the
+PowerAction row first.
 """
 
+import json
+import re
 from typing import Literal
 
 from django.conf import settings
@@ -11,12 +16,83 @@ from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import Field
 
-from vx11_site.api import ApiKeyAuth, SessionAuthIsStaff, on_auth_error, on_validation_error
+from apps.accounts.models import ApiKey
+from vx11_site.api import SAFE_METHODS, ApiKeyAuth, SessionAuthIsStaff, on_auth_error, on_validation_error
 
 from . import models as power
 
-router = Router(tags=["power"])  # mounted on the portal API at /api/
-madre_router = Router(tags=["power"])  # mounted at /madre/ by madre_api
+WRITE_PATH = re.compile(r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]+)/(?P<action>[^/]+)|(?P<mode>mode)"
+                        r"|window/(?P<window>open|close))/?$")
+AUTH_REQUIRED = "authentication required (no valid API key, no staff session)"
+
+
+def asked(request) -> tuple[str, str, dict]:
+    """What a write asks for - action, service, plan - from its path and raw body (not validated yet)."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except Exception:  # not JSON, too big, or a stream already read: the path still says what was asked
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    plan = {"refused_by": "auth", "method": request.method, "path": request.path, "remote_addr": request.META.get("REMOTE_ADDR", "")}
+    match = WRITE_PATH.search(request.path_info)
+    if match is None:
+        return request.method.lower(), request.path, plan
+    if match["verb"]:
+        return match["verb"], str(body.get("service", "")), plan
+    if match["name"]:
+        return match["action"], match["name"], plan
+    if match["mode"]:
+        return "mode", str(body.get("mode", "")), plan
+    services = body.get("services") if match["window"] == "open" else None
+    return f"window_{match['window']}", ",".join(map(str, services)) if isinstance(services, list) else "window", plan
+
+
+def audit_refusal(request, user, status: int, message: str, **extra) -> None:
+    """A write refused by the auth is a PowerAction row too (reads are not actions)."""
+    if request.method not in SAFE_METHODS:
+        action, service, plan = asked(request)
+        power.refuse_request(user, action, service, {**plan, **extra}, status, message)
+
+
+class PowerKeyAuth(ApiKeyAuth):
+    """The API's key auth; a read-only key's write and a bad key's are refused the same way, audited first."""
+
+    def __call__(self, request):
+        plain = request.headers.get("X-API-Key")
+        header = request.headers.get("Authorization", "")
+        if not plain and header.lower().startswith("bearer "):
+            plain = header[7:].strip()
+        if not plain:
+            return None  # let the session auth try
+        key = ApiKey.authenticate(plain)
+        if key is None:
+            audit_refusal(request, None, 401, "invalid or revoked API key")
+            raise HttpError(401, "invalid or revoked API key")
+        request.user = key.user
+        if key.read_only and request.method not in SAFE_METHODS:
+            message = f"API key '{key.name}' is read-only; {request.method} needs a read-write key"
+            audit_refusal(request, key.user, 403, message, api_key=key.name)
+            raise HttpError(403, message)
+        return key
+
+
+class PowerSessionAuth(SessionAuthIsStaff):
+    """A staff session; tried last, so a write that is still unauthenticated here gets its row (then the API's 401)."""
+
+    def __call__(self, request):
+        try:
+            result = super().__call__(request)
+        except HttpError as exc:  # the CSRF check of a session write
+            audit_refusal(request, request.user, exc.status_code, str(exc))
+            raise
+        if result is None:
+            audit_refusal(request, request.user, 401, AUTH_REQUIRED)
+        return result
+
+
+POWER_AUTH = [PowerKeyAuth(), PowerSessionAuth()]
+router = Router(tags=["power"], auth=POWER_AUTH)  # mounted on the portal API at /api/
+madre_router = Router(tags=["power"], auth=POWER_AUTH)  # mounted at /madre/ by madre_api
 
 SLUG = Field(min_length=1, max_length=64)
 
@@ -104,7 +180,7 @@ madre_api = NinjaAPI(
     title="VX11 madre power manager",
     version="1",
     description="madre's /madre/power/* paths, served by the portal with every guard enforced.",
-    auth=[ApiKeyAuth(), SessionAuthIsStaff()],
+    auth=POWER_AUTH,
     urls_namespace="madre-power",
     docs_url="/power/docs",
     openapi_url="/power/openapi.json",

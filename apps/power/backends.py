@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import json
+
 import httpx
 from django.conf import settings
 
@@ -75,6 +77,91 @@ def compose_argv(service: str, action: str) -> list[str]:
 
 def systemd_argv(unit: str, action: str) -> list[str]:
     return ["systemctl", SYSTEMD_VERBS[action], unit]
+
+
+# --- asking a backend whether a service runs (GET /madre/power/status) --------------------------
+
+STATUS_TIMEOUT = 5.0  # seconds per question at most (status asks every module; a hung tool must not hang it)
+SYSTEMD_RUNNING = {"active", "reloading", "refreshing"}
+SYSTEMD_NOT_RUNNING = {"inactive", "failed", "activating", "deactivating", "maintenance"}
+
+
+@dataclass
+class State:
+    running: bool | None  # None: not known (the error says why)
+    state: str = ""  # what the backend said: "active", "running", "no running container", ...
+    error: str | None = None
+
+
+def ask(argv: list[str], timeout: float | None = None) -> tuple[subprocess.CompletedProcess | None, str | None]:
+    """Run one argument list for its answer (any exit code): (the finished process, None) or (None, why not)."""
+    timeout = min(settings.VX11_POWER_COMMAND_TIMEOUT, STATUS_TIMEOUT) if timeout is None else timeout
+    shown = " ".join(argv)
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None, f"{argv[0]!r} not found on PATH"
+    try:
+        return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL), None
+    except subprocess.TimeoutExpired:
+        return None, f"`{shown}` timed out after {timeout:g} s"
+    except OSError as exc:
+        return None, f"`{shown}`: {exc}"
+
+
+def _failed(argv: list[str], done: subprocess.CompletedProcess) -> str:
+    last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+    return f"`{' '.join(argv)}` exited with {done.returncode}: {last[0][:200]}"
+
+
+def compose_ps_argv(service: str) -> list[str]:
+    return ["docker", "compose", "-p", settings.VX11_COMPOSE_PROJECT, "ps", "--format", "json", service]
+
+
+def parse_compose_ps(text: str) -> list[dict]:
+    """`docker compose ps --format json`: one JSON object per line (compose >= 2.21) or one JSON array (older)."""
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        containers = json.loads(text)
+    else:
+        containers = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
+        raise ValueError("not a list of containers")
+    return containers
+
+
+def compose_state(service: str) -> State:
+    argv = compose_ps_argv(service)
+    done, error = ask(argv)
+    if error:
+        return State(None, error=error)
+    if done.returncode != 0:
+        return State(None, error=_failed(argv, done))
+    try:
+        containers = [c for c in parse_compose_ps(done.stdout) if c.get("Service", service) == service]
+    except ValueError as exc:
+        return State(None, error=f"`{' '.join(argv)}`: unreadable answer ({str(exc)[:200]})")
+    states = sorted({str(c.get("State", "?")) for c in containers})
+    return State(any(c.get("State") == "running" for c in containers), ", ".join(states) or "no running container")
+
+
+def systemd_state_argv(unit: str) -> list[str]:
+    return ["systemctl", "is-active", unit]
+
+
+def systemd_state(unit: str) -> State:
+    """`systemctl is-active` exits non-zero for anything but active, so its word is what counts."""
+    argv = systemd_state_argv(unit)
+    done, error = ask(argv)
+    if error:
+        return State(None, error=error)
+    word = (done.stdout.strip().splitlines() or [""])[0].strip()
+    if word in SYSTEMD_RUNNING:
+        return State(True, word)
+    if word in SYSTEMD_NOT_RUNNING:
+        return State(False, word)
+    return State(None, word, _failed(argv, done) if done.returncode else f"`{' '.join(argv)}` answered {word!r}")
 
 
 # --- the process backend ---------------------------------------------------------------------

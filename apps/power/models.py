@@ -21,13 +21,14 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -127,10 +128,19 @@ class ServiceControl(models.Model):
         return {"service": self.slug, "action": action, "backend": self.backend, "steps": steps, "running": self.running()}
 
     def running(self) -> bool | None:
-        """Process backend: whether its process lives; other backends: None (not known here)."""
+        """Process backend: whether its process lives; other backends: None (not known without asking them)."""
         if self.backend != self.Backend.PROCESS:
             return None
         return backends.pid_alive(self.pid, self.command)
+
+    def state(self) -> backends.State:
+        """Whether it runs, asking compose or systemd (a subprocess with a timeout) for those backends."""
+        if self.backend == self.Backend.COMPOSE:
+            return backends.compose_state(self.compose_service or self.slug)
+        if self.backend == self.Backend.SYSTEMD:
+            return backends.systemd_state(self.systemd_unit)
+        running = self.running()
+        return backends.State(running, f"pid {self.pid}" if running else "not running")
 
     def claim(self, what: str) -> bool:
         """Take the module for one action; False when another action holds it (a stale claim is taken over)."""
@@ -372,6 +382,28 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
     return row.finish(result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True)
 
 
+ANONYMOUS_AUDIT_PER_MIN = 60  # unauthenticated refusals audited per minute at most; beyond, only logged
+
+
+def refuse_request(user, action: str, service: str, plan: dict, status: int, message: str) -> PowerAction | None:
+    """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials), audited.
+
+    Rows without a user are capped at ANONYMOUS_AUDIT_PER_MIN a minute, so unauthenticated clients
+    cannot fill the table and the evidence root; the ones beyond the cap are logged, not stored.
+    """
+    known = user if getattr(user, "pk", None) else None
+    if known is None:
+        since = timezone.now() - timedelta(minutes=1)
+        recent = PowerAction.objects.filter(user=None, applied=False, actor="anonymous", at__gte=since).count()
+        if recent >= ANONYMOUS_AUDIT_PER_MIN:
+            log.warning("power: unaudited anonymous %s %s from %s (%s a minute already): %s %s",
+                        action, service, plan.get("remote_addr"), recent, status, message)
+            return None
+    row = PowerAction(user=known, actor=_actor(known, None), service=(service or "-")[:200], action=(action or "-")[:20],
+                      plan=plan, at=timezone.now())
+    return row.finish(PowerAction.Result.REFUSED, status, message)
+
+
 def mode_plan(mode: str) -> list[dict]:
     wanted = MODES[mode]
     steps = []
@@ -414,6 +446,18 @@ def window_dict(window: MaintenanceWindow | None) -> dict | None:
             "ttl_left_sec": max(0.0, round((window.ends_at - timezone.now()).total_seconds(), 1))}
 
 
+WINDOW_LOCK = "vx11.power.window"
+
+
+def lock_window_opening() -> None:
+    """Serialise window opening until the transaction ends, so two requests at once cannot both see no
+    window and both open one. PostgreSQL: a transaction-level advisory lock (READ COMMITTED then sees the
+    window the first one committed). SQLite: its IMMEDIATE transactions (settings) already serialise writers."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [WINDOW_LOCK])
+
+
 def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str) -> tuple[PowerAction, MaintenanceWindow | None]:
     row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=",".join(services)[:200],
                       action="window_open", at=timezone.now(),
@@ -426,6 +470,7 @@ def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str)
         if unknown:
             raise Refused(422, f"not in the fleet: {', '.join(unknown)}")
         with transaction.atomic():
+            lock_window_opening()
             current = MaintenanceWindow.open_power_window()
             if current is not None:
                 raise Refused(409, f"power window #{current.id} is already open until {current.ends_at:%H:%M:%S} UTC; close it first")
@@ -474,13 +519,20 @@ def expire_windows(now: datetime | None = None) -> list[PowerAction]:
 
 
 def power_status() -> dict:
+    """Every enabled module: its backend, whether it runs (compose and systemd are asked, side by side), its window."""
     controls = {c.module_id: c for c in ServiceControl.objects.select_related("module")}
+    modules = list(Module.objects.filter(enabled=True))
+    asked = [controls[m.id] for m in modules if m.id in controls]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # no database in there: subprocesses and /proc only
+        states = dict(zip([c.module_id for c in asked], pool.map(ServiceControl.state, asked)))
+    none = backends.State(None)
     now = timezone.now()
     services = []
-    for module in Module.objects.filter(enabled=True):
-        control = controls.get(module.id)
+    for module in modules:
+        control, state = controls.get(module.id), states.get(module.id, none)
         services.append({"service": module.slug, "state": module.state, "controlled": control is not None,
-                         "backend": control.backend if control else None, "running": control.running() if control else None,
+                         "backend": control.backend if control else None, "running": state.running,
+                         "backend_state": state.state or None, "error": state.error,
                          "pid": control.pid if control else None, "busy": bool(control and control.busy_since),
                          "in_window": MaintenanceWindow.module_in_window(module, now)})
     return {"status": "ok", "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,

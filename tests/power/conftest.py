@@ -6,7 +6,7 @@
   `python -m apps.simfleet.serve_one <slug> --port N`; every process still alive is killed at teardown.
 - `window(*slugs)`: a maintenance window covering those modules for an hour.
 - `stand_in(name, exit_code=0)`: a recording executable named `name` first on PATH; `.calls()` are
-  the argument lists it received.
+  the argument lists it received; `replies={last arg: (stdout, exit code)}` scripts its answers.
 """
 
 import json
@@ -82,12 +82,18 @@ def window(fleet):
 
 
 class StandIn:
-    def __init__(self, folder, name, exit_code):
+    """`replies`: {last argument: (stdout, exit code)} for calls whose answer matters (default: a line, `exit_code`)."""
+
+    def __init__(self, folder, name, exit_code, replies=None):
         self.record = folder / f"{name}.calls"
         self.path = folder / name
         self.path.write_text(
             f"#!{sys.executable}\nimport json, sys\n"
             f"open({str(self.record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+            f"replies = json.loads({json.dumps(replies or {})!r})\n"
+            f"if sys.argv[-1] in replies:\n"
+            f"    sys.stdout.write(replies[sys.argv[-1]][0])\n"
+            f"    sys.exit(replies[sys.argv[-1]][1])\n"
             f"print('stand-in {name} ran', *sys.argv[1:])\n"
             f"sys.exit({exit_code})\n"
         )
@@ -105,8 +111,8 @@ def stand_in(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
 
-    def make(name: str, exit_code: int = 0) -> StandIn:
-        return StandIn(folder, name, exit_code)
+    def make(name: str, exit_code: int = 0, replies: dict | None = None) -> StandIn:
+        return StandIn(folder, name, exit_code, replies)
 
     return make
 

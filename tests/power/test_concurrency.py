@@ -53,3 +53,45 @@ def test_stale_claim_is_taken_over(power_on, demo_process, db):
     assert not control.claim("third action")
     control.release()
     assert control.claim("after release")
+
+
+def test_concurrent_window_opening_one_wins(power_on, power_api, fleet, transactional_db, monkeypatch):
+    """Two requests open a power window at the same moment: one 200, one 409, one window.
+
+    Each thread waits after it looked for an open window, so without serialisation (PostgreSQL's
+    advisory lock; SQLite's IMMEDIATE transactions) both would see none and both would open one.
+    """
+    from time import sleep
+
+    from apps.fleet.models import MaintenanceWindow
+
+    looked = MaintenanceWindow.open_power_window.__func__
+
+    def slow_look(cls, at=None):
+        found = looked(cls, at)
+        sleep(0.5)
+        return found
+
+    monkeypatch.setattr(MaintenanceWindow, "open_power_window", classmethod(slow_look))
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def open_one(slug):
+        try:
+            barrier.wait()
+            r = power_api.post("/madre/power/window/open", {"services": [slug], "ttl_sec": 60}, content_type="application/json")
+            answers.append((r.status_code, r.json()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=open_one, args=(slug,)) for slug in ("switch", "hermes")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert sorted(status for status, _ in answers) == [200, 409], answers
+    refusal = next(body for status, body in answers if status == 409)
+    assert "is already open" in refusal["detail"]
+    assert MaintenanceWindow.objects.filter(source="power").count() == 1
+    assert sorted(PowerAction.objects.filter(action="window_open").values_list("result", flat=True)) == ["ok", "refused"]

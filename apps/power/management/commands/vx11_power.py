@@ -30,7 +30,8 @@ class Command(BaseCommand):
         for s in status["services"]:
             running = {True: "running", False: "stopped", None: "-"}[s["running"]]
             self.stdout.write(f"{s['service']:<16} {s['state']:<9} {s['backend'] or 'no backend':<10} {running:<8} "
-                              f"pid {s['pid'] or '-':<8} {'in window' if s['in_window'] else ''}")
+                              f"pid {s['pid'] or '-':<8} {'in window' if s['in_window'] else ''}"
+                              + (f" ({s['error']})" if s.get("error") else ""))
 
     def do_check_windows(self, options):
         actions = expire_windows()

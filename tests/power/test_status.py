@@ -1,0 +1,79 @@
+"""GET /madre/power/status asks compose and systemd whether their modules run (recording stand-ins on PATH).
+
+A failing, hung or missing tool gives `running: null` and an `error` note, never a 500.
+"""
+
+import json
+
+import pytest
+
+from apps.power.models import ServiceControl
+
+RUNNING = {"Name": "vx11t-switch-1", "Service": "switch", "State": "running", "Health": ""}
+
+
+@pytest.fixture
+def controls(power_on, fleet):
+    power_on.VX11_COMPOSE_PROJECT = "vx11t"
+    make = ServiceControl.objects.create
+    make(module=fleet["switch"], backend="compose")
+    make(module=fleet["hermes"], backend="compose", compose_service="hermes-svc")
+    make(module=fleet["mcp"], backend="compose")
+    make(module=fleet["spawner"], backend="systemd", systemd_unit="vx11-spawner.service")
+    make(module=fleet["hormiguero"], backend="systemd", systemd_unit="vx11-hormiguero.service")
+    make(module=fleet["manifestator"], backend="systemd", systemd_unit="vx11-manifestator.service")
+
+
+def services(client) -> dict:
+    r = client.get("/madre/power/status")
+    assert r.status_code == 200, r.content
+    return {s["service"]: s for s in r.json()["services"]}
+
+
+def test_compose_and_systemd_are_asked(power_api, controls, stand_in):
+    docker = stand_in("docker", replies={
+        "switch": (json.dumps(RUNNING) + "\n" + json.dumps({**RUNNING, "Name": "vx11t-switch-2", "State": "exited"}) + "\n", 0),
+        "hermes-svc": ("[]", 0),  # older compose: one JSON array; empty = no running container
+        "mcp": ("", 1),
+    })
+    systemctl = stand_in("systemctl", replies={
+        "vx11-spawner.service": ("active\n", 0),
+        "vx11-hormiguero.service": ("inactive\n", 3),  # is-active exits 3 for a stopped unit
+        "vx11-manifestator.service": ("", 4),
+    })
+    got = services(power_api)
+
+    assert sorted(docker.calls()) == [["compose", "-p", "vx11t", "ps", "--format", "json", s] for s in ("hermes-svc", "mcp", "switch")]
+    assert sorted(systemctl.calls()) == [["is-active", f"vx11-{s}.service"] for s in ("hormiguero", "manifestator", "spawner")]
+
+    assert (got["switch"]["running"], got["switch"]["backend_state"], got["switch"]["error"]) == (True, "exited, running", None)
+    assert (got["hermes"]["running"], got["hermes"]["backend_state"], got["hermes"]["error"]) == (False, "no running container", None)
+    assert got["mcp"]["running"] is None and "exited with 1" in got["mcp"]["error"]
+    assert (got["spawner"]["running"], got["spawner"]["backend_state"], got["spawner"]["error"]) == (True, "active", None)
+    assert (got["hormiguero"]["running"], got["hormiguero"]["backend_state"], got["hormiguero"]["error"]) == (False, "inactive", None)
+    assert got["manifestator"]["running"] is None and "exited with 4" in got["manifestator"]["error"]
+    assert got["madre"]["running"] is None and got["madre"]["controlled"] is False and got["madre"]["error"] is None
+
+
+def test_unreadable_compose_answer(power_api, controls, stand_in):
+    stand_in("docker", replies={"switch": ("this is not json\n", 0)})
+    stand_in("systemctl")
+    got = services(power_api)
+    assert got["switch"]["running"] is None and "unreadable answer" in got["switch"]["error"]
+
+
+def test_missing_tools(power_api, controls, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither docker nor systemctl anywhere
+    got = services(power_api)
+    assert got["switch"]["running"] is None and "'docker' not found on PATH" in got["switch"]["error"]
+    assert got["spawner"]["running"] is None and "'systemctl' not found on PATH" in got["spawner"]["error"]
+
+
+def test_hung_tool_times_out(power_on, power_api, controls, stand_in):
+    stand_in("docker", replies={s: ("[]", 0) for s in ("switch", "hermes-svc", "mcp")})
+    slow = stand_in("systemctl")
+    slow.path.write_text(slow.path.read_text().replace("import json, sys", "import json, sys, time; time.sleep(5)"))
+    power_on.VX11_POWER_COMMAND_TIMEOUT = 0.5
+    got = services(power_api)
+    assert got["spawner"]["running"] is None and "timed out after 0.5 s" in got["spawner"]["error"]
+    assert got["switch"]["running"] is False
