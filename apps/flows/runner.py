@@ -22,6 +22,7 @@ from apps.events.models import publish
 
 from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult
 
+MAX_RESPONSE_BYTES = 5_000_000  # a step reads at most this much of an answer
 SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", re.I)
 _MISSING = object()
 
@@ -136,6 +137,18 @@ def error_detail(response: httpx.Response) -> str:
     return f": {str(detail)[:300]}" if detail else ""
 
 
+def fetch(method: str, url: str, headers: dict, body, timeout: float) -> httpx.Response:
+    """One request whose body is read up to MAX_RESPONSE_BYTES; a bigger answer fails the step."""
+    with httpx.stream(method, url, headers=headers, json=body, timeout=timeout) as response:
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise StepFailed(f"response larger than {MAX_RESPONSE_BYTES} bytes; not read further")
+            chunks.append(chunk)
+    return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks), request=response.request)
+
+
 def run_http(step: Step, captured: dict, out: Outcome) -> None:
     from apps.fleet.models import Module
 
@@ -151,7 +164,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
     timeout = min(step.timeout or settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_MAX_WAIT_SECONDS)
     started = time.perf_counter()
     try:
-        response = httpx.request(step.method, url, headers=headers, json=body, timeout=timeout)
+        response = fetch(step.method, url, headers, body, timeout)
     except httpx.TimeoutException:
         raise StepFailed(f"{step.module} did not answer {step.method} {path} within {timeout:g} s") from None
     except httpx.HTTPError as exc:

@@ -148,3 +148,11 @@ def test_latency_bound(flows, sim):
     flow = Flow.save_spec({"name": "T", "steps": [{"module": "madre", "path": "/health", "expect": {"max_latency_ms": 100}}]})
     reason = flow.run().steps.get(position=1).reason
     assert reason.startswith("took ") and reason.endswith("ms, over the bound of 100 ms")
+
+
+def test_an_oversized_answer_fails_the_step(flows, monkeypatch):
+    import apps.flows.runner as runner
+
+    monkeypatch.setattr(runner, "MAX_RESPONSE_BYTES", 150)
+    run = Flow.objects.get(name="A").run()
+    assert run.failed_step == 3 and run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
