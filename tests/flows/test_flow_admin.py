@@ -36,6 +36,7 @@ def test_changelist_shows_last_result_and_history_strip(staff, flows, sim):
 
 
 def test_add_a_flow_with_inline_steps(staff, fleet):
+    assert 'name="steps-TOTAL_FORMS"' in staff.get(reverse("admin:flows_flow_add")).content.decode()
     data = inline_data([
         {"name": "health", "module": "madre", "path": "/health", "checks": '[{"path": "$.status", "equals": "ok"}]', "capture": '{"v": "$.version"}'},
         {"name": "plans", "module": "madre", "path": "/madre/plans", "headers": '{"X-V": "{{ steps.1.v }}"}'},

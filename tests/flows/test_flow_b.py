@@ -51,7 +51,7 @@ def test_flow_b_fails_when_the_daughter_fails(flows, eager_daughters, sim):
 
 
 def test_flow_b_fails_when_the_daughter_expires(flows, eager_daughters, sim):
-    """A 1 s TTL and a madre that takes 1.5 s to answer the daughter: the reaper (run here as beat
+    """A 1 s TTL and a madre that takes 2 s to answer the daughter: the reaper (run here as beat
     would) expires it, and step 4 fails on the expired row."""
     spec = flows["B"].to_spec()
     spec["steps"][2]["spawn"]["ttl_seconds"] = 1
@@ -68,7 +68,7 @@ def test_flow_b_fails_when_the_daughter_expires(flows, eager_daughters, sim):
 
     def madre_slows_after_the_intent(result):
         if result.position == 2:
-            sim.set_mode("madre", "slow", delay=1.5)
+            sim.set_mode("madre", "slow", delay=2.0)
             threading.Thread(target=reaper, daemon=True).start()
 
     try:
