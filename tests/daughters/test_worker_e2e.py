@@ -12,7 +12,7 @@ from apps.daughters.models import Daughter, DaughterTask
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
-def wait_for(predicate, worker, timeout=30, what="condition"):
+def wait_for(predicate, worker, timeout=60, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
