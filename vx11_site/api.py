@@ -28,11 +28,15 @@ class ApiKeyAuth:
             return None  # let the session auth try
         key = ApiKey.authenticate(plain)
         if key is None:
-            raise HttpError(401, "invalid or revoked API key")
+            self.refuse(request, None, 401, "invalid or revoked API key")
         if key.read_only and request.method not in SAFE_METHODS:
-            raise HttpError(403, f"API key '{key.name}' is read-only; {request.method} needs a read-write key")
+            self.refuse(request, key.user, 403, f"API key '{key.name}' is read-only; {request.method} needs a read-write key", api_key=key.name)
         request.user = key.user
         return key
+
+    def refuse(self, request: HttpRequest, user, status: int, message: str, **extra):
+        """Say no; a router that audits refusals (apps.power) records them first."""
+        raise HttpError(status, message)
 
 
 api = NinjaAPI(

@@ -16,7 +16,6 @@ from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import Field
 
-from apps.accounts.models import ApiKey
 from vx11_site.api import SAFE_METHODS, ApiKeyAuth, SessionAuthIsStaff, on_auth_error, on_validation_error
 
 from . import models as power
@@ -57,23 +56,9 @@ def audit_refusal(request, user, status: int, message: str, **extra) -> None:
 class PowerKeyAuth(ApiKeyAuth):
     """The API's key auth; a read-only key's write and a bad key's are refused the same way, audited first."""
 
-    def __call__(self, request):
-        plain = request.headers.get("X-API-Key")
-        header = request.headers.get("Authorization", "")
-        if not plain and header.lower().startswith("bearer "):
-            plain = header[7:].strip()
-        if not plain:
-            return None  # let the session auth try
-        key = ApiKey.authenticate(plain)
-        if key is None:
-            audit_refusal(request, None, 401, "invalid or revoked API key")
-            raise HttpError(401, "invalid or revoked API key")
-        request.user = key.user
-        if key.read_only and request.method not in SAFE_METHODS:
-            message = f"API key '{key.name}' is read-only; {request.method} needs a read-write key"
-            audit_refusal(request, key.user, 403, message, api_key=key.name)
-            raise HttpError(403, message)
-        return key
+    def refuse(self, request, user, status: int, message: str, **extra):
+        audit_refusal(request, user, status, message, **extra)
+        super().refuse(request, user, status, message)
 
 
 class PowerSessionAuth(SessionAuthIsStaff):

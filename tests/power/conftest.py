@@ -126,3 +126,15 @@ def evidence(power_on):
         return sorted(audit.iterdir()) if audit.exists() else []
 
     return folders
+
+
+def post(client, path, body=None):
+    return client.post(path, body or {}, content_type="application/json")
+
+
+@pytest.fixture
+def compose_switch(fleet, stand_in):
+    """switch on the compose backend with a recording `docker` (fast, so guards are what is tested)."""
+    docker = stand_in("docker")
+    ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
+    return docker

@@ -9,21 +9,12 @@ import json
 import pytest
 from django.test import Client
 
+from tests.power.conftest import post
+
 from apps.power import models as power
 from apps.power.models import PowerAction, ServiceControl
 
 READ_ONLY = "API key 'viewer ro' is read-only; POST needs a read-write key"
-
-
-@pytest.fixture
-def compose_switch(fleet, stand_in):
-    docker = stand_in("docker")
-    ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
-    return docker
-
-
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
 
 
 def test_read_only_key_write_is_a_refused_row(power_on, compose_switch, readonly_key, evidence):

@@ -4,9 +4,7 @@ import pytest
 
 from apps.power.models import PowerAction, ServiceControl
 
-
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
+from tests.power.conftest import post
 
 
 @pytest.fixture

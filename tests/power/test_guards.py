@@ -5,19 +5,9 @@ import json
 import pytest
 from django.test import Client
 
+from tests.power.conftest import post
+
 from apps.power.models import PowerAction, ServiceControl
-
-
-@pytest.fixture
-def compose_switch(fleet, stand_in):
-    """switch on the compose backend with a recording `docker` (fast, so guards are what is tested)."""
-    docker = stand_in("docker")
-    ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
-    return docker
-
-
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
 
 
 def refused(response, status, *words):

@@ -12,9 +12,7 @@ from apps.power.backends import pid_alive
 from apps.power.models import PowerAction, expire_windows
 from apps.power.tasks import check_power_windows
 
-
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
+from tests.power.conftest import post
 
 
 def answers(url: str) -> bool:
