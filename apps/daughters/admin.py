@@ -10,7 +10,8 @@ from django.utils.html import format_html, format_html_join
 from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
 
 COLOURS = {"finished": "#1a7f37", "completed": "#1a7f37", "running": "#0969da", "retrying": "#b58105", "mutated": "#b58105",
-           "failed": "#cf222e", "expired": "#cf222e", "killed": "#6e7781", "cancelled": "#6e7781"}
+           "failed": "#cf222e", "expired": "#cf222e", "killed": "#6e7781", "cancelled": "#6e7781",
+           "success": "#1a7f37", "error": "#cf222e", "timeout": "#cf222e"}
 
 
 def badge(status: str) -> str:
@@ -99,8 +100,13 @@ class DaughterTaskAdmin(admin.ModelAdmin):
             kwargs["form"] = SpawnForm
         return super().get_form(request, obj, **kwargs)
 
-    def get_fields(self, request, obj=None):
-        return list(SpawnForm.Meta.fields) if obj is None else super().get_fields(request, obj)
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return [(None, {"fields": SpawnForm.Meta.fields})]
+        return [(None, {"fields": [("status", "source", "priority"), "description", ("max_retries", "task_type", "intent_id"),
+                                   ("created", "updated", "created_by")]}),
+                ("Attempts of every daughter", {"fields": ["attempts_table"]}),
+                ("Plan (as spawned)", {"fields": ["plan_json"], "classes": ["collapse"]})]
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
@@ -145,7 +151,8 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     def attempts_table(self, obj):
         attempts = DaughterAttempt.objects.filter(daughter__task=obj).select_related("daughter").order_by("daughter_id", "attempt_number")
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
-                                ((a.daughter.name, a.attempt_number, badge(a.status), a.worker, a.started_at, a.ended_at or "-",
+                                ((a.daughter.name, a.attempt_number, badge(a.status), a.worker, f"{a.started_at:%Y-%m-%d %H:%M:%S}",
+                                  f"{a.ended_at:%H:%M:%S}" if a.ended_at else "-",
                                   (a.error or a.output)[:800]) for a in attempts))
         return format_html('<table><tr><th>daughter</th><th>#</th><th>status</th><th>worker</th><th>started</th><th>ended</th>'
                            '<th>output / error</th></tr>{}</table>', rows) if attempts else "none yet"
