@@ -9,7 +9,7 @@ from django_celery_beat.models import PeriodicTask
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
-COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "running": "#0969da", "skipped": "#6e7781"}
+COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "running": "#0969da", "queued": "#8250df", "skipped": "#6e7781"}
 
 
 def badge(status: str) -> str:
@@ -65,14 +65,16 @@ class StepInline(admin.StackedInline):
     ]
 
 
-@admin.action(description="Run selected flows now")
+def run_link(run: FlowRun) -> str:
+    return format_html('<a href="{}">{} #{}</a>', reverse("admin:flows_flowrun_change", args=[run.id]), run.flow.name, run.id)
+
+
+@admin.action(description="Run selected flows now (queued)")
 def run_now(modeladmin, request, queryset):
-    runs = [flow.run(trigger="admin", user=request.user) for flow in queryset]
-    failed = [f"{r.flow.name} ({r.reason})" for r in runs if not r.passed]
-    text = f"Ran {len(runs)} flow(s); {len(runs) - len(failed)} passed."
-    if failed:
-        text += f" Failed: {'; '.join(failed)}."
-    modeladmin.message_user(request, text, messages.WARNING if failed else messages.SUCCESS)
+    """Queues one run per flow for a Celery worker, so the request never waits for a flow."""
+    runs = [flow.queue(trigger="admin", user=request.user) for flow in queryset]
+    modeladmin.message_user(request, format_html("Queued {} run(s): {}.", len(runs), format_html_join(", ", "{}", ((run_link(r),) for r in runs))),
+                            messages.SUCCESS)
 
 
 @admin.register(Flow)
@@ -108,15 +110,15 @@ class FlowAdmin(admin.ModelAdmin):
         return [path("<int:flow_id>/run/", self.admin_site.admin_view(self.run_view), name="flows_flow_run"), *super().get_urls()]
 
     def run_view(self, request, flow_id):
-        """The change page's "Run now" button (POST): run, then show the run's page."""
+        """The change page's "Run now" button (POST): queue a run for a worker, then show the run's page
+        (it reloads itself until the run ends)."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if not self.has_change_permission(request):
             return redirect("admin:flows_flow_changelist")
         flow = get_object_or_404(Flow, id=flow_id)
-        run = flow.run(trigger="admin", user=request.user)
-        self.message_user(request, f"Flow {flow.name} {run.status}" + (f": {run.reason}" if run.reason else "."),
-                          messages.SUCCESS if run.passed else messages.WARNING)
+        run = flow.queue(trigger="admin", user=request.user)
+        self.message_user(request, format_html("Flow {} queued as run {}; this page shows it as it goes.", flow.name, run_link(run)), messages.SUCCESS)
         return redirect("admin:flows_flowrun_change", run.id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
-from ninja import Body, Router, Schema, Status
+from ninja import Body, Field, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 
@@ -77,6 +77,13 @@ class FlowDetailOut(FlowOut):
         return obj.to_spec()
 
 
+class QueuedOut(Schema):
+    id: int
+    flow: str
+    status: str
+    url: str = Field(..., description="poll it: GET /api/flow-runs/{id}")
+
+
 class CoherenceOut(Schema):
     contract_coherence_pct: float | Literal["NV"]
     passed: int | None
@@ -135,15 +142,19 @@ def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
     return _save({**definition, "name": name}, replace=True)
 
 
-@router.post("/flows/{name}/run", response=RunDetailOut, summary="Run a flow now (waits for the end) and return the run with its steps")
-def run_flow(request, name: str):
+@router.post("/flows/{name}/run", response={200: RunDetailOut, 202: QueuedOut},
+             summary="Run a flow: wait for the end (200, the run with its steps) or, with ?wait=false, queue it (202, poll its url)")
+def run_flow(request, name: str, wait: bool = True):
     flow = _flow(name)
-    return flow.run(trigger="api", user=request.user)
+    if wait:
+        return flow.run(trigger="api", user=request.user)
+    run = flow.queue(trigger="api", user=request.user)
+    return Status(202, {"id": run.id, "flow": flow.name, "status": run.status, "url": run.api_url})
 
 
 @router.get("/flows/{name}/runs", response=list[RunOut], summary="A flow's runs, newest first, paged")
 @paginate(LimitOffsetPagination)
-def flow_runs(request, name: str, status: Literal["running", "passed", "failed"] | None = None):
+def flow_runs(request, name: str, status: Literal["queued", "running", "passed", "failed"] | None = None):
     runs = FlowRun.objects.filter(flow=_flow(name)).select_related("flow")
     if status:
         runs = runs.filter(status=status)

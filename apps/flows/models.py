@@ -351,17 +351,40 @@ class Flow(models.Model):
     # runs
 
     def last_run(self) -> FlowRun | None:
-        return self.runs.exclude(status=FlowRun.Status.RUNNING).first()
+        return self.runs.exclude(status__in=FlowRun.UNFINISHED).first()
 
     def history(self, limit: int = 20) -> list[FlowRun]:
         """The latest finished runs, oldest first (the admin's pass/fail strip)."""
-        return list(self.runs.exclude(status=FlowRun.Status.RUNNING)[:limit])[::-1]
+        return list(self.runs.exclude(status__in=FlowRun.UNFINISHED)[:limit])[::-1]
 
     def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
         """Run now, in this process; see apps.flows.runner."""
         from .runner import run_flow
 
         return run_flow(self, trigger=trigger, user=user, on_step=on_step)
+
+    def queue(self, trigger: str = "api", user=None) -> FlowRun:
+        """Store a queued run at once and hand it to a Celery worker (after commit); callers poll the row."""
+        from .tasks import run_queued_flow
+
+        run = FlowRun.objects.create(flow=self, status=FlowRun.Status.QUEUED, trigger=trigger,
+                                     triggered_by=user if getattr(user, "pk", None) else None)
+        transaction.on_commit(lambda: run_queued_flow.delay(run.id))
+        return run
+
+    def longest_seconds(self) -> float:
+        """The most its steps may wait in all: each HTTP step's timeout, each DB step's `within` (both capped
+        at VX11_FLOW_MAX_WAIT_SECONDS), a spawn at most one HTTP timeout. A bound, not an estimate."""
+        cap, http = settings.VX11_FLOW_MAX_WAIT_SECONDS, settings.VX11_FLOW_HTTP_TIMEOUT
+        total = 0.0
+        for step in self.steps.all():
+            if step.kind == Step.Kind.HTTP:
+                total += min(step.timeout or http, cap)
+            elif step.kind == Step.Kind.DB:
+                total += min(float(step.db.get("within") or 0), cap) + settings.VX11_FLOW_DB_POLL_SECONDS
+            else:
+                total += min(http, cap)
+        return total
 
     @classmethod
     def contract_coherence_pct(cls):
@@ -441,15 +464,18 @@ class FlowRun(models.Model):
     """One run of a flow: when, who or what started it, the outcome and why."""
 
     class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
         RUNNING = "running", "running"
         PASSED = "passed", "passed"
         FAILED = "failed", "failed"
+
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.RUNNING)
     trigger = models.CharField(max_length=16, help_text="beat, admin, api, cli, daughter")
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    started_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(default=timezone.now, help_text="when it started; for a queued run, when it was queued")
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
     failed_step = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -463,6 +489,8 @@ class FlowRun(models.Model):
             models.Index(fields=["flow", "-started_at"], name="flowrun_flow_time"),
             # prune by age: FlowRun.prune()
             models.Index(fields=["started_at"], name="flowrun_time"),
+            # unfinished runs by age: FlowRun.sweep_stale()
+            models.Index(fields=["status", "started_at"], name="flowrun_status_time"),
         ]
 
     def __str__(self) -> str:
@@ -472,6 +500,10 @@ class FlowRun(models.Model):
     def passed(self) -> bool:
         return self.status == self.Status.PASSED
 
+    @property
+    def api_url(self) -> str:
+        return f"/api/flow-runs/{self.id}"
+
     def summary(self) -> dict:
         return {"flow": self.flow.name, "run_id": self.id, "status": self.status, "trigger": self.trigger,
                 "started_at": self.started_at.isoformat(), "duration_ms": self.duration_ms,
@@ -480,6 +512,41 @@ class FlowRun(models.Model):
     def announce(self) -> None:
         """status_changed on the bus when a run starts and ends."""
         publish("status_changed", {"source": "flows", **self.summary()})
+
+    @classmethod
+    def stale_after(cls, flow: Flow) -> float:
+        """Seconds after which an unfinished run of this flow cannot still be going: VX11_FLOW_RUN_STALE_SECONDS
+        (default 1800, the Celery soft time limit of a flow task), or twice the flow's longest possible wait."""
+        return max(float(getattr(settings, "VX11_FLOW_RUN_STALE_SECONDS", 1800)), 2 * flow.longest_seconds())
+
+    @classmethod
+    def sweep_stale(cls, now=None) -> int:
+        """Fail runs still queued or running past stale_after() (their process died or no worker took them):
+        one conditional UPDATE per (status, bound), the steps they never reached stored as skipped.
+        Returns how many runs were swept; safe to run from several workers at once."""
+        now = now or timezone.now()
+        unfinished = cls.objects.filter(status__in=cls.UNFINISHED)
+        flows = Flow.objects.filter(id__in=unfinished.values("flow_id")).prefetch_related("steps")
+        by_bound: dict[float, list[int]] = {}
+        for flow in flows:
+            by_bound.setdefault(cls.stale_after(flow), []).append(flow.id)
+        swept: list[int] = []
+        with transaction.atomic():
+            for bound, flow_ids in by_bound.items():
+                stale = unfinished.filter(flow_id__in=flow_ids, started_at__lt=now - timedelta(seconds=bound))
+                for status, why in ((cls.Status.QUEUED, f"queued over {bound:g} s ago and never started (is a Celery worker running?)"),
+                                    (cls.Status.RUNNING, f"no end recorded {bound:g} s after it started (its process died?)")):
+                    ids = list(stale.filter(status=status).select_for_update(skip_locked=True).values_list("id", flat=True))
+                    if ids:
+                        cls.objects.filter(id__in=ids, status=status).update(
+                            status=cls.Status.FAILED, finished_at=now, reason=f"interrupted: {why}")
+                        swept += ids
+            if swept:
+                StepResult.skip_unreached(swept, "skipped: the run was interrupted")
+        if swept:
+            transaction.on_commit(lambda: [run.announce() for run in cls.objects.filter(id__in=swept).select_related("flow")])
+            ContractCoherence.recompute()
+        return len(swept)
 
     @classmethod
     def prune(cls, now=None) -> int:
@@ -516,6 +583,18 @@ class StepResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}. {self.name}: {self.status}"
+
+    @classmethod
+    def skip_unreached(cls, run_ids: list[int], reason: str) -> None:
+        """A skipped result for each step of these runs' flows that has no result yet (three queries in all)."""
+        runs = dict(FlowRun.objects.filter(id__in=run_ids).values_list("id", "flow_id"))
+        done = set(cls.objects.filter(run_id__in=run_ids).values_list("run_id", "position"))
+        steps: dict[int, list] = {}
+        for step in Step.objects.filter(flow_id__in=set(runs.values())):
+            steps.setdefault(step.flow_id, []).append(step)
+        cls.objects.bulk_create([
+            cls(run_id=run_id, position=step.position, name=step.name, kind=step.kind, status=cls.Status.SKIPPED, reason=reason)
+            for run_id, flow_id in runs.items() for step in steps.get(flow_id, []) if (run_id, step.position) not in done])
 
 
 class ContractCoherence(models.Model):

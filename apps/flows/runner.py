@@ -266,16 +266,36 @@ KIND_RUNNERS = {"http": run_http, "db": run_db, "spawn": run_spawn}
 
 
 def run_flow(flow: Flow, trigger: str = "api", user=None, on_step=None) -> FlowRun:
-    """Run every step in order; the first failure marks the rest skipped. Stores the run and its
-    step results, publishes status_changed (start, end) and plan_updated (each step), recomputes
-    contract_coherence_pct. `on_step(result)` is called after each step (the CLI's progress bar)."""
-    steps = list(flow.steps.all())
+    """Run every step in order, in this process (see execute)."""
     run = FlowRun.objects.create(flow=flow, trigger=trigger, triggered_by=user if getattr(user, "pk", None) else None)
+    return execute(run, on_step)
+
+
+def run_queued(run_id: int) -> FlowRun | None:
+    """Run a queued run, claimed with a conditional UPDATE (queued -> running) so a redelivered task, or
+    a run the sweep already failed, is not run again; None when there was nothing to claim."""
+    claimed = FlowRun.objects.filter(id=run_id, status=FlowRun.Status.QUEUED).update(status=FlowRun.Status.RUNNING, started_at=timezone.now())
+    if not claimed:
+        return None
+    return execute(FlowRun.objects.select_related("flow").get(id=run_id))
+
+
+def execute(run: FlowRun, on_step=None) -> FlowRun:
+    """Run every step of a running run in order; the first failure marks the rest skipped. Stores the
+    step results, publishes status_changed (start, end) and plan_updated (each step), recomputes
+    contract_coherence_pct. `on_step(result)` is called after each step (the CLI's progress bar).
+    A run the sweep failed meanwhile (FlowRun.sweep_stale) stays failed: the runner stops at the next
+    step, and its end is stored only if the run is still running."""
+    flow = run.flow
+    steps = list(flow.steps.all())
     run.announce()
     started = time.perf_counter()
     captured: dict[int, dict] = {}
     failed: StepResult | None = None
     for step in steps:
+        if step is not steps[0] and not FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).exists():
+            run.refresh_from_db()  # swept as interrupted (this process looked dead): stop, keep that verdict
+            return run
         if failed is not None:
             result = StepResult.objects.create(run=run, position=step.position, name=step.name, kind=step.kind, status=StepResult.Status.SKIPPED,
                                                reason=f"skipped: step {failed.position} failed")
@@ -295,7 +315,12 @@ def run_flow(flow: Flow, trigger: str = "api", user=None, on_step=None) -> FlowR
     else:
         run.status, run.failed_step = FlowRun.Status.FAILED, failed.position
         run.reason = f"step {failed.position} ({failed.name}): {failed.reason}"[:1000]
-    run.save()
+    ended = FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).update(
+        status=run.status, finished_at=run.finished_at, duration_ms=run.duration_ms, captured=run.captured,
+        failed_step=run.failed_step, reason=run.reason)
+    if not ended:  # swept as interrupted meanwhile: keep that verdict
+        run.refresh_from_db()
+        return run
     run.announce()
     ContractCoherence.recompute()
     return run

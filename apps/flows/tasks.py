@@ -16,6 +16,21 @@ def run_flow(name: str) -> dict:
     return flow.run(trigger="beat").summary()
 
 
+@shared_task(name="apps.flows.tasks.run_queued_flow", soft_time_limit=1800)
+def run_queued_flow(run_id: int) -> dict:
+    """A run queued by Flow.queue() (API ?wait=false, the admin's Run now)."""
+    from .runner import run_queued
+
+    run = run_queued(run_id)
+    return {"run_id": run_id, "status": "not queued"} if run is None else run.summary()
+
+
+@shared_task(name="apps.flows.tasks.sweep_stale_runs", soft_time_limit=300)
+def sweep_stale_runs() -> dict:
+    """Fails runs left queued or running past their bound (FlowRun.sweep_stale)."""
+    return {"swept": FlowRun.sweep_stale()}
+
+
 @shared_task(name="apps.flows.tasks.prune_flow_runs", soft_time_limit=600)
 def prune_flow_runs() -> dict:
     return {"deleted": FlowRun.prune()}

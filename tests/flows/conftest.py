@@ -16,8 +16,9 @@ def flows(fleet, settings):
 
 
 @pytest.fixture
-def eager_daughters(settings):
-    """Daughters run inline (Celery eager) on the test database, as in tests/daughters."""
+def eager_celery(settings):
+    """Celery tasks (daughters, queued flow runs) run inline on the test database, as in tests/daughters.
+    Use it in transactional tests: tasks are sent on commit."""
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.VX11_DAUGHTER_HEARTBEAT_SECONDS = 0.05
 

@@ -69,24 +69,39 @@ def test_positions_must_run_one_to_n(staff, fleet):
     assert "steps must be numbered 1 to 2 without gaps or repeats (got 1, 5)" in response.content.decode()
 
 
-def test_run_now_button_then_the_run_page(staff, flows, sim):
-    sim.set_mode("madre", "garbage")
+def test_run_now_queues_a_run_and_shows_its_page(staff, flows, django_capture_on_commit_callbacks):
+    """The button answers at once: the run is stored as queued and handed to a worker after commit."""
     change = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].id])).content.decode()
     assert 'data-action="run-flow"' in change and "Never run" in change
     assert "flows: run flow A</a>: every 300 seconds" in change  # the beat entry, editable in the admin
 
     assert staff.get(reverse("admin:flows_flow_run", args=[flows["A"].id])).status_code == 405
+    with django_capture_on_commit_callbacks() as sent:  # not executed: no worker here
+        response = staff.post(reverse("admin:flows_flow_run", args=[flows["A"].id]), follow=True)
+    run = FlowRun.objects.get()
+    assert len(sent) == 1 and (run.status, run.trigger, run.triggered_by.username) == ("queued", "admin", "admin")
+    run_page = reverse("admin:flows_flowrun_change", args=[run.id])
+    assert response.redirect_chain[-1][0] == run_page
+    page = response.content.decode()
+    assert f'Flow A queued as run <a href="{run_page}">A #{run.id}</a>' in page
+    assert 'data-vx11="run-unfinished"' in page and "No step results." in page  # it reloads until the run ends
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_queued_from_the_admin_runs_on_a_worker(staff, flows, eager_celery, sim):
+    sim.set_mode("madre", "garbage")
     response = staff.post(reverse("admin:flows_flow_run", args=[flows["A"].id]), follow=True)
     run = FlowRun.objects.get()
-    assert response.redirect_chain[-1][0] == reverse("admin:flows_flowrun_change", args=[run.id])
+    assert (run.status, run.failed_step, run.trigger) == ("failed", 4, "admin")
     page = response.content.decode()
-    assert "Flow A failed: step 4" in page.replace("&#x27;", "'")
     assert page.count('class="vx11-step"') == 5 and "simulated garbage" in page and "response is not JSON" in page
-    assert (run.trigger, run.triggered_by.username) == ("admin", "admin")
+    assert 'data-vx11="run-unfinished"' not in page
 
 
-def test_run_action_from_the_list(staff, flows):
+@pytest.mark.django_db(transaction=True)
+def test_run_action_from_the_list(staff, flows, eager_celery):
     response = staff.post(reverse("admin:flows_flow_changelist"),
                           {"action": "run_now", "_selected_action": [flows["A"].id, flows["C"].id]}, follow=True)
-    assert "Ran 2 flow(s); 2 passed." in response.content.decode()
-    assert FlowRun.objects.filter(status="passed").count() == 2
+    runs = {r.flow.name: r for r in FlowRun.objects.select_related("flow")}
+    assert f'Queued 2 run(s): <a href="{reverse("admin:flows_flowrun_change", args=[runs["A"].id])}">A #{runs["A"].id}</a>' in response.content.decode()
+    assert {r.status for r in runs.values()} == {"passed"}

@@ -1,10 +1,12 @@
 """The flows API: list, read, create/replace, run, runs, run detail, coherence; bad input is a 4xx
 with a message, never a 500."""
 
+import time
+
 import pytest
 from django.test import Client
 
-from apps.flows.models import Flow
+from apps.flows.models import Flow, FlowRun
 
 GOOD = {"name": "D", "steps": [{"name": "madre health", "module": "madre", "path": "/health"}]}
 
@@ -35,6 +37,44 @@ def test_run_then_runs_then_run_detail(api, flows, sim):
     assert api.get("/api/flows/A/runs?status=passed").json()["count"] == 0
     detail = api.get(f"/api/flow-runs/{run['id']}").json()
     assert detail["steps"][2]["reason"] == run["steps"][2]["reason"] and detail["reason"].startswith("step 3")
+
+
+def test_run_without_waiting_answers_202_with_the_run_to_poll(api, flows, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as sent:  # not executed: no worker here
+        response = api.post("/api/flows/B/run?wait=false")
+    run = FlowRun.objects.get()
+    assert response.status_code == 202
+    assert response.json() == {"id": run.id, "flow": "B", "status": "queued", "url": f"/api/flow-runs/{run.id}"}
+    assert len(sent) == 1 and run.steps.count() == 0  # handed to a worker after commit, nothing run here
+    polled = api.get(response.json()["url"]).json()
+    assert (polled["status"], polled["steps"], polled["finished_at"]) == ("queued", [], None)
+    assert api.get("/api/flows/B/runs?status=queued").json()["count"] == 1
+    assert api.get("/api/flows").json()["items"][1]["last_run"] is None  # unfinished runs are not a result
+
+
+def poll(api, url: str, seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while (run := api.get(url).json())["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_run_runs_on_the_worker(api, flows, eager_celery):
+    response = api.post("/api/flows/A/run?wait=false")
+    assert response.status_code == 202
+    run = poll(api, response.json()["url"])
+    assert (run["status"], run["trigger"], len(run["steps"])) == ("passed", "api", 5)
+
+
+@pytest.mark.services
+def test_a_queued_run_on_a_real_worker(api, flows, daughter_worker):
+    """Queued through Redis to a real Celery worker process; the client polls the run's URL."""
+    response = api.post("/api/flows/C/run?wait=false")
+    assert response.status_code == 202
+    run = poll(api, response.json()["url"])
+    assert run["status"] == "passed", f"{run}\n{daughter_worker.output()}"
+    assert [s["status"] for s in run["steps"]] == ["passed"] * 4
 
 
 def test_coherence(api, flows, sim):

@@ -13,7 +13,7 @@ from apps.flows.models import Flow
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_flow_b_spawns_a_daughter_that_finishes(flows, eager_daughters):
+def test_flow_b_spawns_a_daughter_that_finishes(flows, eager_celery):
     run = flows["B"].run(trigger="api")
 
     assert run.status == "passed", run.reason
@@ -28,7 +28,7 @@ def test_flow_b_spawns_a_daughter_that_finishes(flows, eager_daughters):
     assert run.steps.get(position=4).captured == {"count": 1, "ids": [daughter.id]}
 
 
-def test_flow_b_fails_at_madre_when_madre_answers_garbage(flows, eager_daughters, sim):
+def test_flow_b_fails_at_madre_when_madre_answers_garbage(flows, eager_celery, sim):
     sim.set_mode("madre", "garbage")
 
     run = flows["B"].run(trigger="api")
@@ -38,7 +38,7 @@ def test_flow_b_fails_at_madre_when_madre_answers_garbage(flows, eager_daughters
     assert not DaughterTask.objects.exists()  # nothing was spawned
 
 
-def test_flow_b_fails_when_the_daughter_fails(flows, eager_daughters, sim):
+def test_flow_b_fails_when_the_daughter_fails(flows, eager_celery, sim):
     """madre answers 500 to the daughter's call: the daughter fails (no retries), step 4 says so."""
     def madre_breaks_after_the_intent(result):
         if result.position == 2:
@@ -50,7 +50,7 @@ def test_flow_b_fails_when_the_daughter_fails(flows, eager_daughters, sim):
     assert "matches fail_on" in reason_of(run, 4) and "status='failed'" in reason_of(run, 4)
 
 
-def test_flow_b_fails_when_the_daughter_expires(flows, eager_daughters, sim):
+def test_flow_b_fails_when_the_daughter_expires(flows, eager_celery, sim):
     """A 1 s TTL and a madre that takes 2 s to answer the daughter: the reaper (run here as beat
     would) expires it, and step 4 fails on the expired row."""
     spec = flows["B"].to_spec()
