@@ -140,26 +140,52 @@ def daphne(transactional_db, tmp_path):
     log.close()
 
 
+def _reset_celery_sender(app) -> None:
+    """Drop the Celery app's cached connection pool, producer pool, queues and router, so the
+    next send uses the current conf (kombu keeps one pool per broker URL; only references go)."""
+    app._pool = None
+    app.amqp._producer_pool = None
+    for cached in ("queues", "router"):
+        app.amqp.__dict__.pop(cached, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_celery_queue(tmp_path_factory):
+    """What tests send to Celery (a spawn's dispatch after commit) goes to a queue of this run's
+    own, never to the demo's var/celery-queue or the default Redis queue a running portal reads."""
+    from vx11_site.celery import app
+
+    saved = {k: app.conf[k] for k in ("task_default_queue", "broker_transport_options")}
+    changes = {"task_default_queue": f"tests-{os.getpid()}"}
+    if app.conf.broker_url.startswith("filesystem"):
+        folder = tmp_path_factory.mktemp("celery-queue")
+        changes["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                                               "processed_folder": str(folder), "store_processed": False,
+                                               "control_folder": str(folder / "control")}
+    app.conf.update(changes)
+    _reset_celery_sender(app)
+    yield
+    app.conf.update(saved)
+    _reset_celery_sender(app)
+    if not app.conf.broker_url.startswith("filesystem"):
+        import redis
+
+        redis.Redis.from_url(app.conf.broker_url).delete(changes["task_default_queue"])
+
+
 @contextlib.contextmanager
 def celery_sends_to(broker: str, queue: str):
     """Point this process's Celery app (the sender) at a real broker and queue, then back."""
     from vx11_site.celery import app
 
     saved = {k: app.conf[k] for k in ("broker_url", "task_default_queue", "broker_transport_options")}
-
-    def reset():
-        app._pool = None  # kombu keeps one pool per broker URL; only this app's references are dropped
-        app.amqp._producer_pool = None
-        for cached in ("queues", "router"):
-            app.amqp.__dict__.pop(cached, None)
-
     app.conf.update(broker_url=broker, task_default_queue=queue, broker_transport_options={})
-    reset()
+    _reset_celery_sender(app)
     try:
         yield
     finally:
         app.conf.update(saved)
-        reset()
+        _reset_celery_sender(app)
 
 
 class WorkerProcess:

@@ -287,6 +287,7 @@ VX11_FLOW_DB_POLL_SECONDS = envfloat("VX11_FLOW_DB_POLL_SECONDS", 0.2)  # how of
 VX11_FLOW_EXCERPT_CHARS = envint("VX11_FLOW_EXCERPT_CHARS", 2000)  # stored excerpt of each step's request and response body
 VX11_FLOW_INTERVAL_SECONDS = envint("VX11_FLOW_INTERVAL_SECONDS", 300)  # beat schedule the data migration creates (editable in the admin)
 VX11_FLOW_RUN_RETENTION_DAYS = envint("VX11_FLOW_RUN_RETENTION_DAYS", 30)  # runs (and their step results) older than this are pruned
+VX11_FLOW_RUN_STALE_SECONDS = envint("VX11_FLOW_RUN_STALE_SECONDS", 1800)  # an unfinished run older than this (or 2x its longest wait) was interrupted
 
 
 LOGGING = {

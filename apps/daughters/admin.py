@@ -14,9 +14,10 @@ COLOURS = {"finished": "#1a7f37", "completed": "#1a7f37", "running": "#0969da", 
            "success": "#1a7f37", "error": "#cf222e", "timeout": "#cf222e"}
 
 
-def badge(status: str) -> str:
-    return format_html('<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-                       COLOURS.get(status, "#8c959f"), status)
+def badge(status: str, kind: str = "", pk=None) -> str:
+    """A coloured status; with kind "task" or "daughter" and a pk, static/vx11/live.js keeps it current."""
+    return format_html('<span class="vx11-work" data-{}="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+                       kind or "static", pk or "", COLOURS.get(status, "#8c959f"), status)
 
 
 class AgeFilter(admin.SimpleListFilter):
@@ -76,7 +77,7 @@ class DaughterInline(admin.TabularInline):
 
     @admin.display(description="status")
     def status_badge(self, obj):
-        return badge(obj.status)
+        return badge(obj.status, "daughter", obj.pk)
 
 
 @admin.action(description="Cancel the selected tasks (kill their live daughters)")
@@ -91,7 +92,7 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     list_filter = ["status", "source", AgeFilter]
     search_fields = ["description", "intent_id"]
     actions = [cancel_tasks]
-    readonly_fields = ["intent_id", "source", "priority", "task_type", "description", "max_retries", "status", "plan_json",
+    readonly_fields = ["intent_id", "source", "priority", "task_type", "description", "max_retries", "status_badge", "plan_json",
                        "created_by", "created", "updated", "attempts_table"]
     exclude = ["plan"]
 
@@ -103,7 +104,7 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return [(None, {"fields": SpawnForm.Meta.fields})]
-        return [(None, {"fields": [("status", "source", "priority"), "description", ("max_retries", "task_type", "intent_id"),
+        return [(None, {"fields": [("status_badge", "source", "priority"), "description", ("max_retries", "task_type", "intent_id"),
                                    ("created", "updated", "created_by")]}),
                 ("Attempts of every daughter", {"fields": ["attempts_table"]}),
                 ("Plan (as spawned)", {"fields": ["plan_json"], "classes": ["collapse"]})]
@@ -134,7 +135,7 @@ class DaughterTaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
-        return badge(obj.status)
+        return badge(obj.status, "task", obj.pk)
 
     @admin.display(description="daughters")
     def daughters_summary(self, obj):
@@ -191,5 +192,5 @@ class DaughterAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
-        return badge(obj.status)
+        return badge(obj.status, "daughter", obj.pk)
 

@@ -379,8 +379,6 @@ class Daughter(models.Model):
     @classmethod
     def dispatch(cls) -> int:
         """Hand queued daughters to the workers, best priority first, up to the running cap."""
-        from .tasks import run_daughter
-
         with transaction.atomic():
             if connection.vendor == "postgresql":  # SQLite's IMMEDIATE transactions already serialise this
                 with connection.cursor() as cursor:
@@ -394,8 +392,22 @@ class Daughter(models.Model):
             if not picked:
                 return 0
             cls.objects.filter(id__in=[i for i, _ in picked]).update(dispatched_at=timezone.now())
-            transaction.on_commit(lambda: [run_daughter.delay(i, level) for i, level in picked])
+            transaction.on_commit(lambda: cls._send(picked))
         return len(picked)
+
+    @classmethod
+    def _send(cls, picked: list[tuple[int, int]]) -> None:
+        """Hand the claimed daughters to the broker; those it cannot take go back to the queue."""
+        from .tasks import run_daughter
+
+        for n, (daughter_id, level) in enumerate(picked):
+            try:
+                run_daughter.delay(daughter_id, level)
+            except Exception as exc:  # broker unreachable: the rows wait for the next dispatch (reaper, next spawn)
+                unsent = [i for i, _ in picked[n:]]
+                log.warning("could not hand %d daughter(s) to the broker: %s", len(unsent), exc)
+                cls.objects.filter(id__in=unsent, dispatched_at__isnull=False, status__in=cls.QUEUED).update(dispatched_at=None)
+                return
 
     # --- running on a worker --------------------------------------------------------------------
 

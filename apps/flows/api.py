@@ -149,6 +149,8 @@ def run_flow(request, name: str, wait: bool = True):
     if wait:
         return flow.run(trigger="api", user=request.user)
     run = flow.queue(trigger="api", user=request.user)
+    if run.status == FlowRun.Status.FAILED:
+        raise HttpError(503, f"flow {flow.name} run #{run.id}: {run.reason}")
     return Status(202, {"id": run.id, "flow": flow.name, "status": run.status, "url": run.api_url})
 
 

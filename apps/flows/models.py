@@ -16,6 +16,7 @@ Captured values are used by later steps as `{{ steps.N.name }}` (N is the 1-base
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -291,6 +292,9 @@ def parse_file(text: str, filename: str = "") -> dict:
 # -- the models ------------------------------------------------------------------------------
 
 
+log = logging.getLogger(__name__)
+
+
 class Flow(models.Model):
     """An E2E flow (A, B, C...): an ordered list of steps."""
 
@@ -369,7 +373,16 @@ class Flow(models.Model):
 
         run = FlowRun.objects.create(flow=self, status=FlowRun.Status.QUEUED, trigger=trigger,
                                      triggered_by=user if getattr(user, "pk", None) else None)
-        transaction.on_commit(lambda: run_queued_flow.delay(run.id))
+        def send():
+            try:
+                run_queued_flow.delay(run.id)
+            except Exception as exc:  # the broker is unreachable: say so on the run now, not after the sweep
+                log.warning("flow %s run %s could not be queued: %s", self.name, run.id, exc)
+                FlowRun.objects.filter(pk=run.id, status=FlowRun.Status.QUEUED).update(
+                    status=FlowRun.Status.FAILED, finished_at=timezone.now(), reason=f"could not be queued: the Celery broker is unreachable ({exc})"[:1000])
+                run.refresh_from_db()
+
+        transaction.on_commit(send)
         return run
 
     def longest_seconds(self) -> float:
@@ -517,7 +530,7 @@ class FlowRun(models.Model):
     def stale_after(cls, flow: Flow) -> float:
         """Seconds after which an unfinished run of this flow cannot still be going: VX11_FLOW_RUN_STALE_SECONDS
         (default 1800, the Celery soft time limit of a flow task), or twice the flow's longest possible wait."""
-        return max(float(getattr(settings, "VX11_FLOW_RUN_STALE_SECONDS", 1800)), 2 * flow.longest_seconds())
+        return max(float(settings.VX11_FLOW_RUN_STALE_SECONDS), 2 * flow.longest_seconds())
 
     @classmethod
     def sweep_stale(cls, now=None) -> int:

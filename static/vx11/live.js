@@ -1,7 +1,11 @@
-// Live fleet status in the admin: listens on /ws/<session> (the staff session cookie is the auth)
-// and moves status badges and summary counts as status_changed events arrive. No reload needed.
+// Live status in the admin: listens on /ws/<session> (the staff session cookie is the auth) and
+// moves badges as events arrive: fleet modules and summary counts (status_changed), daughters
+// (status_changed with daughter_id, or a reaper sweep's daughter_ids) and tasks (plan_updated). No reload.
 (function () {
   const COLOURS = { up: "#1a7f37", degraded: "#b58105", down: "#cf222e", unknown: "#6e7781" };
+  // as apps/daughters/admin.py COLOURS
+  const WORK = { finished: "#1a7f37", completed: "#1a7f37", running: "#0969da", retrying: "#b58105", mutated: "#b58105",
+                 failed: "#cf222e", expired: "#cf222e", killed: "#6e7781", cancelled: "#6e7781" };
   const indicator = document.getElementById("vx11-live");
   const session = "admin-live-" + Math.random().toString(36).slice(2, 10);
   let delay = 1000;
@@ -18,7 +22,24 @@
     });
   }
 
+  function paint(selector, status) {
+    document.querySelectorAll(selector).forEach(function (badge) {
+      badge.textContent = status;
+      badge.style.background = WORK[status] || "#8c959f";
+    });
+  }
+
+  function applyWork(event) {
+    const d = event.data;
+    if (event.type === "status_changed" && d.daughter_id && d.status) paint('[data-daughter="' + d.daughter_id + '"]', d.status);
+    if (event.type === "status_changed" && d.daughter_ids && d.status) {
+      d.daughter_ids.forEach(function (id) { paint('[data-daughter="' + id + '"]', d.status); });
+    }
+    if (event.type === "plan_updated" && d.task_id && d.status) paint('[data-task="' + d.task_id + '"]', d.status);
+  }
+
   function apply(event) {
+    if (event.data) applyWork(event);
     if (event.type !== "status_changed" || !event.data || !event.data.module || !event.data.to) return;
     const d = event.data;
     document.querySelectorAll('.vx11-badge[data-module="' + d.module + '"]').forEach(function (badge) {

@@ -107,3 +107,14 @@ def test_cancel_kills_live_daughters_and_the_task():
     assert sorted(task.daughters.values_list("status", flat=True)) == ["finished", "killed", "killed"]
     assert task.status == "cancelled"
     assert DaughterAttempt.objects.filter(daughter__task=task, status="cancelled").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_broker_leaves_the_daughter_queued():
+    """The spawn still answers; the daughter waits for the next dispatch instead of being lost."""
+    from tests.conftest import celery_sends_to
+
+    with celery_sends_to("redis://127.0.0.1:1/0", "nowhere"):
+        task = DaughterTask.spawn("sleep", {"seconds": 0})
+    daughter = task.daughters.get()
+    assert (daughter.status, daughter.dispatched_at) == ("spawned", None)

@@ -58,3 +58,36 @@ def test_badge_turns_down_live_without_reload(daphne, sim, admin_user):
         assert "madre: up → down" in browser.find_element(By.ID, "vx11-live-log").text
     finally:
         browser.quit()
+
+
+@pytest.mark.services
+def test_daughter_and_task_badges_follow_events_without_reload(daphne, admin_user):
+    """A task's page in the browser: its daughter is killed (one reaper-style sweep event) and its
+    task is cancelled (plan_updated); both badges change without a reload."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from apps.daughters.models import Daughter, DaughterTask
+
+    task = DaughterTask.spawn("sleep", {"seconds": 60})  # no worker: it waits queued
+    daughter = task.daughters.get()
+    http = daphne.replace("ws://", "http://")
+    browser = chrome()
+    try:
+        browser.get(f"{http}/admin/login/?next=/admin/daughters/daughtertask/{task.pk}/change/")
+        browser.find_element(By.NAME, "username").send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda b: "●" in b.find_element(By.ID, "vx11-live").text)
+        assert browser.find_element(By.CSS_SELECTOR, f'[data-daughter="{daughter.pk}"]').text == "spawned"
+        browser.execute_script("window.__not_reloaded = true;")
+
+        task.cancel()
+
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'[data-daughter="{daughter.pk}"]').text == "killed")
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'[data-task="{task.pk}"]').text == "cancelled")
+        assert browser.execute_script("return window.__not_reloaded === true;")
+        assert Daughter.objects.get(pk=daughter.pk).status == "killed"
+    finally:
+        browser.quit()

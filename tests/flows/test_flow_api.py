@@ -52,6 +52,17 @@ def test_run_without_waiting_answers_202_with_the_run_to_poll(api, flows, django
     assert api.get("/api/flows").json()["items"][1]["last_run"] is None  # unfinished runs are not a result
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_broker_is_a_503_and_a_failed_run(api, flows):
+    from tests.conftest import celery_sends_to
+
+    with celery_sends_to("redis://127.0.0.1:1/0", "nowhere"):
+        response = api.post("/api/flows/A/run?wait=false")
+    assert response.status_code == 503 and "could not be queued: the Celery broker is unreachable" in response.json()["detail"]
+    run = FlowRun.objects.get()
+    assert run.status == "failed" and run.finished_at is not None
+
+
 def poll(api, url: str, seconds: float = 30) -> dict:
     deadline = time.monotonic() + seconds
     while (run := api.get(url).json())["status"] in ("queued", "running") and time.monotonic() < deadline:
