@@ -31,6 +31,7 @@ class SpawnIn(Schema):
     max_retries: int | None = Field(None, ge=0, le=10, description="default VX11_DAUGHTER_MAX_RETRIES (2)")
     count: int = Field(1, ge=1, le=1000)
     intent_id: str = Field("", max_length=64)
+    parent_id: int | None = Field(None, description="the daughter that asked for these")
 
 
 class AttemptOut(Schema):
@@ -46,6 +47,7 @@ class AttemptOut(Schema):
 class DaughterOut(Schema):
     id: int
     task_id: int
+    parent_id: int | None
     name: str
     purpose: str
     kind: str

@@ -225,8 +225,9 @@ class DaughterTask(models.Model):
     @classmethod
     def spawn(cls, kind: str, params: dict, *, source: str = "madre", description: str = "", ttl_seconds: int | None = None,
               max_retries: int | None = None, name: str = "", purpose: str = "", count: int = 1, user=None,
-              intent_id: str = "", priority: int | None = None) -> DaughterTask:
-        """Create a task with `count` daughters of one kind and queue them (after commit)."""
+              intent_id: str = "", priority: int | None = None, parent_id: int | None = None) -> DaughterTask:
+        """Create a task with `count` daughters of one kind and queue them (after commit).
+        `parent_id`: the daughter that asked for these (a daughter spawning daughters)."""
         if source not in PRIORITIES:
             raise ValidationError({"source": f"source must be one of {', '.join(PRIORITIES)}"})
         ttl = settings.VX11_DAUGHTER_TTL_SECONDS if ttl_seconds is None else ttl_seconds
@@ -238,6 +239,8 @@ class DaughterTask(models.Model):
         if not 0 <= retries <= 10:
             raise ValidationError({"max_retries": "max_retries must be between 0 and 10"})
         params = validate_params(kind, params)
+        if parent_id is not None and not Daughter.objects.filter(pk=parent_id).exists():
+            raise ValidationError({"parent_id": f"no daughter #{parent_id}"})
         priority = PRIORITIES[source] if priority is None else priority
         name = name or kind
         with transaction.atomic():
@@ -248,7 +251,7 @@ class DaughterTask(models.Model):
             )
             Daughter.objects.bulk_create(
                 Daughter(task=task, name=name if count == 1 else f"{name}-{i + 1}", purpose=purpose[:300] or description[:300],
-                         kind=kind, params=params, ttl_seconds=ttl, priority=priority)
+                         kind=kind, params=params, ttl_seconds=ttl, priority=priority, parent_id=parent_id)
                 for i in range(count)
             )
             transaction.on_commit(Daughter.dispatch)

@@ -29,6 +29,7 @@ def test_spawn_creates_the_task_and_its_daughters(api, fleet):
     ({"kind": "sleep", "source": "nobody"}, 422, "source"),
     ({"kind": "sleep", "shell": "rm -rf /"}, 422, "shell"),
     ({"kind": "sleep", "count": 5000}, 422, "count"),
+    ({"kind": "sleep", "parent_id": 999999}, 422, "no daughter #999999"),
 ])
 def test_bad_spawns_get_a_422(api, payload, status, message):
     response = api.post("/api/daughters", payload, content_type="application/json")
@@ -59,3 +60,11 @@ def test_cancel_a_daughter_and_refuse_twice(api):
     assert api.get("/api/daughters/tasks/999999").status_code == 404
     task.refresh_from_db()
     assert task.status == "cancelled" and Daughter.objects.get(pk=daughter.pk).ended_at is not None
+
+
+def test_a_daughter_can_spawn_daughters(api):
+    parent = DaughterTask.spawn("sleep", {"seconds": 1}).daughters.get()
+    response = api.post("/api/daughters", {"kind": "sleep", "source": "daughters", "parent_id": parent.pk}, content_type="application/json")
+    child = response.json()["daughters"][0]
+    assert (response.json()["priority"], child["parent_id"]) == (3, parent.pk)
+    assert list(parent.children.values_list("id", flat=True)) == [child["id"]]
