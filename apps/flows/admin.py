@@ -7,6 +7,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import PeriodicTask
 
+from vx11_site.charts import svg_chart
+
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
 COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "running": "#0969da", "queued": "#8250df", "skipped": "#6e7781"}
@@ -127,6 +129,9 @@ class FlowAdmin(admin.ModelAdmin):
         if flow is not None:
             extra_context["history_strip"] = history_strip(flow, 50)
             extra_context["recent_runs"] = flow.runs.all()[:20]
+            finished = [r for r in flow.runs.exclude(duration_ms=None)[:100]][::-1]
+            extra_context["duration_chart"] = svg_chart({"run duration": [(r.started_at, r.duration_ms) for r in finished]},
+                                                        title=f"duration of flow {flow.name}'s latest runs")
             extra_context["schedule"] = PeriodicTask.objects.filter(task="apps.flows.tasks.run_flow", kwargs__contains=f'"{flow.name}"').first()
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -167,6 +172,12 @@ class FlowRunAdmin(admin.ModelAdmin):
 class ContractCoherenceAdmin(admin.ModelAdmin):
     list_display = ["computed_at", "pct", "passed", "total", "detail"]
     date_hierarchy = "computed_at"
+    change_list_template = "admin/flows/contractcoherence/change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        rows = list(ContractCoherence.objects.exclude(pct=None).order_by("-computed_at")[:500])[::-1]
+        chart = svg_chart({"contract_coherence_pct": [(r.computed_at, r.pct) for r in rows]}, unit="%", title="contract coherence over time")
+        return super().changelist_view(request, {**(extra_context or {}), "coherence_chart": chart})
 
     def has_add_permission(self, request):
         return False

@@ -105,3 +105,14 @@ def test_run_action_from_the_list(staff, flows, eager_celery):
     runs = {r.flow.name: r for r in FlowRun.objects.select_related("flow")}
     assert f'Queued 2 run(s): <a href="{reverse("admin:flows_flowrun_change", args=[runs["A"].id])}">A #{runs["A"].id}</a>' in response.content.decode()
     assert {r.status for r in runs.values()} == {"passed"}
+
+
+def test_run_durations_and_coherence_are_charted(staff, flows, sim):
+    flows["A"].run()
+    flows["A"].run()
+    page = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].pk])).content.decode()
+    assert "aria-label=\"duration of flow A's latest runs\"" in page and "<polyline" in page
+    coherence = staff.get(reverse("admin:flows_contractcoherence_changelist")).content.decode()
+    assert 'aria-label="contract coherence over time"' in coherence
+    never_run = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
+    assert "duration of flow C" not in never_run  # no chart without runs
