@@ -218,10 +218,6 @@ class DaughterTask(models.Model):
     def __str__(self) -> str:
         return f"task #{self.pk} {self.description or self.source} ({self.status})"
 
-    @property
-    def current_retry(self) -> int:
-        return max((d.mutation_level for d in self.daughters.all()), default=0)
-
     @classmethod
     def spawn(cls, kind: str, params: dict, *, source: str = "madre", description: str = "", ttl_seconds: int | None = None,
               max_retries: int | None = None, name: str = "", purpose: str = "", count: int = 1, user=None,
@@ -267,23 +263,26 @@ class DaughterTask(models.Model):
         publish("plan_updated", {"task_id": self.pk, "status": self.status, "source": self.source, "daughters": counts})
 
     @classmethod
-    def refresh_statuses(cls, task_ids) -> list[int]:
-        """Derive each task's status from its daughters' (one grouped query); return the changed ids."""
-        task_ids = list(set(task_ids))
-        if not task_ids:
-            return []
-        counts: dict[int, dict[str, int]] = {}
-        for task_id, status, n in Daughter.objects.filter(task_id__in=task_ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
-            counts.setdefault(task_id, {})[status] = n
-        now = timezone.now()
+    def refresh_statuses(cls, task_ids, chunk: int = 5000) -> list[int]:
+        """Derive each task's status from its daughters' (one grouped query per chunk of tasks, so a
+        sweep over 100,000 tasks stays under SQLite's bound on query parameters); return the changed ids."""
+        task_ids = sorted(set(task_ids))
         changed = []
-        for task in cls.objects.filter(id__in=task_ids).only("id", "status"):
-            status = cls.status_from(counts.get(task.id, {}))
-            if status != task.status:
-                task.status, task.updated = status, now
-                changed.append(task)
-        bulk_set(changed, ["status", "updated"])
-        return [t.id for t in changed]
+        for lo in range(0, len(task_ids), chunk):
+            ids = task_ids[lo:lo + chunk]
+            counts: dict[int, dict[str, int]] = {}
+            for task_id, status, n in Daughter.objects.filter(task_id__in=ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
+                counts.setdefault(task_id, {})[status] = n
+            now = timezone.now()
+            tasks = []
+            for task in cls.objects.filter(id__in=ids).only("id", "status"):
+                status = cls.status_from(counts.get(task.id, {}))
+                if status != task.status:
+                    task.status, task.updated = status, now
+                    tasks.append(task)
+            bulk_set(tasks, ["status", "updated"])
+            changed += [t.id for t in tasks]
+        return changed
 
     @classmethod
     def status_from(cls, counts: dict[str, int]) -> str:
@@ -305,7 +304,10 @@ class DaughterTask(models.Model):
             for task in cls.objects.filter(id__in=task_ids):
                 task.announce()
         elif task_ids:
-            counts = dict(cls.objects.filter(id__in=task_ids).values_list("status").annotate(n=Count("id")).order_by())
+            counts: dict[str, int] = {}
+            for lo in range(0, len(task_ids), 5000):
+                for status, n in cls.objects.filter(id__in=task_ids[lo:lo + 5000]).values_list("status").annotate(n=Count("id")).order_by():
+                    counts[status] = counts.get(status, 0) + n
             publish("plan_updated", {"tasks_changed": len(task_ids), "task_ids": sorted(task_ids)[:EVENT_ID_LIMIT], "statuses": counts})
 
     @classmethod
@@ -541,18 +543,12 @@ class Daughter(models.Model):
     def _announce_sweep(cls, now, why: str) -> None:
         """One event per status for the rows a sweep touched (a sweep may touch 100,000), then the tasks."""
         touched = cls.objects.filter(reaped_at=now)
-        by_status = {}
-        for status, n in touched.values_list("status").annotate(n=Count("id")).order_by():
-            by_status[status] = n
+        by_status = dict(touched.values_list("status").annotate(n=Count("id")).order_by())
         for status, n in by_status.items():
             ids = list(touched.filter(status=status).order_by("id").values_list("id", flat=True)[:EVENT_ID_LIMIT])
             publish("status_changed", {"daughters_changed": n, "status": status, "why": why, "daughter_ids": ids})
         task_ids = list(touched.values_list("task_id", flat=True).distinct().order_by())
         DaughterTask.announce_changes(DaughterTask.refresh_statuses(task_ids))
-
-    @classmethod
-    def counts(cls) -> dict[str, int]:
-        return dict(cls.objects.values_list("status").annotate(n=Count("id")).order_by())
 
 
 class Superseded(Exception):

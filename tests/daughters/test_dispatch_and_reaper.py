@@ -118,3 +118,15 @@ def test_an_unreachable_broker_leaves_the_daughter_queued():
         task = DaughterTask.spawn("sleep", {"seconds": 0})
     daughter = task.daughters.get()
     assert (daughter.status, daughter.dispatched_at) == ("spawned", None)
+
+
+def test_a_sweep_over_more_tasks_than_one_query_takes():
+    """Task statuses are refreshed in chunks, so a huge sweep never exceeds the database's parameter bound."""
+    tasks = [spawn() for _ in range(7)]
+    for task in tasks:
+        running(task, started_ago=11, ttl=10)
+    changed = DaughterTask.refresh_statuses([t.pk for t in tasks], chunk=3)
+    assert sorted(changed) == sorted(t.pk for t in tasks)  # all were pending, now running
+    assert set(DaughterTask.objects.values_list("status", flat=True)) == {"running"}
+    DaughterTask.announce_changes(changed)  # up to 10 tasks: one plan_updated each
+    assert Event.objects.filter(type="plan_updated", data__status="running").count() == 7
