@@ -423,13 +423,13 @@ class Daughter(models.Model):
         daughter = cls.objects.select_related("task").filter(pk=daughter_id).first()
         if daughter is None:
             return "gone"
-        claimed = cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(
-            status=cls.Status.RUNNING, last_heartbeat_at=now,
-            started_at=daughter.started_at or now, expires_at=daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds))
-        if not claimed:
-            return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
         previous = daughter.status
-        daughter.refresh_from_db()
+        claim = {"status": cls.Status.RUNNING, "last_heartbeat_at": now, "started_at": daughter.started_at or now,
+                 "expires_at": daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds)}
+        if not cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(**claim):
+            return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
+        for field, value in claim.items():
+            setattr(daughter, field, value)
         attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
         daughter.announce(previous)
         try:
@@ -465,17 +465,21 @@ class Daughter(models.Model):
 
     def heartbeat(self, level: int) -> bool:
         """Still ours? Then say so. False when the row was killed, expired or retried elsewhere."""
-        return bool(Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level)
-                    .update(last_heartbeat_at=timezone.now()))
+        return self._move(level, last_heartbeat_at=timezone.now())
+
+    def _move(self, level: int, **fields) -> bool:
+        """A conditional UPDATE of this attempt's running row; when it takes, the instance shows it too."""
+        if not Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level).update(**fields):
+            return False
+        for field, value in fields.items():
+            setattr(self, field, value)
+        return True
 
     def _finish(self, level: int, attempt: DaughterAttempt, result) -> str:
-        now = timezone.now()
-        done = Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level).update(
-            status=self.Status.FINISHED, ended_at=now, result=result, error_last="")
+        done = self._move(level, status=self.Status.FINISHED, ended_at=timezone.now(), result=result, error_last="")
         attempt.end(DaughterAttempt.Status.SUCCESS if done else DaughterAttempt.Status.CANCELLED,
                     output=str(result) if done else "finished after the daughter was killed, expired or retried")
         if done:
-            self.refresh_from_db()
             self.announce(self.Status.RUNNING)
         Daughter.dispatch()
         return "finished" if done else "superseded"
@@ -488,15 +492,12 @@ class Daughter(models.Model):
             Daughter.dispatch()
             return "stopped"
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        now = timezone.now()
-        mine = Daughter.objects.filter(pk=self.pk, status=self.Status.RUNNING, mutation_level=level)
         if level < self.task.max_retries:
-            changed = mine.update(status=self.Status.MUTATED, mutation_level=level + 1, dispatched_at=None, error_last=error)
+            changed = self._move(level, status=self.Status.MUTATED, mutation_level=level + 1, dispatched_at=None, error_last=error)
         else:
-            changed = mine.update(status=self.Status.FAILED, ended_at=now, error_last=error)
+            changed = self._move(level, status=self.Status.FAILED, ended_at=timezone.now(), error_last=error)
         attempt.end(DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR, error=error)
         if changed:
-            self.refresh_from_db()
             self.announce(self.Status.RUNNING)
         Daughter.dispatch()
         return self.status
@@ -581,7 +582,5 @@ class DaughterAttempt(models.Model):
         return f"attempt {self.attempt_number} of daughter #{self.daughter_id} ({self.status})"
 
     def end(self, status: str, output: str = "", error: str = "") -> None:
-        updated = DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+        DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
             status=status, ended_at=timezone.now(), output=tail(output), error=tail(error))
-        if updated:
-            self.refresh_from_db()
