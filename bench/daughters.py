@@ -124,6 +124,7 @@ def make_rows(total):
         heartbeat = now - timedelta(seconds=1 if group < 4 or group >= 8 else 120)
         level = 2 if group == 7 else 0
         return Daughter(task=task, name=f"d{i}", kind="sleep", params={"seconds": 0}, status="running", priority=2, ttl_seconds=300,
+                        max_retries=task.max_retries,
                         dispatched_at=started, started_at=started, expires_at=started + timedelta(seconds=300),
                         last_heartbeat_at=heartbeat, mutation_level=level)
 
@@ -144,12 +145,12 @@ def naive_reap(limit):
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.VX11_DAUGHTER_STALE_SECONDS)
     start = time.perf_counter()
-    rows = list(Daughter.objects.filter(status="running").select_related("task")[:limit])
+    rows = list(Daughter.objects.filter(status="running")[:limit])
     for d in rows:
         if d.expires_at < now:
             d.status, d.ended_at = "expired", now
         elif d.last_heartbeat_at < stale_before:
-            if d.mutation_level < d.task.max_retries:
+            if d.mutation_level < d.max_retries:
                 d.status, d.mutation_level, d.dispatched_at = "mutated", d.mutation_level + 1, None
             else:
                 d.status, d.ended_at = "failed", now

@@ -39,6 +39,13 @@ class ApiKeyAuth:
         raise HttpError(status, message)
 
 
+def validation_detail(exc) -> str:
+    """A Django ValidationError as one line, `field: message; ...` (also for one without fields)."""
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+    return "; ".join(exc.messages)
+
+
 api = NinjaAPI(
     title="VX11 Ops Portal API",
     version="1",

@@ -10,6 +10,8 @@ from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ConfigDict
 
+from vx11_site.api import validation_detail
+
 from .models import PRIORITIES, Daughter, DaughterTask
 
 router = Router(tags=["daughters"])
@@ -106,7 +108,7 @@ def spawn(request, payload: SpawnIn):
     try:
         task = DaughterTask.spawn(data.pop("kind"), data.pop("params"), user=request.user, **data)
     except DjangoValidationError as exc:
-        raise HttpError(422, "; ".join(f"{f}: {' '.join(m)}" for f, m in exc.message_dict.items())) from None
+        raise HttpError(422, validation_detail(exc)) from None
     return Status(201, task)
 
 

@@ -17,7 +17,10 @@ a daughter with a conditional UPDATE on (status, mutation_level), so a message d
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -125,11 +128,22 @@ def validate_command(params: dict) -> dict:
 
 
 def run_command(daughter: Daughter, params: dict) -> dict:
-    """Run an allow-listed command as an argument list (never a shell), with a timeout; stop it when killed."""
+    """Run an allow-listed command as an argument list (never a shell), with a timeout; stop it when
+    killed. It runs in a process group of its own, and the whole group is killed, so a grandchild
+    holding the output pipe can neither outlive the timeout nor keep the worker waiting."""
     argv = [*settings.VX11_DAUGHTER_COMMANDS[params["command"]], *params["args"]]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + params["timeout"]
-    output = b""
+
+    def kill_group() -> bytes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            return proc.communicate(timeout=5)[0]
+        except subprocess.TimeoutExpired:  # a descendant that left the group still holds the pipe: stop reading
+            proc.kill()
+            return b""
+
     try:
         while True:
             try:
@@ -137,20 +151,22 @@ def run_command(daughter: Daughter, params: dict) -> dict:
                 break
             except subprocess.TimeoutExpired:
                 if daughter.stop.is_set() or time.monotonic() > deadline:
-                    proc.kill()
-                    output = proc.communicate()[0]
+                    output = kill_group()
                     if daughter.stop.is_set():
                         raise RuntimeError("stopped: the daughter was killed or reaped") from None
                     raise TimeoutError(f"{argv[0]} timed out after {params['timeout']:g} s; output: {tail(output, 500)}") from None
     finally:
         if proc.poll() is None:
-            proc.kill()
+            kill_group()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: {tail(output, 500)}")
     return {"argv": argv, "exit_code": 0, "output": tail(output)}
 
 
 def validate_sleep(params: dict) -> dict:
+    unknown = set(params) - {"seconds", "fail"}
+    if unknown:
+        raise ValidationError({"params": f"unknown sleep params: {', '.join(sorted(unknown))}"})
     seconds = params.get("seconds", 0)
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
         raise ValidationError({"params": "seconds must be a number in [0, 3600]"})
@@ -247,7 +263,7 @@ class DaughterTask(models.Model):
             )
             Daughter.objects.bulk_create(
                 Daughter(task=task, name=name if count == 1 else f"{name}-{i + 1}", purpose=purpose[:300] or description[:300],
-                         kind=kind, params=params, ttl_seconds=ttl, priority=priority, parent_id=parent_id)
+                         kind=kind, params=params, ttl_seconds=ttl, max_retries=retries, priority=priority, parent_id=parent_id)
                 for i in range(count)
             )
             transaction.on_commit(Daughter.dispatch)
@@ -271,16 +287,20 @@ class DaughterTask(models.Model):
         for lo in range(0, len(task_ids), chunk):
             ids = task_ids[lo:lo + chunk]
             counts: dict[int, dict[str, int]] = {}
-            for task_id, status, n in Daughter.objects.filter(task_id__in=ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
-                counts.setdefault(task_id, {})[status] = n
-            now = timezone.now()
-            tasks = []
-            for task in cls.objects.filter(id__in=ids).only("id", "status"):
-                status = cls.status_from(counts.get(task.id, {}))
-                if status != task.status:
-                    task.status, task.updated = status, now
-                    tasks.append(task)
-            bulk_set(tasks, ["status", "updated"])
+            with transaction.atomic():  # the tasks' rows are locked before their daughters are counted,
+                # so two processes refreshing one task write in turn, the later with the later counts
+                # (PostgreSQL: FOR UPDATE; SQLite: the IMMEDIATE transaction)
+                locked = list(cls.objects.select_for_update().filter(id__in=ids).order_by("id").only("id", "status"))
+                for task_id, status, n in Daughter.objects.filter(task_id__in=ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
+                    counts.setdefault(task_id, {})[status] = n
+                now = timezone.now()
+                tasks = []
+                for task in locked:
+                    status = cls.status_from(counts.get(task.id, {}))
+                    if status != task.status:
+                        task.status, task.updated = status, now
+                        tasks.append(task)
+                bulk_set(tasks, ["status", "updated"])
             changed += [t.id for t in tasks]
         return changed
 
@@ -342,6 +362,7 @@ class Daughter(models.Model):
     spawn_uuid = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     priority = models.PositiveSmallIntegerField(default=2, help_text="copied from the task; lower runs first")
     ttl_seconds = models.PositiveIntegerField(default=300)
+    max_retries = models.PositiveSmallIntegerField(default=2, help_text="copied from the task, so the reaper's UPDATE needs no join")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.SPAWNED)
     mutation_level = models.PositiveSmallIntegerField(default=0, help_text="retries so far")
     error_last = models.TextField(blank=True)
@@ -420,7 +441,7 @@ class Daughter(models.Model):
     def run(cls, daughter_id: int, level: int, worker: str = "") -> str:
         """Claim, run with heartbeats, record the end. Returns what happened (for the task result)."""
         now = timezone.now()
-        daughter = cls.objects.select_related("task").filter(pk=daughter_id).first()
+        daughter = cls.objects.filter(pk=daughter_id).first()
         if daughter is None:
             return "gone"
         previous = daughter.status
@@ -492,7 +513,7 @@ class Daughter(models.Model):
             Daughter.dispatch()
             return "stopped"
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        if level < self.task.max_retries:
+        if level < self.max_retries:
             changed = self._move(level, status=self.Status.MUTATED, mutation_level=level + 1, dispatched_at=None, error_last=error)
         else:
             changed = self._move(level, status=self.Status.FAILED, ended_at=timezone.now(), error_last=error)
@@ -526,7 +547,9 @@ class Daughter(models.Model):
             expired = cls.objects.filter(status__in=cls.LIVE, expires_at__lt=now).update(
                 status=S.EXPIRED, ended_at=now, reaped_at=now, error_last="TTL passed (expired)")
             stale = cls.objects.filter(status=S.RUNNING, last_heartbeat_at__lt=stale_before)
-            retried = stale.filter(mutation_level__lt=F("task__max_retries")).update(
+            # no join here: Django would turn a joined filter into `id IN (subquery)` and the UPDATE
+            # would no longer re-check status and heartbeat under the row lock
+            retried = stale.filter(mutation_level__lt=F("max_retries")).update(
                 status=S.MUTATED, mutation_level=F("mutation_level") + 1, dispatched_at=None, reaped_at=now,
                 error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s (worker lost?); retrying")
             failed = stale.update(status=S.FAILED, ended_at=now, reaped_at=now,

@@ -11,6 +11,8 @@ from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ConfigDict
 
+from vx11_site.api import validation_detail
+
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
 
@@ -166,8 +168,7 @@ def _save(module: Module) -> Module:
     try:
         module.full_clean()
     except DjangoValidationError as exc:
-        detail = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
-        raise HttpError(422, detail) from None
+        raise HttpError(422, validation_detail(exc)) from None
     try:
         module.save()
     except IntegrityError:

@@ -130,3 +130,14 @@ def test_a_sweep_over_more_tasks_than_one_query_takes():
     assert set(DaughterTask.objects.values_list("status", flat=True)) == {"running"}
     DaughterTask.announce_changes(changed)  # up to 10 tasks: one plan_updated each
     assert Event.objects.filter(type="plan_updated", data__status="running").count() == 7
+
+
+def test_the_retry_update_rechecks_status_and_heartbeat_under_the_row_lock():
+    """No join in the reaper's retry UPDATE: Django would turn it into `id IN (subquery)`, and a row
+    that finished or was killed in between would be brought back as mutated."""
+    running(spawn(), started_ago=90, heartbeat_ago=61)
+    with CaptureQueriesContext(connection) as ctx:
+        assert Daughter.reap()["retried"] == 1
+    retry = next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("UPDATE") and "mutation_level" in q["sql"].split("WHERE")[0])
+    where = retry.split("WHERE", 1)[1]
+    assert "last_heartbeat_at" in where and "status" in where and "SELECT" not in where

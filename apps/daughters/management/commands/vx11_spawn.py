@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from apps.daughters.models import PRIORITIES, Daughter, DaughterTask
+from vx11_site.api import validation_detail
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -51,7 +52,7 @@ class Command(BaseCommand):
             task = DaughterTask.spawn(options["kind"], params, source=options["source"], description=options["description"],
                                       ttl_seconds=options["ttl"], max_retries=options["max_retries"], count=options["count"])
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{f}: {' '.join(m)}" for f, m in exc.message_dict.items())) from None
+            raise CommandError(validation_detail(exc)) from None
         if not options["json"]:
             self.stderr.write(f"spawned task #{task.pk} with {options['count']} daughter(s) of kind {options['kind']}")
         if options["wait"]:
