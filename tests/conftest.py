@@ -232,3 +232,13 @@ def daughter_worker(transactional_db, tmp_path, settings):
     import redis
 
     redis.Redis.from_url(broker).delete(queue)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Django drops the SQLite test database; the -wal and -shm files beside it stay: remove them."""
+    from django.conf import settings
+
+    name = (settings.DATABASES["default"].get("TEST") or {}).get("NAME")
+    if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        for suffix in ("-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
