@@ -278,6 +278,9 @@ VX11_POWER_WINDOW_MAX_TTL = envint("VX11_POWER_WINDOW_MAX_TTL", 86400)  # longes
 VX11_POWER_WINDOW_CHECK_SECONDS = envint("VX11_POWER_WINDOW_CHECK_SECONDS", 2)  # beat interval of the expiry checker
 VX11_POWER_ACTION_RETENTION_DAYS = envint("VX11_POWER_ACTION_RETENTION_DAYS", 180)
 VX11_POWER_CLAIM_STALE_SECONDS = envint("VX11_POWER_CLAIM_STALE_SECONDS", 600)  # a claim older than this (crashed worker) is taken over
+VX11_POWER_WINDOW_STOP_ATTEMPTS = envint("VX11_POWER_WINDOW_STOP_ATTEMPTS", 10)  # tries to stop a module at ttl expiry before giving up
+VX11_POWER_WINDOW_RETRY_SECONDS = envint("VX11_POWER_WINDOW_RETRY_SECONDS", 10)  # wait between those tries (a busy module's action ends)
+VX11_POWER_LOG_MAX_BYTES = envint("VX11_POWER_LOG_MAX_BYTES", 1_000_000)  # process backend: var/power/<slug>.log is cut to its last half beyond this
 VX11_COMPOSE_PROJECT = os.environ.get("VX11_COMPOSE_PROJECT", "vx11")
 
 # --- flows (apps.flows) -------------------------------------------------------------------

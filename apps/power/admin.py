@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from .models import PowerAction, ServiceControl
+from .models import PowerAction, ServiceControl, WindowStop
 
 
 @admin.register(ServiceControl)
@@ -29,6 +29,21 @@ class PowerActionAdmin(admin.ModelAdmin):
     @admin.display(description="evidence folder")
     def evidence(self, obj):
         return format_html("<code>{}</code>", obj.evidence_path or "—")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WindowStop)
+class WindowStopAdmin(admin.ModelAdmin):
+    """The stops of expired ttl windows: pending ones are tried again by the checker, given-up ones need a person."""
+
+    list_display = ["window", "module", "state", "attempts", "retry_at", "last_action"]
+    list_filter = ["state"]
+    list_select_related = ["window", "module", "last_action"]
 
     def has_add_permission(self, request):
         return False

@@ -220,6 +220,44 @@ def log_path(slug: str) -> Path:
     return folder / f"{slug}.log"
 
 
+def read_tail(path: Path, limit: int = 2000) -> str:
+    """The last `limit` characters of a file, reading only its end (a module's log may be large)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 4 * limit))  # up to 4 bytes a character in UTF-8
+            return tail(f.read().decode(errors="replace"), limit)
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+def trim_log(path: Path, max_bytes: int | None = None) -> bool:
+    """Beyond `max_bytes`, cut the log to its last half, in place (copytruncate: a module still writing
+    with O_APPEND carries on at the new end). True when it was cut."""
+    max_bytes = settings.VX11_POWER_LOG_MAX_BYTES if max_bytes is None else max_bytes
+    try:
+        with path.open("r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size <= max_bytes:
+                return False
+            f.seek(size - max_bytes // 2)
+            kept = f.read()
+            nl = kept.find(b"\n")
+            kept = kept[nl + 1:] if 0 <= nl < len(kept) - 1 else kept  # start at a whole line
+            f.seek(0)
+            f.write(b"[log cut: older output dropped, VX11_POWER_LOG_MAX_BYTES]\n" + kept)
+            f.truncate()  # at the end of what was just written
+            return True
+    except FileNotFoundError:
+        return False
+
+
+def trim_logs() -> int:
+    """Every module log under var/power/ (the hourly prune calls this, so a long-running module's log stays bounded)."""
+    folder = settings.VAR_DIR / "power"
+    return sum(trim_log(p) for p in folder.glob("*.log")) if folder.is_dir() else 0
+
+
 def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, timeout: float | None = None) -> Outcome:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if pid_alive(pid, argv):
@@ -228,6 +266,7 @@ def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, 
         return Outcome(False, f"{health_url} already answers, but not from a process the portal started; not starting a second copy",
                        [f"recorded pid {pid} is not running", f"{health_url} answers"])
     log = log_path(slug)
+    trim_log(log)
     started = time.monotonic()
     try:
         with log.open("ab") as out:
@@ -239,11 +278,11 @@ def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, 
     output = [f"$ {' '.join(argv)}", f"pid {child.pid}, log {log}"]
     up = wait_for(lambda: child.poll() is not None or health_answers(health_url), timeout)
     if child.poll() is not None:
-        output.append(tail(log.read_text(errors="replace"), 2000))
+        output.append(read_tail(log, 2000))
         return Outcome(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
     if not up:
         _terminate(child.pid, 1.0)
-        output.append(tail(log.read_text(errors="replace"), 2000))
+        output.append(read_tail(log, 2000))
         return Outcome(False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output)
     output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
     return Outcome(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)

@@ -5,7 +5,8 @@ Re-implements madre's power manager (REFERENCE.md section 2) with its guards enf
 - madre and tentaculo_link are never stopped (403);
 - VX11_MAINTENANCE_WINDOW_ENABLED on: an applied action needs a window covering the module (409);
 - VX11_POWER_RATE_LIMIT_PER_MIN applied requests per user per minute (429), counted in the database
-  so every process shares the limit;
+  so every process shares the limit; the count and the insert of the request's row (result "pending"
+  until the action ends) are one serialised transaction per user, so parallel requests cannot all pass;
 - one action per module at a time: a conditional UPDATE claims the ServiceControl row; a second
   action on the same module meanwhile is refused with 409 "another action is running" (the claim
   is not held inside a transaction, so a 15 s start never blocks the database).
@@ -20,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -34,8 +37,6 @@ from django.utils import timezone
 
 from apps.events.models import publish
 from apps.fleet.models import MaintenanceWindow, Module
-from vx11_site.db import prune_in_chunks
-
 from . import backends
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class PowerAction(models.Model):
         OK = "ok", "ok"
         REFUSED = "refused", "refused"
         ERROR = "error", "error"
+        PENDING = "pending", "pending (running)"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     actor = models.CharField(max_length=150, help_text="the user, or the system part that acted (window checker)")
@@ -251,9 +253,64 @@ class PowerAction(models.Model):
         return data
 
     @classmethod
-    def prune(cls, now: datetime | None = None) -> int:
+    def prune(cls, now: datetime | None = None, chunk: int | None = None) -> int:
+        """Delete rows older than the retention, in chunks, and the evidence folder of each (a mode's steps too)."""
         now = now or timezone.now()
-        return prune_in_chunks(cls.objects.filter(at__lt=now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS)))
+        old = cls.objects.filter(at__lt=now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS))
+        chunk = chunk or settings.VX11_PRUNE_CHUNK
+        total = 0
+        while ids := list(old.values_list("id", flat=True)[:chunk]):
+            doomed = cls.objects.filter(Q(id__in=ids) | Q(parent_id__in=ids))  # steps go with their mode (CASCADE)
+            for path in doomed.exclude(evidence_path="").values_list("evidence_path", flat=True):
+                remove_evidence(path)
+            with transaction.atomic():
+                total += cls.objects.filter(id__in=ids).delete()[0]
+        return total
+
+
+class WindowStop(models.Model):
+    """One module to stop at a ttl power window's expiry, until it is stopped or given up.
+
+    A stop refused (the module busy with another action) or failing is tried again on a later tick,
+    VX11_POWER_WINDOW_STOP_ATTEMPTS times at most, VX11_POWER_WINDOW_RETRY_SECONDS apart; each try is
+    an audited PowerAction (`last_action`). The window counts as handled once none is pending.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        DONE = "done", "stopped"
+        GAVE_UP = "gave_up", "given up"
+
+    window = models.ForeignKey(MaintenanceWindow, on_delete=models.CASCADE, related_name="+")
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=7, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    retry_at = models.DateTimeField(default=timezone.now, help_text="not tried again before this")
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="a checker is stopping it now (conditional UPDATE)")
+    last_action = models.ForeignKey(PowerAction, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["window", "module"], name="window_stop_once")]
+        indexes = [
+            # expire_windows: the pending stops whose retry time has come (WindowStop.prune goes by the window's end)
+            models.Index(fields=["state", "retry_at"], name="window_stop_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"window #{self.window_id}: stop {self.module_id} ({self.state}, {self.attempts} tries)"
+
+    def claim(self) -> bool:
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.VX11_POWER_CLAIM_STALE_SECONDS)
+        free = Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
+        return WindowStop.objects.filter(free, pk=self.pk, state=self.State.PENDING).update(claimed_at=now) == 1
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        """Rows of windows that ended before VX11_POWER_ACTION_RETENTION_DAYS (their tries are pruned then too)."""
+        now = now or timezone.now()
+        cutoff = now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS)
+        return cls.objects.filter(window__ends_at__lt=cutoff).delete()[0]
 
 
 # --- evidence -------------------------------------------------------------------------------
@@ -276,6 +333,25 @@ def evidence_dir(action: str, service: str, at: datetime):
         except FileExistsError:
             continue
     raise FileExistsError(f"too many evidence folders named {name}")
+
+
+def remove_evidence(path: str) -> bool:
+    """Delete one action's evidence folder, only if it is a madre_power_* folder right under
+    <VX11_EVIDENCE_ROOT>/docs/audit/ and not a symlink; anything else is left alone (and logged)."""
+    audit = (settings.VX11_EVIDENCE_ROOT / "docs" / "audit").resolve()
+    folder = Path(path)
+    try:
+        if (not folder.is_absolute() or folder.is_symlink() or folder.resolve() != folder
+                or folder.parent != audit or not folder.name.startswith("madre_power_")):
+            log.warning("power: not deleting %r: not an evidence folder under %s", path, audit)
+            return False
+        if not folder.is_dir():
+            return False  # already gone
+        shutil.rmtree(folder)  # never follows symlinks inside the folder
+        return True
+    except OSError as exc:
+        log.warning("power: could not delete evidence folder %s: %s", path, exc)
+        return False
 
 
 def write_evidence(row: PowerAction, output: str) -> str:
@@ -320,14 +396,30 @@ def controllable(slug: str) -> ServiceControl:
     return control
 
 
+def modules_in_window(now: datetime) -> set[int]:
+    """The ids of the modules some window covers at `now`, in one query (status and a mode ask for many modules)."""
+    return set(MaintenanceWindow.active_at(now).filter(modules__isnull=False).values_list("modules__id", flat=True))
+
+
 def check_windows(modules: list[Module], now: datetime | None = None) -> None:
     if not settings.VX11_MAINTENANCE_WINDOW_ENABLED:
         return
-    now = now or timezone.now()
-    outside = [m.slug for m in modules if not MaintenanceWindow.module_in_window(m, now)]
+    covered = modules_in_window(now or timezone.now())
+    outside = [m.slug for m in modules if m.id not in covered]
     if outside:
         raise Refused(409, f"no open maintenance window covers {', '.join(outside)}; open one first "
                            "(POST /madre/power/window/open), or set VX11_MAINTENANCE_WINDOW_ENABLED=0")
+
+
+RATE_LOCK = "vx11.power.rate"
+
+
+def lock_user_rate(user) -> None:
+    """Serialise count+insert of one user's applied requests until the transaction ends. PostgreSQL: a
+    transaction-level advisory lock keyed by (the name, the user id). SQLite: IMMEDIATE transactions already do."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", [RATE_LOCK, user.pk])
 
 
 def check_rate(user) -> None:
@@ -336,6 +428,17 @@ def check_rate(user) -> None:
     done = PowerAction.objects.filter(user=user, applied=True, parent__isnull=True, at__gte=since).count()
     if done >= limit:
         raise Refused(429, f"rate limit: {done} applied power actions by '{user.username}' in the last minute (limit {limit}); wait and retry")
+
+
+def reserve_rate(user, row: PowerAction, message: str = "running") -> None:
+    """Count the user's applied requests of the last minute and, if under the limit, insert `row` as applied
+    (result pending) in the same serialised transaction, so the next request counts it at once; finish()
+    updates it when the action ends. A request running 30 s is counted from its start, not its end."""
+    with transaction.atomic():
+        lock_user_rate(user)
+        check_rate(user)
+        row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, message
+        row.save()
 
 
 # --- what the endpoints and the checker call ---------------------------------------------------
@@ -365,11 +468,12 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
         check_allowed()
         if not checked:
             check_windows([control.module])
-            check_rate(user)
+            reserve_rate(user, row)
         if not control.claim(f"{action} by {row.actor}"):
             control.refresh_from_db(fields=["busy_since", "busy_with"])
             raise Refused(409, f"another action is running on {slug} ({control.busy_with}, since {control.busy_since:%H:%M:%S}); try again when it ends")
     except Refused as refusal:
+        row.applied = False  # a refusal (even after the rate reservation) did nothing and does not count
         return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
     try:
         outcome = control.run(action)
@@ -425,11 +529,9 @@ def perform_mode(user, mode: str, apply: bool) -> PowerAction:
         check_allowed()
         modules = {m.slug: m for m in Module.objects.filter(slug__in=[s["service"] for s in steps])}
         check_windows([modules[s["service"]] for s in steps])
-        check_rate(user)
+        reserve_rate(user, row)
     except Refused as refusal:
         return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
-    row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.OK, 200, "running"
-    row.save()
     done = [perform(user, s["service"], s["action"], True, parent=row) for s in steps]
     failed = [f"{d.service} ({d.message})" for d in done if d.result != PowerAction.Result.OK]
     if failed:
@@ -502,19 +604,44 @@ def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
     return row.finish(PowerAction.Result.OK, 200, f"power window #{window.id} closed", applied=True), window
 
 
-def expire_windows(now: datetime | None = None) -> list[PowerAction]:
-    """The checker: stop the modules of every ttl power window that has expired (each window once)."""
+def expire_windows(now: datetime | None = None, max_stops: int | None = None) -> list[PowerAction]:
+    """The checker: stop the modules of every expired ttl power window, retrying refused or failed stops.
+
+    Each (window, module) is a WindowStop row, claimed with a conditional UPDATE so that checkers running
+    side by side never stop the same module twice; a window is marked handled when none is pending.
+    `max_stops`: stop at most that many modules in this call (the Celery task stops one per tick, so its
+    time limit is one stop's worst case whatever the number of modules).
+    """
     now = now or timezone.now()
     due = MaintenanceWindow.objects.filter(source=MaintenanceWindow.Source.POWER, mode=MaintenanceWindow.Mode.TTL,
                                            closed_at__isnull=True, expired_handled_at__isnull=True, ends_at__lte=now)
     actions = []
-    for window in due.select_related("created_by"):
-        if MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(expired_handled_at=now) != 1:
-            continue  # another checker took it
-        for module in window.modules.order_by("slug"):
-            if module.slug in NEVER_STOP:
-                continue
-            actions.append(perform(window.created_by, module.slug, "stop", True, system=f"window #{window.id} expiry"))
+    for window in due.select_related("created_by").order_by("ends_at", "id"):
+        WindowStop.objects.bulk_create([WindowStop(window=window, module=m, retry_at=window.ends_at)
+                                        for m in window.modules.exclude(slug__in=NEVER_STOP)], ignore_conflicts=True)
+        pending = WindowStop.objects.filter(window=window, state=WindowStop.State.PENDING)
+        for stop in pending.filter(retry_at__lte=now).select_related("module").order_by("retry_at", "module__slug"):
+            if max_stops is not None and len(actions) >= max_stops:
+                return actions
+            if not stop.claim():
+                continue  # another checker is stopping it
+            action = perform(window.created_by, stop.module.slug, "stop", True,
+                             system=f"window #{window.id} expiry (try {stop.attempts + 1})")
+            actions.append(action)
+            stop.attempts += 1
+            stop.last_action = action
+            if action.result == PowerAction.Result.OK:
+                stop.state = WindowStop.State.DONE
+            elif stop.attempts >= settings.VX11_POWER_WINDOW_STOP_ATTEMPTS:
+                stop.state = WindowStop.State.GAVE_UP
+                log.warning("power: window #%s: gave up stopping %s after %s tries: %s", window.id, stop.module.slug,
+                            stop.attempts, action.message)
+            else:
+                stop.retry_at = timezone.now() + timedelta(seconds=settings.VX11_POWER_WINDOW_RETRY_SECONDS)
+            stop.claimed_at = None
+            stop.save(update_fields=["attempts", "last_action", "state", "retry_at", "claimed_at"])
+        if not pending.exists():
+            MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(expired_handled_at=timezone.now())
     return actions
 
 
@@ -527,6 +654,7 @@ def power_status() -> dict:
         states = dict(zip([c.module_id for c in asked], pool.map(ServiceControl.state, asked)))
     none = backends.State(None)
     now = timezone.now()
+    in_window = modules_in_window(now)
     services = []
     for module in modules:
         control, state = controls.get(module.id), states.get(module.id, none)
@@ -534,7 +662,7 @@ def power_status() -> dict:
                          "backend": control.backend if control else None, "running": state.running,
                          "backend_state": state.state or None, "error": state.error,
                          "pid": control.pid if control else None, "busy": bool(control and control.busy_since),
-                         "in_window": MaintenanceWindow.module_in_window(module, now)})
+                         "in_window": module.id in in_window})
     return {"status": "ok", "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,
             "window_required": settings.VX11_MAINTENANCE_WINDOW_ENABLED, "window": window_dict(MaintenanceWindow.open_power_window(now)),
             "modes": {m: list(s) if s else "all" for m, s in MODES.items()}, "services": services}

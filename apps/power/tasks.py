@@ -1,18 +1,29 @@
 """Celery entry points for power; thin on purpose."""
 
 from celery import shared_task
+from django.conf import settings
 
-from .models import PowerAction, expire_windows
+from . import backends
+from .models import PowerAction, WindowStop, expire_windows
 
 
-@shared_task(name="apps.power.tasks.check_power_windows", soft_time_limit=120)
+def one_stop_worst_case() -> float:
+    """Seconds one stop may take at most: compose/systemd's command timeout, or the process backend's
+    longest grace (300 s) + 5 s after SIGKILL + the /health wait; plus a margin for the database."""
+    process = 300 + 5 + settings.VX11_POWER_HEALTH_TIMEOUT + 1
+    return max(settings.VX11_POWER_COMMAND_TIMEOUT, process) + 30
+
+
+@shared_task(name="apps.power.tasks.check_power_windows", soft_time_limit=one_stop_worst_case(), time_limit=one_stop_worst_case() + 30)
 def check_power_windows() -> dict:
-    """Every few seconds: stop the modules of expired ttl power windows (each window once)."""
-    actions = expire_windows()
+    """Every few seconds: stop one module of an expired ttl power window (a refused or failed stop is tried
+    again on a later tick); one per call, so the time limit above holds whatever the number of modules."""
+    actions = expire_windows(max_stops=1)
     return {"stopped": [a.service for a in actions if a.result == "ok"], "failed": [a.service for a in actions if a.result != "ok"]}
 
 
 @shared_task(name="apps.power.tasks.prune_power_actions", soft_time_limit=600)
 def prune_power_actions() -> dict:
-    """Hourly: drop action rows older than VX11_POWER_ACTION_RETENTION_DAYS (evidence folders stay)."""
-    return {"pruned": PowerAction.prune()}
+    """Hourly: drop action rows older than VX11_POWER_ACTION_RETENTION_DAYS with their evidence folders
+    (and the expiry stops of windows that ended before then), and cut the process backend's module logs (var/power/<slug>.log) down to VX11_POWER_LOG_MAX_BYTES."""
+    return {"pruned": PowerAction.prune(), "window_stops": WindowStop.prune(), "logs_cut": backends.trim_logs()}

@@ -1,7 +1,7 @@
 """The power world: a controller with the permission, demo modules as real OS processes, stand-ins.
 
 - `controller` / `power_api`: a staff user holding power.control_services and a client with its key.
-- `power_on`: service control allowed, evidence into tmp_path, short timeouts.
+- `power_on`: service control allowed, evidence and var/ into tmp_path, short timeouts.
 - `demo_process(slug)`: points the module at a free port and gives it the process backend running
   `python -m apps.simfleet.serve_one <slug> --port N`; every process still alive is killed at teardown.
 - `window(*slugs)`: a maintenance window covering those modules for an hour.
@@ -33,6 +33,7 @@ def power_on(settings, tmp_path):
     settings.VX11_ALLOW_SERVICE_CONTROL = True
     settings.VX11_MAINTENANCE_WINDOW_ENABLED = True
     settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.VAR_DIR = tmp_path / "var"  # var/power/<slug>.log of the process backend
     settings.VX11_POWER_HEALTH_TIMEOUT = 10.0
     settings.VX11_POWER_COMMAND_TIMEOUT = 5.0
     return settings
@@ -126,6 +127,12 @@ def evidence(power_on):
         return sorted(audit.iterdir()) if audit.exists() else []
 
     return folders
+
+
+def slow(stand_in: StandIn, seconds: float) -> StandIn:
+    """Make a stand-in take `seconds` before it answers (a slow `docker compose`)."""
+    stand_in.path.write_text(stand_in.path.read_text().replace("import json, sys", f"import json, sys, time; time.sleep({seconds})"))
+    return stand_in
 
 
 def post(client, path, body=None):

@@ -95,3 +95,39 @@ def test_concurrent_window_opening_one_wins(power_on, power_api, fleet, transact
     assert "is already open" in refusal["detail"]
     assert MaintenanceWindow.objects.filter(source="power").count() == 1
     assert sorted(PowerAction.objects.filter(action="window_open").values_list("result", flat=True)) == ["ok", "refused"]
+
+
+def test_parallel_requests_cannot_pass_the_rate_limit(power_on, power_api, fleet, stand_in, window, transactional_db):
+    """limit + 2 applied requests at once, each on its own module (no claim conflict), a slow `docker compose`:
+    exactly `limit` run, the others get 429. The row is inserted (pending) with the count, not after the action."""
+    from tests.power.conftest import slow
+
+    power_on.VX11_POWER_RATE_LIMIT_PER_MIN = 3
+    slugs = ["switch", "hermes", "mcp", "spawner", "hormiguero"]
+    docker = slow(stand_in("docker"), 1.0)
+    for slug in slugs:
+        ServiceControl.objects.create(module=fleet[slug], backend=ServiceControl.Backend.COMPOSE)
+    window(*slugs)
+    barrier = threading.Barrier(len(slugs))
+    answers = []
+
+    def start(slug):
+        try:
+            barrier.wait()
+            r = power_api.post(f"/madre/power/service/{slug}/start", {"apply": True}, content_type="application/json")
+            answers.append((r.status_code, r.json()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start, args=(slug,)) for slug in slugs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 429, 429], answers
+    assert all("rate limit" in body["detail"] and "limit 3" in body["detail"] for status, body in answers if status == 429)
+    assert len(docker.calls()) == 3
+    assert PowerAction.objects.filter(applied=True, result="ok").count() == 3
+    assert PowerAction.objects.filter(applied=False, result="refused", http_status=429).count() == 2
+    assert not PowerAction.objects.filter(result="pending").exists()  # every reserved row was finished

@@ -100,6 +100,19 @@ def test_rate_limit_per_user(power_on, power_api, compose_switch, window):
     assert PowerAction.objects.filter(result="refused", http_status=429).count() == 1
 
 
+def test_refused_claim_frees_its_rate_slot(power_on, power_api, compose_switch, window):
+    """The rate reservation is a row inserted before the claim; a 409 (module busy) leaves it unapplied, uncounted."""
+    power_on.VX11_POWER_RATE_LIMIT_PER_MIN = 1
+    window("switch")
+    control = ServiceControl.objects.get(module__slug="switch")
+    assert control.claim("someone else")
+    refused(post(power_api, "/madre/power/service/switch/start", {"apply": True}), 409, "another action is running")
+    control.release()
+    assert post(power_api, "/madre/power/service/switch/start", {"apply": True}).status_code == 200
+    assert list(PowerAction.objects.order_by("id").values_list("applied", "result", "http_status")) == [
+        (False, "refused", 409), (True, "ok", 200)]
+
+
 @pytest.mark.parametrize(
     "path, body, where",
     [

@@ -6,8 +6,11 @@ A failing, hung or missing tool gives `running: null` and an `error` note, never
 import json
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from apps.power.models import ServiceControl
+from apps.fleet.models import Module
+from apps.power.models import ServiceControl, power_status
 
 RUNNING = {"Name": "vx11t-switch-1", "Service": "switch", "State": "running", "Health": ""}
 
@@ -77,3 +80,19 @@ def test_hung_tool_times_out(power_on, power_api, controls, stand_in):
     got = services(power_api)
     assert got["spawner"]["running"] is None and "timed out after 0.5 s" in got["spawner"]["error"]
     assert got["switch"]["running"] is False
+
+
+def test_in_window_is_one_query_whatever_the_number_of_modules(power_on, fleet, window):
+    def queries() -> tuple[int, dict]:
+        with CaptureQueriesContext(connection) as ctx:
+            status = power_status()
+        return len(ctx.captured_queries), {s["service"]: s["in_window"] for s in status["services"]}
+
+    window("switch", "hermes")
+    before, in_window = queries()
+    assert sorted(s for s, inside in in_window.items() if inside) == ["hermes", "switch"]
+    extra = [Module.objects.create(slug=f"extra{i}", name=f"extra {i}", base_url=f"http://127.0.0.1:{20000 + i}") for i in range(20)]
+    window(*[m.slug for m in extra[:10]])
+    after, in_window = queries()
+    assert after == before
+    assert sum(in_window.values()) == 12 and in_window["extra3"] and not in_window["extra15"]

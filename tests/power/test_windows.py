@@ -1,4 +1,4 @@
-"""Power windows: open, one at a time, close; a ttl window stops its modules when it expires."""
+"""Power windows: open, one at a time, close; a ttl window stops its modules when it expires, retrying a refused or failed stop."""
 
 import time
 from datetime import timedelta
@@ -9,7 +9,7 @@ from django_celery_beat.models import PeriodicTask
 
 from apps.fleet.models import MaintenanceWindow
 from apps.power.backends import pid_alive
-from apps.power.models import PowerAction, expire_windows
+from apps.power.models import PowerAction, ServiceControl, WindowStop, expire_windows
 from apps.power.tasks import check_power_windows
 
 from tests.power.conftest import post
@@ -90,3 +90,72 @@ def test_checker_scheduled_by_migration(db):
     task = PeriodicTask.objects.get(task="apps.power.tasks.check_power_windows")
     assert task.enabled and task.interval.every <= 5 and task.interval.period == "seconds"
     assert PeriodicTask.objects.filter(task="apps.power.tasks.prune_power_actions").exists()
+
+
+def expired_window(user, *modules) -> MaintenanceWindow:
+    now = timezone.now()
+    w = MaintenanceWindow.objects.create(source="power", mode="ttl", starts_at=now - timedelta(seconds=10),
+                                         ends_at=now - timedelta(seconds=1), created_by=user)
+    w.modules.set(modules)
+    return w
+
+
+def test_busy_module_at_expiry_is_stopped_on_the_next_tick(power_on, controller, fleet, compose_switch):
+    """The stop at expiry is refused (another action holds the module): the window stays unhandled and the
+    next tick stops it; each try is an audited row."""
+    power_on.VX11_POWER_WINDOW_RETRY_SECONDS = 0
+    w = expired_window(controller, fleet["switch"], fleet["madre"])
+    control = ServiceControl.objects.get(module=fleet["switch"])
+    assert control.claim("restart by someone")
+
+    assert check_power_windows() == {"stopped": [], "failed": ["switch"]}
+    assert compose_switch.calls() == []
+    w.refresh_from_db()
+    assert w.expired_handled_at is None
+    control.release()
+
+    assert check_power_windows() == {"stopped": ["switch"], "failed": []}
+    assert [c[-2:] for c in compose_switch.calls()] == [["stop", "switch"]]
+    w.refresh_from_db()
+    assert w.expired_handled_at is not None
+    assert check_power_windows() == {"stopped": [], "failed": []}  # done: nothing more
+    rows = PowerAction.objects.filter(action="stop").order_by("id")
+    assert [(r.result, r.http_status, r.actor) for r in rows] == [
+        ("refused", 409, f"window #{w.id} expiry (try 1)"), ("ok", 200, f"window #{w.id} expiry (try 2)")]
+    assert WindowStop.objects.get(window=w).state == "done"  # madre has none: never stopped
+
+
+def test_failing_stop_retried_after_the_delay_then_given_up(power_on, controller, fleet, stand_in):
+    power_on.VX11_POWER_WINDOW_RETRY_SECONDS = 30
+    power_on.VX11_POWER_WINDOW_STOP_ATTEMPTS = 2
+    docker = stand_in("docker", exit_code=1)
+    ServiceControl.objects.create(module=fleet["switch"], backend="compose")
+    w = expired_window(controller, fleet["switch"])
+
+    assert expire_windows()[0].result == "error"
+    assert expire_windows() == []  # not before the retry delay
+    assert [a.result for a in expire_windows(timezone.now() + timedelta(seconds=31))] == ["error"]
+    stop = WindowStop.objects.get(window=w)
+    assert (stop.state, stop.attempts) == ("gave_up", 2)
+    w.refresh_from_db()
+    assert w.expired_handled_at is not None  # given up counts as handled
+    assert expire_windows(timezone.now() + timedelta(seconds=300)) == []
+    assert len(docker.calls()) == 2 == PowerAction.objects.filter(action="stop", result="error").count()
+    WindowStop.objects.create(window=expired_window(controller, fleet["hermes"]), module=fleet["hermes"])
+    MaintenanceWindow.objects.filter(pk=w.pk).update(starts_at=w.starts_at - timedelta(days=400), ends_at=w.ends_at - timedelta(days=400))
+    assert WindowStop.prune() == 1 and WindowStop.objects.get().module.slug == "hermes"  # the old window's row goes
+
+
+def test_task_stops_one_module_per_tick(power_on, controller, fleet, stand_in):
+    """A window of many modules is worked off one stop per call, so the task's time limit is one stop's worst case."""
+    docker = stand_in("docker")
+    for slug in ("switch", "hermes"):
+        ServiceControl.objects.create(module=fleet[slug], backend="compose")
+    w = expired_window(controller, fleet["switch"], fleet["hermes"])
+    assert check_power_windows() == {"stopped": ["hermes"], "failed": []}
+    w.refresh_from_db()
+    assert w.expired_handled_at is None
+    assert check_power_windows() == {"stopped": ["switch"], "failed": []}
+    w.refresh_from_db()
+    assert w.expired_handled_at is not None and len(docker.calls()) == 2
+    assert check_power_windows.soft_time_limit >= 300 + power_on.VX11_POWER_HEALTH_TIMEOUT  # longest grace + /health wait
