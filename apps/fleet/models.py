@@ -285,10 +285,18 @@ class StateChange(models.Model):
         indexes = [
             # module page and the state-changes API, newest first
             models.Index(fields=["module", "-at"], name="change_module_time"),
+            # prune by age: StateChange.prune()
+            models.Index(fields=["at"], name="change_time"),
         ]
 
     def __str__(self) -> str:
         return f"{self.module_id}: {self.from_state} → {self.to_state}"
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        """State changes are kept as long as daily rollups (their deliveries go with them)."""
+        cutoff = (now or timezone.now()) - timedelta(days=settings.VX11_DAY_RETENTION_DAYS)
+        return prune_in_chunks(cls.objects.filter(at__lt=cutoff))
 
     @property
     def event_data(self) -> dict:
@@ -538,7 +546,10 @@ def maintain_history(now: datetime | None = None) -> dict:
     Rollup.refresh_uptimes(now)
     pruned_raw = HealthCheck.prune(now)
     pruned_rollups = Rollup.prune(now)
-    return {"rolled_up": written, "pruned_raw": pruned_raw, "pruned_rollups": pruned_rollups}
+    pruned_changes = StateChange.prune(now)
+    pruned_windows = MaintenanceWindow.prune(now)
+    return {"rolled_up": written, "pruned_raw": pruned_raw, "pruned_rollups": pruned_rollups,
+            "pruned_changes": pruned_changes, "pruned_windows": pruned_windows}
 
 
 __all__ = ["Module", "HealthCheck", "StateChange", "Rollup", "ProbeResult", "Outcome", "State", "maintain_history"]
@@ -728,6 +739,12 @@ class MaintenanceWindow(models.Model):
         """The windows that hold `module` at moment `at` (empty queryset = not in a window)."""
         module_id = module if isinstance(module, int) else module.pk
         return cls.active_at(at).filter(modules__id=module_id)
+
+    @classmethod
+    def prune(cls, now: datetime | None = None) -> int:
+        """Windows that ended more than VX11_WINDOW_RETENTION_DAYS ago (their power stop rows go with them)."""
+        cutoff = (now or timezone.now()) - timedelta(days=settings.VX11_WINDOW_RETENTION_DAYS)
+        return prune_in_chunks(cls.objects.filter(ends_at__lt=cutoff))
 
     @classmethod
     def module_in_window(cls, module: Module | int, at: datetime) -> bool:

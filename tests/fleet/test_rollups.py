@@ -110,3 +110,19 @@ def test_prune_in_chunks_keeps_the_window_and_what_is_not_rolled_up():
     # minute rollups older than a day went too; hours stay
     assert not Rollup.objects.filter(period="minute", bucket_start__lt=now - timedelta(days=1)).exists()
     assert Rollup.objects.filter(period="hour").count() == 30
+
+
+@override_settings(VX11_DAY_RETENTION_DAYS=30, VX11_WINDOW_RETENTION_DAYS=10)
+def test_old_state_changes_and_ended_windows_are_pruned():
+    from apps.fleet.models import MaintenanceWindow, StateChange
+
+    m = Module.objects.get(slug="madre")
+    now = DAY + timedelta(days=60)
+    old = StateChange.objects.create(module=m, at=now - timedelta(days=31), from_state="up", to_state="down", reason="old")
+    kept = StateChange.objects.create(module=m, at=now - timedelta(days=29), from_state="down", to_state="up", reason="recent")
+    ended = MaintenanceWindow.objects.create(starts_at=now - timedelta(days=12), ends_at=now - timedelta(days=11))
+    recent = MaintenanceWindow.objects.create(starts_at=now - timedelta(days=9), ends_at=now - timedelta(days=8))
+    summary = maintain_history(now)
+    assert (summary["pruned_changes"], summary["pruned_windows"]) == (1, 1)
+    assert list(StateChange.objects.values_list("id", flat=True)) == [kept.id] and old.id != kept.id
+    assert list(MaintenanceWindow.objects.values_list("id", flat=True)) == [recent.id] and ended.id != recent.id
