@@ -291,6 +291,13 @@ VX11_FLOW_EXCERPT_CHARS = envint("VX11_FLOW_EXCERPT_CHARS", 2000)  # stored exce
 VX11_FLOW_INTERVAL_SECONDS = envint("VX11_FLOW_INTERVAL_SECONDS", 300)  # beat schedule the data migration creates (editable in the admin)
 VX11_FLOW_RUN_RETENTION_DAYS = envint("VX11_FLOW_RUN_RETENTION_DAYS", 30)  # runs (and their step results) older than this are pruned
 VX11_FLOW_RUN_STALE_SECONDS = envint("VX11_FLOW_RUN_STALE_SECONDS", 1800)  # an unfinished run older than this (or 2x its longest wait) was interrupted
+VX11_FLOW_SYNC_MAX_SECONDS = envint("VX11_FLOW_SYNC_MAX_SECONDS", 60)  # API run with wait=true refused (409) when the flow's longest wait is over this
+# models a flow's db step may query ("app.Model" or "app.*"); auth, sessions, accounts, admin are refused even if listed
+VX11_FLOW_DB_MODELS = [m.strip() for m in os.environ.get(
+    "VX11_FLOW_DB_MODELS",
+    "daughters.Daughter,daughters.DaughterTask,flows.*,fleet.Module,fleet.StateChange,power.PowerAction").split(",") if m.strip()]
+# environment variables a flow may read as {{ env.NAME }}, besides every VX11_FLOW_* name (VX11_TOKEN never)
+VX11_FLOW_ENV_NAMES = [n.strip() for n in os.environ.get("VX11_FLOW_ENV_NAMES", "").split(",") if n.strip()]
 
 
 LOGGING = {

@@ -90,6 +90,13 @@ class FlowAdmin(admin.ModelAdmin):
     actions = [run_now]
     change_form_template = "admin/flows/flow/change_form.html"
 
+    def get_changelist_instance(self, request):
+        """The page's flows with their step counts and recent runs attached (Flow.with_summaries): the list
+        costs the same few queries for 3 flows or 100."""
+        changelist = super().get_changelist_instance(request)
+        changelist.result_list = Flow.with_summaries(changelist.result_list)
+        return changelist
+
     @admin.display(description="last result")
     def last_result(self, obj):
         last = obj.last_run()
@@ -106,7 +113,7 @@ class FlowAdmin(admin.ModelAdmin):
 
     @admin.display(description="steps")
     def step_count(self, obj):
-        return obj.steps.count()
+        return obj.step_count()
 
     def get_urls(self):
         return [path("<int:flow_id>/run/", self.admin_site.admin_view(self.run_view), name="flows_flow_run"), *super().get_urls()]

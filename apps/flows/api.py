@@ -3,6 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from ninja import Body, Field, Router, Schema, Status
@@ -96,6 +97,13 @@ def _flow(name: str) -> Flow:
     return get_object_or_404(Flow, name=name)
 
 
+def _require(request, perm: str, what: str) -> None:
+    """A definition decides what the portal calls and reads, so writing one takes the model permission
+    (as in the admin), not just a read-write key."""
+    if not request.user.has_perm(perm):
+        raise HttpError(403, f"{what} needs the permission {perm}; user {request.user.get_username()!r} does not have it")
+
+
 def _save(spec: Any, replace: bool) -> Flow:
     try:
         return Flow.save_spec(spec, replace=replace)
@@ -114,6 +122,7 @@ def list_flows(request, enabled: bool | None = None):
 
 @router.post("/flows", response={201: FlowDetailOut}, summary="Create a flow from a definition (the YAML/JSON file shape)")
 def create_flow(request, definition: dict[str, Any] = Body(..., description='{"name": "D", "steps": [...]}')):
+    _require(request, "flows.add_flow", "creating a flow")
     name = definition.get("name")
     if isinstance(name, str) and Flow.objects.filter(name=name).exists():
         raise HttpError(409, f"flow {name} already exists; PUT /api/flows/{name} replaces it")
@@ -136,6 +145,7 @@ def read_flow(request, name: str):
 
 @router.put("/flows/{name}", response=FlowDetailOut, summary="Replace a flow's definition (steps and all)")
 def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
+    _require(request, "flows.change_flow", "replacing a flow")
     _flow(name)
     if definition.get("name", name) != name:
         raise HttpError(422, f"name in the body ({definition.get('name')!r}) differs from the URL ({name!r})")
@@ -143,10 +153,15 @@ def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
 
 
 @router.post("/flows/{name}/run", response={200: RunDetailOut, 202: QueuedOut},
-             summary="Run a flow: wait for the end (200, the run with its steps) or, with ?wait=false, queue it (202, poll its url)")
+             summary="Run a flow: wait for the end (200, the run with its steps; 409 if the flow may take longer than "
+                     "VX11_FLOW_SYNC_MAX_SECONDS) or, with ?wait=false, queue it (202, poll its url)")
 def run_flow(request, name: str, wait: bool = True):
     flow = _flow(name)
     if wait:
+        longest, bound = flow.longest_seconds(), settings.VX11_FLOW_SYNC_MAX_SECONDS
+        if longest > bound:  # a request thread must not wait that long
+            raise HttpError(409, f"flow {flow.name} may take up to {longest:g} s, over the {bound:g} s a request may wait "
+                                 f"(VX11_FLOW_SYNC_MAX_SECONDS); run it with ?wait=false and poll the run's url")
         return flow.run(trigger="api", user=request.user)
     run = flow.queue(trigger="api", user=request.user)
     if run.status == FlowRun.Status.FAILED:

@@ -2,7 +2,7 @@
 
 A flow is stored in the ORM (editable in the admin, steps inline) and can be loaded from a YAML or
 JSON file of the same shape as `Flow.to_spec()`. Validation lives in one place, `check_spec()`, a
-pure function the loader, the API, the admin and the data migration all go through, so a bad
+pure function the loader, the API and the admin all go through, so a bad
 definition is refused everywhere with a message naming the bad step.
 
 A step is one of three kinds:
@@ -17,14 +17,16 @@ Captured values are used by later steps as `{{ steps.N.name }}` (N is the 1-base
 from __future__ import annotations
 
 import logging
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
 
 from django.apps import apps as django_apps
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models, transaction
+from django.db.models import Count, Prefetch
 from django.utils import timezone
 
 from apps.events.models import publish
@@ -48,8 +50,79 @@ DB_KEYS = {"model", "filter", "expect", "fail_on", "within", "min_count"}
 SPAWN_KEYS = {"kind", "params", "source", "description", "ttl_seconds", "max_retries", "intent_id"}
 SPAWN_CAPTURES = ("task_id", "daughter_ids", "status")
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
-CANONICAL = ("A", "B", "C")  # loaded by migration 0002
+CANONICAL = ("A", "B", "C")  # frozen into migration 0002 (a test keeps the two in step)
 MAX_FILE_BYTES = 1_000_000  # a definition file larger than this is refused
+# apps whose tables hold credentials or sessions: a db step never reads them, whatever VX11_FLOW_DB_MODELS says
+NEVER_APPS = {"auth", "sessions", "accounts", "admin", "contenttypes", "authtoken", "otp_static", "otp_totp"}
+NEVER_ENV = {"VX11_TOKEN", "VX11_TOKEN_FILE"}  # secrets of the portal itself: never readable by a flow
+
+
+# -- what a flow may read: models (db steps) and environment variables ({{ env.NAME }}) ---------
+
+
+def model_allowed(model) -> bool:
+    """A model a db step may query: listed in VX11_FLOW_DB_MODELS ("app.Model" or "app.*") and not in an app
+    holding credentials (NEVER_APPS) nor the user model."""
+    app, name = model._meta.app_label.lower(), model._meta.object_name.lower()
+    if app in NEVER_APPS or model._meta.label_lower == settings.AUTH_USER_MODEL.lower():
+        return False
+    for entry in settings.VX11_FLOW_DB_MODELS:
+        want_app, _, want_model = entry.lower().partition(".")
+        if want_app == app and want_model in ("*", name):
+            return True
+    return False
+
+
+def flow_model(label: str):
+    """The model a db step names, if flows may read it; ValueError otherwise."""
+    try:
+        model = django_apps.get_model(label)
+    except (LookupError, ValueError):
+        raise ValueError(f"unknown model {label!r}") from None
+    if not model_allowed(model):
+        raise ValueError(f"model {label!r} is not one a flow may read; allowed (setting VX11_FLOW_DB_MODELS): "
+                         f"{', '.join(settings.VX11_FLOW_DB_MODELS) or 'none'}")
+    return model
+
+
+def check_lookup(model, lookup: str, what: str) -> None:
+    """A filter/expect/fail_on lookup names a field of the model and follows relations only into models a
+    flow may read (else `task__created_by__password__startswith` would read the user table a bit at a time)."""
+    parts = lookup.split("__")
+    current = model
+    for i, part in enumerate(parts):
+        meta = current._meta
+        try:
+            field = meta.pk if part == "pk" else meta.get_field(part)
+        except FieldDoesNotExist:
+            field = next((f for f in meta.concrete_fields if f.attname == part), None)
+            if field is None:
+                if i == 0:
+                    raise ValueError(f"{what}: {model._meta.label} has no field {part!r}") from None
+                return  # a lookup or transform: status__in, created__date
+            return  # an attname (task_id): the value itself, no relation followed
+        if not field.is_relation or field.related_model is None or i + 1 == len(parts):
+            return  # a plain field (what follows is a lookup or a JSON key), or a relation compared by pk
+        related = field.related_model
+        following = parts[i + 1]
+        names = {f.name for f in related._meta.get_fields()} | {f.attname for f in related._meta.concrete_fields}
+        if following not in names or following in ("pk", related._meta.pk.name, related._meta.pk.attname):
+            return  # task__in, triggered_by__isnull, task__pk: compares the key only
+        if not model_allowed(related):
+            raise ValueError(f"{what}: {lookup!r} reaches {related._meta.label}, which a flow may not read")
+        current = related
+
+
+def env_allowed(name: str) -> bool:
+    """An environment variable a flow may read: VX11_FLOW_* or listed in VX11_FLOW_ENV_NAMES; never VX11_TOKEN."""
+    if name in NEVER_ENV or name.endswith("_FILE"):
+        return False
+    return name.startswith("VX11_FLOW_") or name in settings.VX11_FLOW_ENV_NAMES
+
+
+def env_refused(name: str) -> str:
+    return (f"{name} is not an environment variable a flow may read (names starting VX11_FLOW_, or listed in "
+            f"VX11_FLOW_ENV_NAMES; never VX11_TOKEN)")
 
 
 # -- the definition: one validating function for every way in ---------------------------------
@@ -82,10 +155,22 @@ def _jsonpath(expr, what: str) -> None:
 
 def _number(value, what: str, low: float = 0, high: float | None = None, integer: bool = False):
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < low or (high is not None and value > high):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < low or (high is not None and value > high):
         bound = f" and at most {high:g}" if high is not None else ""
         raise ValueError(f"{what} must be a{'n integer' if integer else ' number'} of at least {low:g}{bound}, not {value!r}")
     return value
+
+
+def _finite(value, what: str) -> None:
+    """NaN and Infinity: Python's JSON reads them, PostgreSQL's jsonb and every other JSON reader refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}: numbers must be finite (NaN and Infinity are not JSON)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{what}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite(item, f"{what}[{i}]")
 
 
 def _unknown(keys, allowed, what: str) -> None:
@@ -184,7 +269,10 @@ def _spawn_step(raw: dict) -> dict:
         raise ValueError("spawn must be an object with kind, params, ttl_seconds ...")
     _unknown(spawn, SPAWN_KEYS, "spawn")
     if not isinstance(spawn.get("kind"), str) or not spawn["kind"]:
-        raise ValueError("spawn.kind is required (http, command, flow)")
+        raise ValueError("spawn.kind is required (http, command, ...)")
+    if spawn["kind"].strip().lower() == "flow":
+        raise ValueError("spawn.kind 'flow' is refused: a flow may not start flows (one naming itself, or A -> B -> A, "
+                         "would spawn forever); run the other flow on its own")
     if not isinstance(spawn.get("params", {}), dict):
         raise ValueError("spawn.params must be an object")
     if "ttl_seconds" in spawn:
@@ -201,6 +289,8 @@ def _step(raw, number: int, captured: dict[int, set]) -> dict:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     _unknown(raw, STEP_KEYS[kind] | {"name", "kind"}, "step")
+    for key, value in raw.items():
+        _finite(value, key)
     name = raw.get("name") or f"step {number}"
     if not isinstance(name, str) or len(name) > 100:
         raise ValueError("name must be a string of at most 100 characters")
@@ -213,8 +303,10 @@ def _step(raw, number: int, captured: dict[int, set]) -> dict:
             raise ValueError(f"capture name {key!r} must be a Python-like identifier")
         _jsonpath(expr, f"capture.{key}")
     for match in _templates_in(fields):
-        if match[2] is None:
-            continue  # {{ env.VX11_... }}
+        if match[2] is None:  # {{ env.VX11_... }}
+            if not env_allowed(match[4]):
+                raise ValueError(f"template {match[0]}: {env_refused(match[4])}")
+            continue
         ref, key = int(match[2]), match[3]
         if ref >= number:
             raise ValueError(f"template {match[0]} refers to step {ref}, which does not run before step {number}")
@@ -267,16 +359,13 @@ def check_references(steps: list[dict], flow_name: str) -> None:
         if step["kind"] == "http" and step["module"] not in slugs:
             raise ValidationError(f"{where_}: unknown module {step['module']!r}; known: {', '.join(sorted(slugs))}")
         if step["kind"] == "db":
-            label = step["db"]["model"]
             try:
-                model = django_apps.get_model(label)
-            except (LookupError, ValueError):
-                raise ValidationError(f"{where_}: unknown model {label!r}") from None
-            names = {f.name for f in model._meta.get_fields()} | {f.attname for f in model._meta.concrete_fields} | {"pk"}
-            for part in ("filter", "expect", "fail_on"):
-                for lookup in step["db"][part]:
-                    if lookup.split("__")[0] not in names:
-                        raise ValidationError(f"{where_}: db.{part}: {label} has no field {lookup.split('__')[0]!r}")
+                model = flow_model(step["db"]["model"])
+                for part in ("filter", "expect", "fail_on"):
+                    for lookup in step["db"][part]:
+                        check_lookup(model, lookup, f"db.{part}")
+            except ValueError as exc:
+                raise ValidationError(f"{where_}: {exc}") from None
 
 
 def parse_file(text: str, filename: str = "") -> dict:
@@ -354,12 +443,33 @@ class Flow(models.Model):
 
     # runs
 
+    HISTORY = 20  # finished runs in a flow's pass/fail strip on the admin list
+
     def last_run(self) -> FlowRun | None:
+        if hasattr(self, "recent_runs"):  # attached by with_summaries()
+            return self.recent_runs[0] if self.recent_runs else None
         return self.runs.exclude(status__in=FlowRun.UNFINISHED).first()
 
-    def history(self, limit: int = 20) -> list[FlowRun]:
+    def history(self, limit: int = HISTORY) -> list[FlowRun]:
         """The latest finished runs, oldest first (the admin's pass/fail strip)."""
+        if hasattr(self, "recent_runs") and limit <= self.HISTORY:
+            return self.recent_runs[:limit][::-1]
         return list(self.runs.exclude(status__in=FlowRun.UNFINISHED)[:limit])[::-1]
+
+    def step_count(self) -> int:
+        return self.step_total if hasattr(self, "step_total") else self.steps.count()
+
+    @classmethod
+    def with_summaries(cls, flows) -> list[Flow]:
+        """Attach each flow's step count and latest HISTORY finished runs (newest first) in two queries,
+        however many flows there are (the admin list); last_run(), history() and step_count() read them."""
+        flows = list(flows)
+        finished = FlowRun.objects.exclude(status__in=FlowRun.UNFINISHED).order_by("-started_at", "-id")
+        models.prefetch_related_objects(flows, Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs"))
+        counts = dict(Step.objects.filter(flow__in=flows).values("flow").annotate(n=Count("id")).values_list("flow", "n"))
+        for flow in flows:
+            flow.step_total = counts.get(flow.id, 0)
+        return flows
 
     def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
         """Run now, in this process; see apps.flows.runner."""

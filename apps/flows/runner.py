@@ -13,17 +13,18 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
 from django.utils import timezone
 
 from apps.events.models import publish
 
-from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult
+from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult, check_lookup, env_allowed, env_refused, flow_model
 
 MAX_RESPONSE_BYTES = 5_000_000  # a step reads at most this much of an answer
 SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", re.I)
+ENV_TEMPLATE = re.compile(r"\{\{\s*env\.(VX11_[A-Z0-9_]+)\s*\}\}")
+MASK = "***"
 _MISSING = object()
 
 
@@ -37,6 +38,7 @@ class Outcome:
     response_status: int | None = None
     response_excerpt: str = ""
     captured: dict = field(default_factory=dict)
+    secrets: tuple = ()  # values of the environment variables the flow reads: masked wherever stored
 
 
 def excerpt(text: str) -> str:
@@ -64,6 +66,8 @@ def render(value, captured: dict[int, dict]):
 
     def lookup(match: re.Match):
         if match[4]:
+            if not env_allowed(match[4]):
+                raise StepFailed(f"template {match[0]}: {env_refused(match[4])}")
             if match[4] not in os.environ:
                 raise StepFailed(f"template {match[0]}: environment variable {match[4]} is not set")
             return os.environ[match[4]]
@@ -79,6 +83,30 @@ def render(value, captured: dict[int, dict]):
     if whole:
         return lookup(whole)
     return TEMPLATE.sub(lambda m: str(lookup(m)), value)
+
+
+def env_secrets(steps) -> tuple[str, ...]:
+    """The values of the environment variables these steps read (longest first): a run stores none of them."""
+    text = json.dumps([[step.path, step.headers, step.body, step.checks, step.db, step.spawn] for step in steps], default=str)
+    values = {os.environ.get(name) for name in ENV_TEMPLATE.findall(text) if env_allowed(name)}
+    return tuple(sorted((v for v in values if v), key=len, reverse=True))
+
+
+def mask(value, secrets: tuple):
+    """`value` with every secret replaced by ***, in strings inside dicts and lists too."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {mask(k, secrets): mask(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v, secrets) for v in value]
+    if value is not None and not isinstance(value, bool) and str(value) in secrets:
+        return MASK
+    return value
 
 
 # -- JSON paths ------------------------------------------------------------------------------
@@ -160,7 +188,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
     url = module.base_url.rstrip("/") + path
     out.request = {"method": step.method, "url": url, "headers": masked(headers)}
     if body is not None:
-        out.request["body"] = excerpt(json.dumps(body))
+        out.request["body"] = excerpt(mask(json.dumps(body), out.secrets))
     timeout = min(step.timeout or settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_MAX_WAIT_SECONDS)
     started = time.perf_counter()
     try:
@@ -171,7 +199,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
         raise StepFailed(f"{step.module} unreachable at {url}: {type(exc).__name__} {exc}".strip()) from None
     latency = (time.perf_counter() - started) * 1000
     out.response_status = response.status_code
-    out.response_excerpt = excerpt(response.text)
+    out.response_excerpt = excerpt(mask(response.text, out.secrets))
     if step.expect_status is not None and response.status_code != step.expect_status:
         raise StepFailed(f"expected status {step.expect_status}, got {response.status_code}{error_detail(response)}")
     if step.max_latency_ms is not None and latency > step.max_latency_ms:
@@ -189,10 +217,13 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
 
 def run_db(step: Step, captured: dict, out: Outcome) -> None:
     spec = render(step.db, captured)
-    try:
-        model = django_apps.get_model(spec["model"])
-    except (LookupError, ValueError):
-        raise StepFailed(f"unknown model {spec['model']!r}") from None
+    try:  # checked at save too; again here for a step edited behind validation's back or a narrowed setting
+        model = flow_model(spec["model"])
+        for part in ("filter", "expect", "fail_on"):
+            for lookup in spec[part]:
+                check_lookup(model, lookup, f"db.{part}")
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from None
     within, min_count = float(spec.get("within") or 0), int(spec.get("min_count") or 1)
     out.request = {"model": spec["model"], "filter": spec["filter"], "expect": spec["expect"], "fail_on": spec["fail_on"], "within": within}
     deadline = time.monotonic() + within
@@ -203,15 +234,15 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
             count = rows.count()
             bad = rows.filter(**spec["fail_on"]).first() if spec["fail_on"] else None
             if bad is not None:
-                out.response_excerpt = excerpt(describe_rows(rows, lookups))
+                out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 raise StepFailed(f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad, lookups)}")
             matching = rows.filter(**spec["expect"]).count() if spec["expect"] else count
             if count >= min_count and matching == count:
-                out.response_excerpt = excerpt(describe_rows(rows, lookups))
+                out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 out.captured = {"count": count, "ids": list(rows.values_list("pk", flat=True)[:100])}
                 return
             if time.monotonic() >= deadline:
-                out.response_excerpt = excerpt(describe_rows(rows, lookups))
+                out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 if count < min_count:
                     raise StepFailed(f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}")
                 raise StepFailed(f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s")
@@ -240,6 +271,8 @@ def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
     except ImportError:
         raise StepFailed("the daughters app is not available (apps.daughters.models.DaughterTask)") from None
     spec = render(step.spawn, captured)
+    if str(spec.get("kind", "")).strip().lower() == "flow":
+        raise StepFailed("spawn.kind 'flow' is refused: a flow may not start flows")
     kwargs = {k: spec[k] for k in ("source", "description", "ttl_seconds", "max_retries", "intent_id") if k in spec}
     kwargs.setdefault("description", f"flow {step.flow.name} step {step.position}: {step.name}")
     out.request = {"spawn": spec["kind"], "params": spec.get("params", {}), **kwargs}
@@ -291,6 +324,7 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
     run.announce()
     started = time.perf_counter()
     captured: dict[int, dict] = {}
+    secrets = env_secrets(steps)
     failed: StepResult | None = None
     for step in steps:
         if step is not steps[0] and not FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).exists():
@@ -300,7 +334,7 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
             result = StepResult.objects.create(run=run, position=step.position, name=step.name, kind=step.kind, status=StepResult.Status.SKIPPED,
                                                reason=f"skipped: step {failed.position} failed")
         else:
-            result = run_step(run, step, captured)
+            result = run_step(run, step, captured, secrets)
             if result.status == StepResult.Status.FAILED:
                 failed = result
         publish("plan_updated", {"source": "flows", "flow": flow.name, "run_id": run.id, "step": step.position, "name": step.name,
@@ -309,7 +343,7 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
             on_step(result)
     run.finished_at = timezone.now()
     run.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    run.captured = {str(k): v for k, v in captured.items()}
+    run.captured = mask(json.loads(json.dumps({str(k): v for k, v in captured.items()}, default=str)), secrets)
     if failed is None:
         run.status = FlowRun.Status.PASSED
     else:
@@ -326,8 +360,8 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
     return run
 
 
-def run_step(run: FlowRun, step: Step, captured: dict) -> StepResult:
-    out = Outcome()
+def run_step(run: FlowRun, step: Step, captured: dict, secrets: tuple = ()) -> StepResult:
+    out = Outcome(secrets=secrets)
     started = time.perf_counter()
     status, reason = StepResult.Status.PASSED, ""
     try:
@@ -338,8 +372,8 @@ def run_step(run: FlowRun, step: Step, captured: dict) -> StepResult:
     except Exception as exc:  # a bug or an outage must still end the run with a reason
         status, reason = StepResult.Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}"
     return StepResult.objects.create(
-        run=run, position=step.position, name=step.name, kind=step.kind, status=status, reason=reason[:1000],
-        request=json.loads(json.dumps(out.request, default=str)), response_status=out.response_status,
-        response_excerpt=out.response_excerpt, duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        captured=json.loads(json.dumps(out.captured, default=str)),
+        run=run, position=step.position, name=step.name, kind=step.kind, status=status, reason=mask(reason, secrets)[:1000],
+        request=mask(json.loads(json.dumps(out.request, default=str)), secrets), response_status=out.response_status,
+        response_excerpt=mask(out.response_excerpt, secrets), duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        captured=mask(json.loads(json.dumps(out.captured, default=str)), secrets),
     )

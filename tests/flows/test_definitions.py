@@ -156,3 +156,62 @@ def test_an_oversized_answer_fails_the_step(flows, monkeypatch):
     monkeypatch.setattr(runner, "MAX_RESPONSE_BYTES", 150)
     run = Flow.objects.get(name="A").run()
     assert run.failed_step == 3 and run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"module": "madre", "path": "/x", "timeout": float("nan")}, "step 2: timeout is nan: numbers must be finite (NaN and Infinity are not JSON)"),
+    ({"module": "madre", "path": "/x", "expect": {"max_latency_ms": float("inf")}}, "step 2: expect.max_latency_ms is inf: numbers must be finite"),
+    ({"module": "madre", "path": "/x", "body": {"n": [1, float("nan")]}}, "step 2: body.n[1] is nan: numbers must be finite"),
+    ({"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "equals": float("-inf")}]}}, "step 2: expect.json[0].equals is -inf"),
+    ({"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": float("nan")}}, "step 2: db.within is nan: numbers must be finite"),
+    ({"spawn": {"kind": "sleep", "params": {"seconds": float("inf")}}}, "step 2: spawn.params.seconds is inf"),
+])
+def test_non_finite_numbers_are_refused_naming_the_step(fleet, step, message):
+    with pytest.raises(ValidationError) as exc:
+        Flow.save_spec(with_step(step))
+    assert message in exc.value.messages[0], exc.value.messages[0]
+
+
+@pytest.mark.parametrize("kind", ["flow", "Flow"])
+def test_a_spawn_step_may_not_start_a_flow(fleet, kind):
+    """A flow spawning a `flow` daughter naming itself (or A -> B -> A) would spawn forever: refused."""
+    step = {"name": "again", "spawn": {"kind": kind, "params": {"flow": "D"}}}
+    with pytest.raises(ValidationError) as exc:
+        Flow.save_spec(with_step(step))
+    assert exc.value.messages[0].startswith("flow D: step 2 (again): spawn.kind 'flow' is refused: a flow may not start flows")
+
+
+def test_a_spawn_step_of_kind_flow_edited_behind_validation_fails(flows):
+    flow = Flow.save_spec({"name": "T", "steps": [{"name": "again", "spawn": {"kind": "sleep", "params": {"seconds": 0}}}]})
+    Step.objects.filter(flow=flow).update(spawn={"kind": "flow", "params": {"flow": "T"}, "source": "madre"})
+    run = flow.run()
+    assert run.steps.get().reason == "spawn.kind 'flow' is refused: a flow may not start flows"
+
+
+def test_the_migration_rows_and_the_yaml_definitions_agree():
+    """Migration 0002 carries the canonical steps as frozen literal rows; the YAML files stay the source of
+    `vx11 flow load`. If one changes without the other, this says which flow and field drifted."""
+    import importlib
+
+    from apps.flows.models import CANONICAL, check_spec, parse_file
+
+    migration = importlib.import_module("apps.flows.migrations.0002_canonical_flows")
+    frozen = {spec["name"]: spec for spec in migration.FLOWS}
+    assert tuple(frozen) == CANONICAL == migration.CANONICAL
+    for name in CANONICAL:
+        path = DEFINITIONS / f"{name}.yaml"
+        spec = check_spec(parse_file(path.read_text(), path.name))
+        rows = [{**migration.STEP_DEFAULTS, **row} for row in frozen[name]["steps"]]
+        assert rows == [Step.fields_from(step) for step in spec["steps"]], f"flow {name}: migration 0002 and {path.name} differ"
+        assert {k: frozen[name][k] for k in ("title", "description", "enabled")} == {k: spec[k] for k in ("title", "description", "enabled")}
+
+
+def test_the_migrated_flows_match_the_yaml_definitions(db):
+    """What migrate stored (this test database) is what loading the YAML stores."""
+    from apps.flows.models import check_spec, parse_file
+
+    for flow in Flow.objects.all():
+        path = DEFINITIONS / f"{flow.name}.yaml"
+        spec = check_spec(parse_file(path.read_text(), path.name))
+        steps = [Step(**Step.fields_from(step)).to_spec() for step in spec["steps"]]
+        assert flow.to_spec() == {**{k: spec[k] for k in ("name", "title", "description", "enabled")}, "steps": steps}

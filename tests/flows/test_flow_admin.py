@@ -116,3 +116,29 @@ def test_run_durations_and_coherence_are_charted(staff, flows, sim):
     assert 'aria-label="contract coherence over time"' in coherence
     never_run = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
     assert "duration of flow C" not in never_run  # no chart without runs
+
+
+def test_the_list_costs_the_same_queries_for_3_flows_or_10(staff, flows):
+    """Last result, last run time, history strip and step count come from two queries for the whole page."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.flows.models import FlowRun
+
+    def list_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            page = staff.get(reverse("admin:flows_flow_changelist"))
+        assert page.status_code == 200
+        return len(queries)
+
+    def add_runs(flow):
+        FlowRun.objects.bulk_create([FlowRun(flow=flow, status=status, trigger="api") for status in ("passed", "failed", "running")])
+
+    for flow in flows.values():
+        add_runs(flow)
+    three = list_queries()
+    for i in range(7):
+        add_runs(Flow.save_spec({"name": f"F{i}", "steps": [{"module": "madre", "path": "/health"}] * (i + 1)}))
+    page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
+    assert page.count('title="#') == 20 and page.count('data-status="failed"') == 10  # each flow: 2 finished runs, the last failed
+    assert list_queries() == three

@@ -98,14 +98,14 @@ def test_coherence(api, flows, sim):
     assert body["detail"] == {"A": "passed", "C": "failed"}
 
 
-def test_create_and_replace(api, fleet):
-    response = api.post("/api/flows", GOOD, content_type="application/json")
+def test_create_and_replace(editor, fleet):
+    response = editor.post("/api/flows", GOOD, content_type="application/json")
     assert response.status_code == 201 and response.json()["steps"] == 1
-    assert api.post("/api/flows", GOOD, content_type="application/json").status_code == 409
+    assert editor.post("/api/flows", GOOD, content_type="application/json").status_code == 409
 
     longer = {"steps": GOOD["steps"] * 2}
-    assert api.put("/api/flows/D", longer, content_type="application/json").json()["steps"] == 2
-    clash = api.put("/api/flows/D", {**longer, "name": "E"}, content_type="application/json")
+    assert editor.put("/api/flows/D", longer, content_type="application/json").json()["steps"] == 2
+    clash = editor.put("/api/flows/D", {**longer, "name": "E"}, content_type="application/json")
     assert clash.status_code == 422 and "differs from the URL" in clash.json()["detail"]
 
 
@@ -115,8 +115,8 @@ def test_create_and_replace(api, fleet):
     ({"name": "D", "steps": [{"module": "ghost", "path": "/h"}]}, "flow D: step 1: unknown module 'ghost'"),
     ({"name": "D"}, "flow D: steps must be a list"),
 ])
-def test_an_invalid_definition_is_a_422_naming_the_step(api, fleet, body, message):
-    response = api.post("/api/flows", body, content_type="application/json")
+def test_an_invalid_definition_is_a_422_naming_the_step(editor, fleet, body, message):
+    response = editor.post("/api/flows", body, content_type="application/json")
     assert response.status_code == 422 and message in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
 
@@ -144,3 +144,40 @@ def test_auth(flows, readonly_key):
     viewer = Client(headers={"Authorization": f"Bearer {readonly_key}"})
     assert viewer.get("/api/flows").status_code == 200
     assert viewer.post("/api/flows/A/run").status_code == 403
+
+
+@pytest.mark.parametrize("raw, message", [
+    ('{"name": "D", "steps": [{"name": "h", "module": "madre", "path": "/health", "timeout": NaN}]}', "flow D: step 1 (h): timeout is nan"),
+    ('{"name": "D", "steps": [{"module": "madre", "path": "/h", "body": {"x": Infinity}}]}', "flow D: step 1: body.x is inf"),
+    ('{"name": "D", "steps": [{"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": -Infinity}}]}', "flow D: step 1: db.within is -inf"),
+])
+def test_a_non_finite_number_is_a_422_naming_the_step(editor, fleet, raw, message):
+    """Python's JSON reads NaN and Infinity; the definition refuses them (it was a 500)."""
+    response = editor.post("/api/flows", raw, content_type="application/json")
+    assert response.status_code == 422 and message in response.json()["detail"], response.content
+    assert not Flow.objects.filter(name="D").exists()
+    replaced = editor.put("/api/flows/A", raw.replace('"name": "D", ', ""), content_type="application/json")
+    assert replaced.status_code == 422 and message.replace("flow D", "flow A") in replaced.json()["detail"]
+
+
+def test_a_long_flow_is_refused_a_synchronous_run(api, flows, django_capture_on_commit_callbacks):
+    """A run that waits may hold a request thread for the flow's longest wait: over VX11_FLOW_SYNC_MAX_SECONDS
+    (default 60) it is refused with 409 pointing at ?wait=false, which still queues it."""
+    Flow.save_spec({"name": "Slow", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]})
+    response = api.post("/api/flows/Slow/run")
+    assert response.status_code == 409
+    assert response.json()["detail"] == ("flow Slow may take up to 900.05 s, over the 60 s a request may wait (VX11_FLOW_SYNC_MAX_SECONDS); "
+                                         "run it with ?wait=false and poll the run's url")
+    assert not FlowRun.objects.exists()
+    with django_capture_on_commit_callbacks():
+        assert api.post("/api/flows/Slow/run?wait=false").status_code == 202
+
+
+def test_the_canonical_flows_run_synchronously_with_the_default_settings(flows, settings):
+    """With the default step timeout (5 s) A, B and C stay under the default bound of 60 s (B: 2 calls, a
+    spawn, a 30 s DB wait = 45.2 s), so waiting for them keeps working."""
+    from vx11_site import settings as defaults
+
+    settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_DB_POLL_SECONDS = defaults.VX11_FLOW_HTTP_TIMEOUT, defaults.VX11_FLOW_DB_POLL_SECONDS
+    bounds = {name: flow.longest_seconds() for name, flow in flows.items()}
+    assert bounds == {"A": 25.0, "B": 45.2, "C": 20.0} and max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
