@@ -214,6 +214,7 @@ VX11_MINUTE_RETENTION_DAYS = envint("VX11_MINUTE_RETENTION_DAYS", 7)
 VX11_HOUR_RETENTION_DAYS = envint("VX11_HOUR_RETENTION_DAYS", 90)
 VX11_DAY_RETENTION_DAYS = envint("VX11_DAY_RETENTION_DAYS", 730)
 VX11_PRUNE_CHUNK = envint("VX11_PRUNE_CHUNK", 5000)
+VX11_WINDOW_RETENTION_DAYS = envint("VX11_WINDOW_RETENTION_DAYS", 365)  # ended maintenance/power windows kept
 # Notifications by e-mail: Django's mail settings; a hung SMTP server must not outlive the retry backoff.
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if os.environ.get("EMAIL_HOST") else "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -8,18 +8,9 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from vx11_site.display import badge
+
 from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
-
-COLOURS = {"finished": "#1a7f37", "completed": "#1a7f37", "running": "#0969da", "retrying": "#b58105", "mutated": "#b58105",
-           "failed": "#cf222e", "expired": "#cf222e", "killed": "#6e7781", "cancelled": "#6e7781",
-           "success": "#1a7f37", "error": "#cf222e", "timeout": "#cf222e"}
-
-
-def badge(status: str, kind: str = "", pk=None) -> str:
-    """A coloured status; with kind "task" or "daughter" and a pk, static/vx11/live.js keeps it current."""
-    return format_html('<span class="vx11-work" data-{}="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-                       kind or "static", pk or "", COLOURS.get(status, "#8c959f"), status)
-
 
 class AgeFilter(admin.SimpleListFilter):
     title = "age"
@@ -78,7 +69,7 @@ class DaughterInline(admin.TabularInline):
 
     @admin.display(description="status")
     def status_badge(self, obj):
-        return badge(obj.status, "daughter", obj.pk)
+        return badge(obj.status, "vx11-work", daughter=obj.pk)
 
 
 @admin.action(description="Cancel the selected tasks (kill their live daughters)")
@@ -138,7 +129,7 @@ class DaughterTaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
-        return badge(obj.status, "task", obj.pk)
+        return badge(obj.status, "vx11-work", task=obj.pk)
 
     @admin.display(description="daughters")
     def daughters_summary(self, obj):
@@ -193,5 +184,5 @@ class DaughterAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
-        return badge(obj.status, "daughter", obj.pk)
+        return badge(obj.status, "vx11-work", daughter=obj.pk)
 

@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from apps.events.models import publish
 from apps.fleet.models import Module
+from vx11_site import display
 from vx11_site.db import bulk_set, prune_in_chunks
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,7 @@ TASK_EVENTS_ONE_BY_ONE = 10  # more changed tasks than this get one aggregated p
 
 
 def tail(text: str | bytes | None, limit: int | None = None) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    limit = limit or settings.VX11_DAUGHTER_OUTPUT_CHARS
-    text = text or ""
-    return text if len(text) <= limit else "…" + text[-limit:]
+    return display.tail(text, limit or settings.VX11_DAUGHTER_OUTPUT_CHARS)
 
 
 # --- kinds of work ------------------------------------------------------------------------------

@@ -5,23 +5,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from vx11_site.charts import svg_chart
+from vx11_site.display import badge, svg_chart
 
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
-
-BADGE_COLOURS = {"up": "#1a7f37", "degraded": "#b58105", "down": "#cf222e", "unknown": "#6e7781"}
-
-
-def badge(state: str, slug: str = "") -> str:
-    return format_html(
-        '<span class="vx11-badge" data-module="{}" data-state="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-        slug,
-        state,
-        BADGE_COLOURS.get(state, "#6e7781"),
-        state,
-    )
-
 
 @admin.action(description="Probe now")
 def probe_now(modeladmin, request, queryset):
@@ -53,7 +40,7 @@ class ModuleAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="state")
     def status_badge(self, obj):
-        return badge(obj.state, obj.slug)
+        return badge(obj.state, module=obj.slug, state=obj.state)
 
     @admin.display(description="last latency", ordering="last_latency_ms")
     def latency(self, obj):

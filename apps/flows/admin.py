@@ -7,16 +7,13 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import PeriodicTask
 
-from vx11_site.charts import svg_chart
+from vx11_site import display
+from vx11_site.display import svg_chart
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
-COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "running": "#0969da", "queued": "#8250df", "skipped": "#6e7781"}
-
-
 def badge(status: str) -> str:
-    return format_html('<span class="vx11-badge" data-status="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-                       status, COLOURS.get(status, "#6e7781"), status)
+    return display.badge(status, status=status)
 
 
 def history_strip(flow: Flow, limit: int = 20) -> str:
@@ -27,7 +24,7 @@ def history_strip(flow: Flow, limit: int = 20) -> str:
     return format_html_join(
         "", '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
         ((reverse("admin:flows_flowrun_change", args=[r.id]), r.id, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-          COLOURS.get(r.status, "#6e7781")) for r in runs))
+          display.STATUS_COLOURS.get(r.status, display.NEUTRAL)) for r in runs))
 
 
 class StepFormSet(BaseInlineFormSet):

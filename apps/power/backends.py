@@ -16,12 +16,13 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import httpx
 from django.conf import settings
+
+from vx11_site import display
 
 OUTPUT_TAIL = 4000  # characters of output kept on the row; output.log in the evidence folder has it all
 POLL = 0.05
@@ -43,7 +44,7 @@ class Outcome:
 
 
 def tail(text: str, limit: int = OUTPUT_TAIL) -> str:
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return display.tail(text, limit)
 
 
 # --- external commands: docker compose, systemctl ----------------------------------------------
