@@ -3,7 +3,7 @@
 // (status_changed with daughter_id, or a reaper sweep's daughter_ids) and tasks (plan_updated). No reload.
 (function () {
   const COLOURS = { up: "#1a7f37", degraded: "#b58105", down: "#cf222e", unknown: "#6e7781" };
-  // as apps/daughters/admin.py COLOURS
+  // as vx11_site/display.py STATUS_COLOURS
   const WORK = { finished: "#1a7f37", completed: "#1a7f37", running: "#0969da", retrying: "#b58105", mutated: "#b58105",
                  failed: "#cf222e", expired: "#cf222e", killed: "#6e7781", cancelled: "#6e7781" };
   const indicator = document.getElementById("vx11-live");
