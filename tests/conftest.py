@@ -194,11 +194,19 @@ class WorkerProcess:
     def __init__(self, env: dict, name: str, log: Path):
         self.env, self.name, self.log, self.proc = env, name, log, None
 
-    def start(self, concurrency: int = 4) -> "WorkerProcess":
+    def start(self, concurrency: int = 4, ready_within: float = 60) -> "WorkerProcess":
+        """Start and wait until the worker says it is ready, so a test's own timeouts never include
+        the worker's start-up (seconds on a loaded machine)."""
+        readies = self.log.read_text().count(" ready.") if self.log.exists() else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-P", "threads", "-c", str(concurrency), "-l", "INFO",
              "-n", f"{self.name}-{time.monotonic_ns()}@%h"],
             cwd=ROOT, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_within
+        while self.log.read_text().count(" ready.") <= readies:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{self.output()}")
+            time.sleep(0.1)
         return self
 
     def kill(self, sig=signal.SIGKILL) -> None:
