@@ -6,7 +6,9 @@ Auth: a Django session of a staff user, or a per-user API key sent as
 
 from django.http import HttpRequest
 from ninja import NinjaAPI
+from ninja import Field
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.pagination import LimitOffsetPagination
 from ninja.security import SessionAuthIsStaff
 
 from apps.accounts.models import ApiKey
@@ -37,6 +39,13 @@ class ApiKeyAuth:
     def refuse(self, request: HttpRequest, user, status: int, message: str, **extra):
         """Say no; a router that audits refusals (apps.power) records them first."""
         raise HttpError(status, message)
+
+
+class Paged(LimitOffsetPagination):
+    """limit/offset paging for every list; an offset beyond any table (past 64 bits) is a 422, not a database error."""
+
+    class Input(LimitOffsetPagination.Input):
+        offset: int = Field(0, ge=0, le=2**62)
 
 
 def validation_detail(exc) -> str:

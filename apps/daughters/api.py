@@ -7,10 +7,10 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import validation_detail
+from vx11_site.api import Paged, validation_detail
 
 from .models import PRIORITIES, Daughter, DaughterTask
 
@@ -113,7 +113,7 @@ def spawn(request, payload: SpawnIn):
 
 
 @router.get("/daughters/tasks", response=list[TaskOut], summary="Tasks, newest first, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def list_tasks(request, status: TaskStatus | None = None, source: Literal[tuple(PRIORITIES)] | None = None):
     tasks = DaughterTask.objects.all()
     if status:
@@ -137,7 +137,7 @@ def cancel_task(request, task_id: int):
 
 
 @router.get("/daughters", response=list[DaughterOut], summary="Daughters, newest first, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def list_daughters(request, status: DaughterStatus | None = None, task_id: int | None = None):
     daughters = Daughter.objects.all()
     if status:

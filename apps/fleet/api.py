@@ -8,10 +8,10 @@ from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import validation_detail
+from vx11_site.api import Paged, validation_detail
 
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
@@ -183,7 +183,7 @@ def overview(request):
 
 
 @router.get("/modules", response=list[ModuleOut], summary="List modules, paged (limit/offset)")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def list_modules(request, state: Literal["up", "degraded", "down", "unknown"] | None = None, core: bool | None = None):
     modules = Module.objects.all()
     if state:
@@ -228,7 +228,7 @@ def delete_module(request, slug: str):
 
 
 @router.get("/modules/{slug}/history", response=list[HistoryOut], summary="Raw checks or rollups, newest first, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def module_history(request, slug: str, filters: HistoryFilter = Query(...)):
     module = _module(slug)
     if filters.resolution == "raw":
@@ -245,7 +245,7 @@ def module_history(request, slug: str, filters: HistoryFilter = Query(...)):
 
 
 @router.get("/modules/{slug}/changes", response=list[ChangeOut], summary="State changes, newest first, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def module_changes(request, slug: str):
     return StateChange.objects.filter(module=_module(slug))
 

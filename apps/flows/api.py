@@ -8,7 +8,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from ninja import Body, Field, Router, Schema, Status
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
+
+from vx11_site.api import Paged
 
 from .models import ContractCoherence, Flow, FlowRun
 
@@ -112,7 +114,7 @@ def _save(spec: Any, replace: bool) -> Flow:
 
 
 @router.get("/flows", response=list[FlowOut], summary="List flows with their last run, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def list_flows(request, enabled: bool | None = None):
     flows = Flow.objects.all()
     if enabled is not None:
@@ -170,7 +172,7 @@ def run_flow(request, name: str, wait: bool = True):
 
 
 @router.get("/flows/{name}/runs", response=list[RunOut], summary="A flow's runs, newest first, paged")
-@paginate(LimitOffsetPagination)
+@paginate(Paged)
 def flow_runs(request, name: str, status: Literal["queued", "running", "passed", "failed"] | None = None):
     runs = FlowRun.objects.filter(flow=_flow(name)).select_related("flow")
     if status:
