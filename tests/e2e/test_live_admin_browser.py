@@ -26,25 +26,32 @@ def chrome():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-@pytest.mark.services
-def test_badge_turns_down_live_without_reload(daphne, sim, admin_user):
+def log_in_live(browser, daphne: str, page: str):
+    """Log in as the admin, open `page`, and wait until its live indicator says the WebSocket is up."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    browser.get(f"{daphne.replace('ws://', 'http://')}/admin/login/?next={page}")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda b: "●" in b.find_element(By.ID, "vx11-live").text)
+    browser.execute_script("window.__not_reloaded = true;")
+    return wait
+
+
+@pytest.mark.services
+def test_badge_turns_down_live_without_reload(daphne, sim, admin_user):
+    from selenium.webdriver.common.by import By
+
     point_fleet_at(sim)
     run_round()
-    http = daphne.replace("ws://", "http://")
     browser = chrome()
     try:
-        browser.get(f"{http}/admin/login/?next=/admin/fleet/module/")
-        browser.find_element(By.NAME, "username").send_keys("admin")
-        browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
-        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-        wait = WebDriverWait(browser, 15)
-        wait.until(lambda b: "live" in b.find_element(By.ID, "vx11-live").text and "●" in b.find_element(By.ID, "vx11-live").text)
+        wait = log_in_live(browser, daphne, "/admin/fleet/module/")
         badge = browser.find_element(By.CSS_SELECTOR, '.vx11-badge[data-module="madre"]')
         assert badge.text == "up"
-        browser.execute_script("window.__not_reloaded = true;")
         up_before = int(browser.find_element(By.CSS_SELECTOR, '[data-count="up"]').text)
 
         sim.set_mode("madre", "down")
@@ -65,23 +72,15 @@ def test_daughter_and_task_badges_follow_events_without_reload(daphne, admin_use
     """A task's page in the browser: its daughter is killed (one reaper-style sweep event) and its
     task is cancelled (plan_updated); both badges change without a reload."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from apps.daughters.models import Daughter, DaughterTask
 
     task = DaughterTask.spawn("sleep", {"seconds": 60})  # no worker: it waits queued
     daughter = task.daughters.get()
-    http = daphne.replace("ws://", "http://")
     browser = chrome()
     try:
-        browser.get(f"{http}/admin/login/?next=/admin/daughters/daughtertask/{task.pk}/change/")
-        browser.find_element(By.NAME, "username").send_keys("admin")
-        browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
-        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-        wait = WebDriverWait(browser, 15)
-        wait.until(lambda b: "●" in b.find_element(By.ID, "vx11-live").text)
+        wait = log_in_live(browser, daphne, f"/admin/daughters/daughtertask/{task.pk}/change/")
         assert browser.find_element(By.CSS_SELECTOR, f'[data-daughter="{daughter.pk}"]').text == "spawned"
-        browser.execute_script("window.__not_reloaded = true;")
 
         task.cancel()
 
