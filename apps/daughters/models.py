@@ -392,10 +392,9 @@ class Daughter(models.Model):
         return {"daughter_id": self.pk, "task_id": self.task_id, "name": self.name, "kind": self.kind, "status": self.status,
                 "previous": previous, "mutation_level": self.mutation_level, "error": self.error_last[:500] or None}
 
-    def announce(self, previous: str | None = None) -> None:
+    def announce(self, previous: str | None, tasks_changed: list[int]) -> None:
         publish("status_changed", self.event_data(previous))
-        changed = DaughterTask.refresh_statuses([self.task_id])
-        DaughterTask.announce_changes(changed)
+        DaughterTask.announce_changes(tasks_changed)
 
     # --- dispatching ----------------------------------------------------------------------------
 
@@ -444,12 +443,14 @@ class Daughter(models.Model):
         previous = daughter.status
         claim = {"status": cls.Status.RUNNING, "last_heartbeat_at": now, "started_at": daughter.started_at or now,
                  "expires_at": daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds)}
-        if not cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(**claim):
-            return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
-        for field, value in claim.items():
-            setattr(daughter, field, value)
-        attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
-        daughter.announce(previous)
+        with transaction.atomic():  # the claim, its attempt and the task's status are seen together or not at all
+            if not cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(**claim):
+                return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
+            for field, value in claim.items():
+                setattr(daughter, field, value)
+            attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
+            tasks_changed = DaughterTask.refresh_statuses([daughter.task_id])
+        daughter.announce(previous, tasks_changed)
         try:
             result = daughter._work(level)
         except Exception as exc:  # the kind failed: retry while retries remain
@@ -493,13 +494,25 @@ class Daughter(models.Model):
             setattr(self, field, value)
         return True
 
-    def _finish(self, level: int, attempt: DaughterAttempt, result) -> str:
-        done = self._move(level, status=self.Status.FINISHED, ended_at=timezone.now(), result=result, error_last="")
-        attempt.end(DaughterAttempt.Status.SUCCESS if done else DaughterAttempt.Status.CANCELLED,
-                    output=str(result) if done else "finished after the daughter was killed, expired or retried")
-        if done:
-            self.announce(self.Status.RUNNING)
+    def _settle(self, level: int, attempt: DaughterAttempt, fields: dict, attempt_status: str, output: str = "", error: str = "") -> bool:
+        """End the attempt and move the daughter (if the row is still this attempt's) and refresh its task,
+        in one transaction: nobody reads a failed daughter beside a running attempt or task. Events follow the commit."""
+        with transaction.atomic():
+            moved = self._move(level, **fields)
+            if moved:
+                attempt.end(attempt_status, output=output, error=error)
+                tasks_changed = DaughterTask.refresh_statuses([self.task_id])
+            else:
+                attempt.end(DaughterAttempt.Status.CANCELLED, output=output,
+                            error=error or "ended after the daughter was killed, expired or retried")
+        if moved:
+            self.announce(self.Status.RUNNING, tasks_changed)
         Daughter.dispatch()
+        return moved
+
+    def _finish(self, level: int, attempt: DaughterAttempt, result) -> str:
+        done = self._settle(level, attempt, {"status": self.Status.FINISHED, "ended_at": timezone.now(), "result": result, "error_last": ""},
+                            DaughterAttempt.Status.SUCCESS, output=str(result))
         return "finished" if done else "superseded"
 
     def _fail(self, level: int, attempt: DaughterAttempt, exc: Exception) -> str:
@@ -511,13 +524,11 @@ class Daughter(models.Model):
             return "stopped"
         error = f"{type(exc).__name__}: {exc}"[:2000]
         if level < self.max_retries:
-            changed = self._move(level, status=self.Status.MUTATED, mutation_level=level + 1, dispatched_at=None, error_last=error)
+            fields = {"status": self.Status.MUTATED, "mutation_level": level + 1, "dispatched_at": None, "error_last": error}
         else:
-            changed = self._move(level, status=self.Status.FAILED, ended_at=timezone.now(), error_last=error)
-        attempt.end(DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR, error=error)
-        if changed:
-            self.announce(self.Status.RUNNING)
-        Daughter.dispatch()
+            fields = {"status": self.Status.FAILED, "ended_at": timezone.now(), "error_last": error}
+        self._settle(level, attempt, fields, DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR,
+                     error=error)
         return self.status
 
     # --- cancel and reap (set-based) ------------------------------------------------------------
@@ -530,7 +541,9 @@ class Daughter(models.Model):
             n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last="killed (cancelled)")
             DaughterAttempt.objects.filter(daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING).update(
                 status=DaughterAttempt.Status.CANCELLED, ended_at=now, error="killed (cancelled)")
-        cls._announce_sweep(now, "killed")
+            tasks_changed = cls._refresh_swept_tasks(now) if n else []
+        if n:
+            cls._announce_sweep(now, "killed", tasks_changed)
         cls.dispatch()
         return n
 
@@ -555,21 +568,27 @@ class Daughter(models.Model):
                 dispatched_at=None)
             DaughterAttempt.objects.filter(status=DaughterAttempt.Status.RUNNING, daughter__reaped_at=now).update(
                 status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat")
+            tasks_changed = cls._refresh_swept_tasks(now) if expired or retried or failed else []
         if expired or retried or failed:
-            cls._announce_sweep(now, "reaped")
+            cls._announce_sweep(now, "reaped", tasks_changed)
         cls.dispatch()
         return {"expired": expired, "retried": retried, "failed": failed, "requeued": requeued}
 
     @classmethod
-    def _announce_sweep(cls, now, why: str) -> None:
-        """One event per status for the rows a sweep touched (a sweep may touch 100,000), then the tasks."""
+    def _refresh_swept_tasks(cls, now) -> list[int]:
+        """Inside the sweep's transaction: the touched daughters' tasks take their new status with them."""
+        task_ids = list(cls.objects.filter(reaped_at=now).values_list("task_id", flat=True).distinct().order_by())
+        return DaughterTask.refresh_statuses(task_ids)
+
+    @classmethod
+    def _announce_sweep(cls, now, why: str, tasks_changed: list[int]) -> None:
+        """After the commit: one event per status for the rows a sweep touched (a sweep may touch 100,000), then the tasks."""
         touched = cls.objects.filter(reaped_at=now)
         by_status = dict(touched.values_list("status").annotate(n=Count("id")).order_by())
         for status, n in by_status.items():
             ids = list(touched.filter(status=status).order_by("id").values_list("id", flat=True)[:EVENT_ID_LIMIT])
             publish("status_changed", {"daughters_changed": n, "status": status, "why": why, "daughter_ids": ids})
-        task_ids = list(touched.values_list("task_id", flat=True).distinct().order_by())
-        DaughterTask.announce_changes(DaughterTask.refresh_statuses(task_ids))
+        DaughterTask.announce_changes(tasks_changed)
 
 
 class Superseded(Exception):
