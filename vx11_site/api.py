@@ -80,7 +80,11 @@ def on_validation_error(request, exc):
     for err in exc.errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "payload"))
         lines.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    return api.create_response(request, {"detail": "; ".join(lines) or "invalid input", "errors": exc.errors}, status=422)
+    detail = "; ".join(lines) or "invalid input"
+    audit = getattr(request, "audit_refusal", None)  # set by the auth of a router that audits its refusals (apps.power)
+    if audit is not None:
+        audit(422, detail)
+    return api.create_response(request, {"detail": detail, "errors": exc.errors}, status=422)
 
 
 api.add_router("/", "apps.fleet.api.router")

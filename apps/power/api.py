@@ -4,7 +4,7 @@ Auth is the portal API's (API key or staff session; read-only keys refused on wr
 also needs the permission power.control_services. Every refusal is audited before it is answered,
 the auth's own too: the power routers use PowerKeyAuth and PowerSessionAuth, which refuse exactly as
 the API's classes do (same status, same message, still before the body is validated) but write the
-PowerAction row first.
+PowerAction row first. A body that then fails validation (422) is audited through the same hook.
 """
 
 import json
@@ -53,8 +53,19 @@ def audit_refusal(request, user, status: int, message: str, **extra) -> None:
         power.refuse_request(user, action, service, {**plan, **extra}, status, message)
 
 
+def audit_later_refusals(request, result):
+    """An authenticated write may still be refused before its view runs (its body fails validation, 422):
+    the API's validation handler calls this hook, so that refusal is a row too."""
+    if result is not None:
+        request.audit_refusal = lambda status, message: audit_refusal(request, request.user, status, message, refused_by="validation")
+    return result
+
+
 class PowerKeyAuth(ApiKeyAuth):
     """The API's key auth; a read-only key's write and a bad key's are refused the same way, audited first."""
+
+    def __call__(self, request):
+        return audit_later_refusals(request, super().__call__(request))
 
     def refuse(self, request, user, status: int, message: str, **extra):
         audit_refusal(request, user, status, message, **extra)
@@ -72,7 +83,7 @@ class PowerSessionAuth(SessionAuthIsStaff):
             raise
         if result is None:
             audit_refusal(request, request.user, 401, AUTH_REQUIRED)
-        return result
+        return audit_later_refusals(request, result)
 
 
 POWER_AUTH = [PowerKeyAuth(), PowerSessionAuth()]
@@ -150,7 +161,9 @@ def mode(request, payload: ModeIn):
 @route("post", "/power/window/open")
 def window_open(request, payload: WindowIn):
     if payload.ttl_sec > settings.VX11_POWER_WINDOW_MAX_TTL:
-        raise HttpError(422, f"ttl_sec: at most {settings.VX11_POWER_WINDOW_MAX_TTL} seconds (VX11_POWER_WINDOW_MAX_TTL)")
+        message = f"ttl_sec: at most {settings.VX11_POWER_WINDOW_MAX_TTL} seconds (VX11_POWER_WINDOW_MAX_TTL)"
+        request.audit_refusal(422, message)
+        raise HttpError(422, message)
     row, window = power.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
     return {**answer(row), "window": power.window_dict(window)}
 

@@ -132,6 +132,9 @@ def test_bad_input_422(power_on, power_api, fleet, path, body, where):
     r = post(power_api, path, body)
     assert r.status_code == 422, r.content
     assert where in r.json()["detail"]
+    row = PowerAction.objects.get()  # refused before the view ran, and still audited
+    assert (row.result, row.http_status, row.plan["refused_by"]) == ("refused", 422, "validation")
+    assert where in row.message and row.user is not None
 
 
 def test_refusals_are_all_audited(power_on, power_api, compose_switch, evidence):
@@ -150,3 +153,11 @@ def test_api_prefix_serves_the_same(power_on, power_api, compose_switch, window)
     window("switch")
     assert power_api.get("/api/power/status").json()["status"] == "ok"
     assert post(power_api, "/api/power/service/start", {"service": "switch"}).status_code == 200
+
+
+def test_bad_input_under_api_prefix_is_audited_but_other_apps_422_are_not(power_on, power_api, fleet):
+    r = post(power_api, "/api/power/mode", {"mode": "turbo"})
+    assert r.status_code == 422 and "mode" in r.json()["detail"]
+    assert list(PowerAction.objects.values_list("action", "http_status")) == [("mode", 422)]
+    assert post(power_api, "/api/daughters", {"kind": "nope"}).status_code == 422  # not a power action: no row
+    assert PowerAction.objects.count() == 1
