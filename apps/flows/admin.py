@@ -87,12 +87,9 @@ class FlowAdmin(admin.ModelAdmin):
     actions = [run_now]
     change_form_template = "admin/flows/flow/change_form.html"
 
-    def get_changelist_instance(self, request):
-        """The page's flows with their step counts and recent runs attached (Flow.with_summaries): the list
-        costs the same few queries for 3 flows or 100."""
-        changelist = super().get_changelist_instance(request)
-        changelist.result_list = Flow.with_summaries(changelist.result_list)
-        return changelist
+    def get_queryset(self, request):
+        """Step counts and recent runs attached (Flow.summarised): the list costs the same few queries for 3 flows or 100."""
+        return Flow.summarised(super().get_queryset(request))
 
     @admin.display(description="last result")
     def last_result(self, obj):

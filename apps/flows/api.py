@@ -65,7 +65,7 @@ class FlowOut(Schema):
 
     @staticmethod
     def resolve_steps(obj):
-        return obj.steps.count()
+        return obj.step_count()
 
     @staticmethod
     def resolve_last_run(obj):
@@ -116,7 +116,7 @@ def _save(spec: Any, replace: bool) -> Flow:
 @router.get("/flows", response=list[FlowOut], summary="List flows with their last run, paged")
 @paginate(Paged)
 def list_flows(request, enabled: bool | None = None):
-    flows = Flow.objects.all()
+    flows = Flow.summarised(Flow.objects.all())
     if enabled is not None:
         flows = flows.filter(enabled=enabled)
     return flows

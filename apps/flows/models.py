@@ -446,7 +446,7 @@ class Flow(models.Model):
     HISTORY = 20  # finished runs in a flow's pass/fail strip on the admin list
 
     def last_run(self) -> FlowRun | None:
-        if hasattr(self, "recent_runs"):  # attached by with_summaries()
+        if hasattr(self, "recent_runs"):  # attached by summarised()
             return self.recent_runs[0] if self.recent_runs else None
         return self.runs.exclude(status__in=FlowRun.UNFINISHED).first()
 
@@ -460,16 +460,13 @@ class Flow(models.Model):
         return self.step_total if hasattr(self, "step_total") else self.steps.count()
 
     @classmethod
-    def with_summaries(cls, flows) -> list[Flow]:
-        """Attach each flow's step count and latest HISTORY finished runs (newest first) in two queries,
-        however many flows there are (the admin list); last_run(), history() and step_count() read them."""
-        flows = list(flows)
+    def summarised(cls, queryset):
+        """The flows with their step count and latest HISTORY finished runs (newest first) attached, in two
+        queries however many flows a page holds (the admin list, the API list); last_run(), history() and
+        step_count() read them."""
         finished = FlowRun.objects.exclude(status__in=FlowRun.UNFINISHED).order_by("-started_at", "-id")
-        models.prefetch_related_objects(flows, Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs"))
-        counts = dict(Step.objects.filter(flow__in=flows).values("flow").annotate(n=Count("id")).values_list("flow", "n"))
-        for flow in flows:
-            flow.step_total = counts.get(flow.id, 0)
-        return flows
+        return queryset.annotate(step_total=Count("steps")).prefetch_related(
+            Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs"))
 
     def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
         """Run now, in this process; see apps.flows.runner."""

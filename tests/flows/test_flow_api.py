@@ -181,3 +181,26 @@ def test_the_canonical_flows_run_synchronously_with_the_default_settings(flows, 
     settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_DB_POLL_SECONDS = defaults.VX11_FLOW_HTTP_TIMEOUT, defaults.VX11_FLOW_DB_POLL_SECONDS
     bounds = {name: flow.longest_seconds() for name, flow in flows.items()}
     assert bounds == {"A": 25.0, "B": 45.2, "C": 20.0} and max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
+
+
+def test_the_list_costs_the_same_queries_for_3_flows_or_10(api, flows):
+    """Step counts and last runs come from the page's own queries, not two per flow."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def list_queries() -> tuple[int, dict]:
+        with CaptureQueriesContext(connection) as queries:
+            body = api.get("/api/flows?limit=50").json()
+        return len(queries), body
+
+    for flow in flows.values():
+        FlowRun.objects.bulk_create([FlowRun(flow=flow, status=s, trigger="api") for s in ("failed", "passed", "running")])
+    list_queries()  # the key's first use of the minute also stamps its last_used
+    three, _ = list_queries()
+    for i in range(7):
+        Flow.save_spec({"name": f"F{i}", "steps": [{"module": "madre", "path": "/health"}] * (i + 1)})
+    ten, body = list_queries()
+    assert ten == three and body["count"] == 10
+    by_name = {item["name"]: item for item in body["items"]}
+    assert by_name["F6"]["steps"] == 7 and by_name["F6"]["last_run"] is None
+    assert by_name["A"]["steps"] == flows["A"].steps.count() and by_name["A"]["last_run"]["status"] == "passed"
