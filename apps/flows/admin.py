@@ -1,7 +1,9 @@
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpResponseNotAllowed
+from django.http import HttpResponse, HttpResponseNotAllowed
+from django.template.response import TemplateResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -25,6 +27,11 @@ def history_strip(flow: Flow, limit: int = 20) -> str:
         "", '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
         ((reverse("admin:flows_flowrun_change", args=[r.id]), r.id, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
           display.STATUS_COLOURS.get(r.status, display.NEUTRAL)) for r in runs))
+
+
+class FlowFileForm(forms.Form):
+    file = forms.FileField(help_text="a YAML or JSON definition: name, title, description, enabled, steps (the shape of definition.yaml)")
+    replace = forms.BooleanField(required=False, help_text="overwrite the flow of the same name, steps and all")
 
 
 class StepFormSet(BaseInlineFormSet):
@@ -86,6 +93,7 @@ class FlowAdmin(admin.ModelAdmin):
     inlines = [StepInline]
     actions = [run_now]
     change_form_template = "admin/flows/flow/change_form.html"
+    change_list_template = "admin/flows/flow/change_list.html"
 
     def get_queryset(self, request):
         """Step counts and recent runs attached (Flow.summarised): the list costs the same few queries for 3 flows or 100."""
@@ -110,7 +118,42 @@ class FlowAdmin(admin.ModelAdmin):
         return obj.step_count()
 
     def get_urls(self):
-        return [path("<int:flow_id>/run/", self.admin_site.admin_view(self.run_view), name="flows_flow_run"), *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [path("<int:flow_id>/run/", view(self.run_view), name="flows_flow_run"),
+                path("<int:flow_id>/definition.yaml", view(self.definition_view), name="flows_flow_definition"),
+                path("load/", view(self.load_view), name="flows_flow_load"), *super().get_urls()]
+
+    def load_view(self, request):
+        """"Load from file": a YAML or JSON definition (as `vx11 flow load`); replacing an existing flow is
+        asked for explicitly and needs the change permission. A bad file stores nothing and says why."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = FlowFileForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            replace = form.cleaned_data["replace"]
+            if replace and not self.has_change_permission(request):
+                form.add_error("replace", "replacing a flow needs the permission flows.change_flow")
+            else:
+                try:
+                    flow = Flow.load_upload(form.cleaned_data["file"], replace=replace)
+                except ValidationError as exc:
+                    form.add_error("file", exc.messages)
+                else:
+                    self.log_addition(request, flow, [{"added": {"name": "definition file", "object": form.cleaned_data["file"].name}}])
+                    self.message_user(request, f"Flow {flow.name} loaded from {form.cleaned_data['file'].name} ({flow.step_count()} steps).",
+                                      messages.SUCCESS)
+                    return redirect("admin:flows_flow_change", flow.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "title": "Load a flow from a file"}
+        return TemplateResponse(request, "admin/flows/flow/load.html", context)
+
+    def definition_view(self, request, flow_id):
+        """The flow's definition as YAML, to edit and load again (here or with `vx11 flow load --replace`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        flow = get_object_or_404(Flow, id=flow_id)
+        response = HttpResponse(flow.to_yaml(), content_type="application/yaml; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="flow_{flow.name}.yaml"'
+        return response
 
     def run_view(self, request, flow_id):
         """The change page's "Run now" button (POST): queue a run for a worker, then show the run's page

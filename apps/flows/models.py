@@ -437,6 +437,23 @@ class Flow(models.Model):
         return cls.save_spec(parse_file(path.read_text(), path.name), replace=replace)
 
     @classmethod
+    def load_upload(cls, upload, replace: bool = False) -> Flow:
+        """Create a flow from an uploaded YAML or JSON file (the admin's "Load from file")."""
+        if upload.size > MAX_FILE_BYTES:
+            raise ValidationError(f"{upload.name} is larger than {MAX_FILE_BYTES} bytes")
+        try:
+            text = upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError(f"{upload.name} is not UTF-8 text") from None
+        return cls.save_spec(parse_file(text, upload.name), replace=replace)
+
+    def to_yaml(self) -> str:
+        """The definition as a file `vx11 flow load` and "Load from file" read back."""
+        import yaml
+
+        return yaml.safe_dump(self.to_spec(), sort_keys=False, allow_unicode=True)
+
+    @classmethod
     def load_canonical(cls) -> list[Flow]:
         """The canonical flows A, B, C from apps/flows/definitions/, where they are missing."""
         return [cls.load_file(DEFINITIONS / f"{name}.yaml") for name in CANONICAL if not cls.objects.filter(name=name).exists()]

@@ -142,3 +142,55 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(staff, flows):
     page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
     assert page.count('title="#') == 20 and page.count('data-status="failed"') == 10  # each flow: 2 finished runs, the last failed
     assert list_queries() == three
+
+
+def upload(name: str, text: str):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, text.encode(), content_type="application/yaml")
+
+
+def test_load_from_file_download_edit_and_load_again(staff, flows):
+    changelist = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
+    assert reverse("admin:flows_flow_load") in changelist
+    page = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
+    assert reverse("admin:flows_flow_definition", args=[flows["C"].pk]) in page
+    exported = staff.get(reverse("admin:flows_flow_definition", args=[flows["C"].pk]))
+    assert exported["Content-Disposition"] == 'attachment; filename="flow_C.yaml"'
+    text = exported.content.decode()
+    as_d = text.replace("name: C\n", "name: D\n", 1)
+    response = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d)})
+    d = Flow.objects.get(name="D")
+    assert response.status_code == 302 and response.url == reverse("admin:flows_flow_change", args=[d.pk])
+    assert d.to_spec()["steps"] == flows["C"].to_spec()["steps"]
+    # the same name again: refused unless replace is asked for
+    again = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false"))})
+    assert again.status_code == 200 and "flow D already exists" in again.content.decode()
+    assert Flow.objects.get(name="D").enabled
+    replaced = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false")), "replace": "on"})
+    assert replaced.status_code == 302 and not Flow.objects.get(name="D").enabled
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: E\nsteps:\n  - module: madre\n    path: /health\n  - module: nowhere\n    path: /health\n", "step 2"),
+    ("name: E\nsteps: [unclosed\n", "is not valid YAML/JSON"),
+    ('{"name": "E", "steps": []}', "steps"),
+])
+def test_load_from_file_refuses_a_bad_file_storing_nothing(staff, flows, text, message):
+    response = staff.post(reverse("admin:flows_flow_load"), {"file": upload("e.yaml", text)})
+    assert response.status_code == 200 and message in response.content.decode()
+    assert not Flow.objects.filter(name="E").exists()
+
+
+def test_load_from_file_needs_the_permissions(flows, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer2", password="x-pass-123", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="flows", codename="view_flow"))
+    client = Client()
+    client.force_login(user)
+    assert client.get(reverse("admin:flows_flow_load")).status_code == 403
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="flows", codename="add_flow"))
+    text = flows["A"].to_yaml()
+    response = client.post(reverse("admin:flows_flow_load"), {"file": upload("a.yaml", text), "replace": "on"})
+    assert response.status_code == 200 and "needs the permission flows.change_flow" in response.content.decode()
