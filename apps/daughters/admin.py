@@ -74,7 +74,7 @@ class DaughterInline(admin.TabularInline):
 
 @admin.action(description="Cancel the selected tasks (kill their live daughters)")
 def cancel_tasks(modeladmin, request, queryset):
-    killed = Daughter.kill(Daughter.objects.filter(task__in=queryset))
+    killed = Daughter.kill(Daughter.objects.filter(task__in=queryset), user=request.user)
     modeladmin.message_user(request, f"Killed {killed} live daughter(s).", messages.SUCCESS)
 
 
@@ -164,7 +164,7 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Kill the selected daughters")
 def kill_daughters(modeladmin, request, queryset):
-    modeladmin.message_user(request, f"Killed {Daughter.kill(queryset)} live daughter(s).", messages.SUCCESS)
+    modeladmin.message_user(request, f"Killed {Daughter.kill(queryset, user=request.user)} live daughter(s).", messages.SUCCESS)
 
 
 @admin.register(Daughter)

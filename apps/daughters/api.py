@@ -131,7 +131,7 @@ def get_task(request, task_id: int):
 @router.post("/daughters/tasks/{int:task_id}/cancel", response=CancelOut, summary="Kill every live daughter of the task")
 def cancel_task(request, task_id: int):
     task = get_object_or_404(DaughterTask, pk=task_id)
-    killed = task.cancel()
+    killed = task.cancel(user=request.user)
     task.refresh_from_db()
     return {"killed": killed, "status": task.status}
 
@@ -157,6 +157,6 @@ def cancel_daughter(request, daughter_id: int):
     daughter = get_object_or_404(Daughter, pk=daughter_id)
     if daughter.status in Daughter.FINAL:
         raise HttpError(409, f"daughter #{daughter.pk} already ended ({daughter.status})")
-    killed = Daughter.kill(Daughter.objects.filter(pk=daughter.pk))
+    killed = Daughter.kill(Daughter.objects.filter(pk=daughter.pk), user=request.user)
     daughter.refresh_from_db()
     return {"killed": killed, "status": daughter.status}

@@ -267,9 +267,9 @@ class DaughterTask(models.Model):
         task.announce()
         return task
 
-    def cancel(self) -> int:
+    def cancel(self, user=None) -> int:
         """Kill every live daughter of the task (workers stop at their next heartbeat)."""
-        return Daughter.kill(self.daughters.all())
+        return Daughter.kill(self.daughters.all(), user=user)
 
     def announce(self) -> None:
         counts = dict(self.daughters.values_list("status").annotate(n=Count("id")))
@@ -534,13 +534,14 @@ class Daughter(models.Model):
     # --- cancel and reap (set-based) ------------------------------------------------------------
 
     @classmethod
-    def kill(cls, queryset) -> int:
-        """Cancel: every live daughter of the queryset becomes `killed`; running ones stop at their next heartbeat."""
+    def kill(cls, queryset, user=None) -> int:
+        """Cancel: every live daughter of the queryset becomes `killed`, saying by whom; running ones stop at their next heartbeat."""
         now = timezone.now()
+        why = f"killed (cancelled by {user.get_username()})" if getattr(user, "pk", None) else "killed (cancelled)"
         with transaction.atomic():
-            n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last="killed (cancelled)")
+            n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last=why)
             DaughterAttempt.objects.filter(daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING).update(
-                status=DaughterAttempt.Status.CANCELLED, ended_at=now, error="killed (cancelled)")
+                status=DaughterAttempt.Status.CANCELLED, ended_at=now, error=why)
             tasks_changed = cls._refresh_swept_tasks(now) if n else []
         if n:
             cls._announce_sweep(now, "killed", tasks_changed)

@@ -38,4 +38,4 @@ def test_task_page_lists_and_filters(client, admin_user):
     assert client.get("/admin/daughters/daughter/?status__exact=spawned").status_code == 200
     client.post("/admin/daughters/daughtertask/", {"action": "cancel_tasks", "_selected_action": [task.pk]})
     task.refresh_from_db()
-    assert task.status == "cancelled"
+    assert task.status == "cancelled" and task.daughters.get().error_last == "killed (cancelled by admin)"

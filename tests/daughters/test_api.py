@@ -59,7 +59,8 @@ def test_cancel_a_daughter_and_refuse_twice(api):
     assert api.post("/api/daughters/999999/cancel").status_code == 404
     assert api.get("/api/daughters/tasks/999999").status_code == 404
     task.refresh_from_db()
-    assert task.status == "cancelled" and Daughter.objects.get(pk=daughter.pk).ended_at is not None
+    killed = Daughter.objects.get(pk=daughter.pk)
+    assert task.status == "cancelled" and killed.ended_at is not None and killed.error_last == "killed (cancelled by operator)"
 
 
 def test_a_daughter_can_spawn_daughters(api):
