@@ -483,7 +483,7 @@ class Flow(models.Model):
         step_count() read them."""
         finished = FlowRun.objects.exclude(status__in=FlowRun.UNFINISHED).order_by("-started_at", "-id")
         return queryset.annotate(step_total=Count("steps")).prefetch_related(
-            Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs"))
+            Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs")).order_by(*cls._meta.ordering)  # GROUP BY drops Meta.ordering
 
     def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
         """Run now, in this process; see apps.flows.runner."""
