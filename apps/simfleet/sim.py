@@ -462,9 +462,17 @@ def control_app(fleet):
 class SimFleet:
     """The ten simulated modules plus the control server, in one background thread."""
 
-    def __init__(self, host="127.0.0.1", port_offset=0, ephemeral=False, control_port=None, shub_warmup=0.0):
+    def __init__(self, host="127.0.0.1", port_offset=0, ephemeral=False, control_port=None, shub_warmup=0.0, exclude=()):
+        """`exclude`: modules this fleet does not serve, leaving their ports free (the demo runs them as their
+        own processes under the power manager, with apps.simfleet.serve_one)."""
+        unknown = sorted(set(exclude) - set(PORTS))
+        if unknown:
+            raise ValueError(f"unknown module(s) to exclude: {', '.join(unknown)}; expected some of: {', '.join(PORTS)}")
+        if exclude and ephemeral:
+            raise ValueError("exclude needs fixed ports (not ephemeral): their processes must know where to listen")
         self.host = host
         self.shub_warmup = shub_warmup
+        self.excluded = frozenset(exclude)
         self._wanted_ports = {slug: 0 if ephemeral else port + port_offset for slug, port in PORTS.items()}
         if control_port is None:
             control_port = 0 if ephemeral else CONTROL_PORT + port_offset
@@ -517,6 +525,8 @@ class SimFleet:
         return dict(self._ports)
 
     def base_url(self, slug):
+        if slug in self.excluded:
+            return f"http://{self.host}:{self._wanted_ports[slug]}"
         if slug not in self._ports:
             raise ValueError(f"unknown or not started module {slug!r}; known: {', '.join(PORTS)}")
         return f"http://{self.host}:{self._ports[slug]}"
@@ -542,6 +552,8 @@ class SimFleet:
 
     def describe(self):
         modules = {slug: {"port": self._ports.get(slug), **state} for slug, state in self.get_modes().items()}
+        for slug in self.excluded:
+            modules[slug] = {"port": self._wanted_ports[slug], "mode": "own process (power manager)", "delay": None}
         return {"simulator": True, "modules": modules}
 
     def mode_of(self, slug):
@@ -552,6 +564,9 @@ class SimFleet:
         """Validate and record a mode; apply_mode() then opens or closes the socket."""
         if slug not in PORTS:
             raise ValueError(f"unknown module {slug!r}; expected one of: {', '.join(PORTS)}")
+        if slug in self.excluded:
+            raise ValueError(f"{slug} is not simulated here: it runs as its own process under the power manager "
+                             "(start/stop it from the admin's power console)")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
         if delay is not None:
@@ -597,6 +612,8 @@ class SimFleet:
         self._apply_lock = asyncio.Lock()  # one socket change at a time (set_mode vs control server)
         self._control_runner, self.control_port = await self._listen(control_app(self), self._wanted_control_port, "control server")
         for slug in PORTS:
+            if slug in self.excluded:
+                continue
             self._runners[slug], self._ports[slug] = await self._listen(module_app(self, slug), self._wanted_ports[slug], slug)
             await self.apply_mode(slug)  # a module set "down" before start() closes again at once
 

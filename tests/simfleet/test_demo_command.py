@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,10 +38,20 @@ def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=20)
+    rest, _ = proc.communicate(timeout=5) if proc.poll() is not None else ("", None)
     out = "".join(lines)
     assert "Demo fleet (SIMULATOR) is up" in out and "http://127.0.0.1:31001/health" in out  # madre at 8001 + 23000
+    # mcp (8006) is no simulated socket but its own process, started through the power manager
+    assert "mcp              http://127.0.0.1:31006/health  own process, power manager: mcp started" in out
     assert "First probe round: 10/10 answering." in out
+    assert "mcp: mcp stopped" in rest  # the demo stops its power modules on the way out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 31006), timeout=1).close()
     check = subprocess.run([sys.executable, "manage.py", "shell", "-c",
                             "from apps.fleet.models import Module; print(Module.objects.filter(simulated=True, port__gte=31000).count())"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert check.stdout.strip().splitlines()[-1] == "10"
+    actions = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                              "from apps.power.models import PowerAction as P; print(list(P.objects.order_by('id').values_list('actor', 'action', 'service', 'result')))"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert actions.stdout.strip().splitlines()[-1] == "[('demo', 'start', 'mcp', 'ok'), ('demo', 'stop', 'mcp', 'ok')]"

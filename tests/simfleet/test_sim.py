@@ -291,3 +291,32 @@ def test_command_errors_are_one_line():
         vx11_sim("nope", "hang", control_url=nobody)
     with pytest.raises(CommandError, match="unknown or missing mode"):
         vx11_sim("madre", "sleepy", control_url=nobody)
+
+
+def test_an_excluded_module_is_left_to_its_own_process():
+    """The demo's power modules: the simulator leaves their ports free and refuses to set their modes."""
+    from tests.conftest import free_port
+
+    offset = free_port() - PORTS["mcp"]  # mcp's port is free; the others follow it by their reference distances
+    if not all(1024 < port + offset < 65535 for port in PORTS.values()):
+        pytest.skip("no room for the fleet at this offset")
+    try:
+        fleet = SimFleet(port_offset=offset, control_port=0, exclude=["mcp"]).start()
+    except RuntimeError as exc:  # one of the other ports is taken on this machine
+        pytest.skip(str(exc))
+    try:
+        assert "mcp" not in fleet.ports and fleet.base_url("mcp") == f"http://127.0.0.1:{PORTS['mcp'] + offset}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", PORTS["mcp"] + offset))  # free for serve_one
+        assert httpx.get(fleet.base_url("madre") + "/health", timeout=T).status_code == 200
+        with pytest.raises(ValueError, match="its own process under the power manager"):
+            fleet.set_mode("mcp", "down")
+        assert fleet.describe()["modules"]["mcp"]["mode"] == "own process (power manager)"
+        answer = httpx.post(f"{fleet.control_url}/_sim/mcp", json={"mode": "down"}, timeout=T)
+        assert answer.status_code == 400 and "power manager" in answer.json()["detail"]
+    finally:
+        fleet.stop()
+    with pytest.raises(ValueError, match="unknown module"):
+        SimFleet(exclude=["nope"])
+    with pytest.raises(ValueError, match="fixed ports"):
+        SimFleet(ephemeral=True, exclude=["mcp"])
