@@ -1,3 +1,5 @@
+from datetime import datetime
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -86,7 +88,8 @@ class ServiceControlAdmin(admin.ModelAdmin):
             service["never_stop"] = service["service"] in power.NEVER_STOP
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Power console", "status": status,
                    "can_control": request.user.has_perm("power.control_services"), "mode_form": ModeForm(), "window_form": WindowForm(),
-                   "actions": PowerAction.objects.filter(parent=None).select_related("user")[:20], "modes": power.MODES}
+                   "actions": PowerAction.objects.filter(parent=None).select_related("user")[:20], "modes": power.MODES,
+                   "window_ends": datetime.fromisoformat(status["window"]["expires_at"]) if status["window"] else None}
         return TemplateResponse(request, "admin/power/console.html", context)
 
     def console_post(self, request) -> None:
