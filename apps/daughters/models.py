@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 PRIORITIES = {"shub": 0, "operator": 1, "madre": 2, "daughters": 3}  # lower runs first, as madre's queue
 EVENT_ID_LIMIT = 200  # ids listed in one aggregated event
+HOST = socket.gethostname()
+ATTEMPT_ENV = "VX11_DAUGHTER_ATTEMPT"  # in a command's environment: which attempt it belongs to (orphan checks)
 TASK_EVENTS_ONE_BY_ONE = 10  # more changed tasks than this get one aggregated plan_updated event
 
 
@@ -129,7 +132,11 @@ def run_command(daughter: Daughter, params: dict) -> dict:
     killed. It runs in a process group of its own, and the whole group is killed, so a grandchild
     holding the output pipe can neither outlive the timeout nor keep the worker waiting."""
     argv = [*settings.VX11_DAUGHTER_COMMANDS[params["command"]], *params["args"]]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    attempt = getattr(daughter, "attempt", None)
+    env = {**os.environ, ATTEMPT_ENV: str(attempt.pk)} if attempt else None
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    if attempt:  # should this worker die, the reaper finds the group by it
+        DaughterAttempt.objects.filter(pk=attempt.pk).update(pid=proc.pid, host=HOST[:255])
     deadline = time.monotonic() + params["timeout"]
 
     def kill_group() -> bytes:
@@ -449,6 +456,7 @@ class Daughter(models.Model):
             for field, value in claim.items():
                 setattr(daughter, field, value)
             attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
+            daughter.attempt = attempt
             tasks_changed = DaughterTask.refresh_statuses([daughter.task_id])
         daughter.announce(previous, tasks_changed)
         try:
@@ -544,6 +552,7 @@ class Daughter(models.Model):
                 status=DaughterAttempt.Status.CANCELLED, ended_at=now, error=why)
             tasks_changed = cls._refresh_swept_tasks(now) if n else []
         if n:
+            DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.CANCELLED))
             cls._announce_sweep(now, "killed", tasks_changed)
         cls.dispatch()
         return n
@@ -571,6 +580,7 @@ class Daughter(models.Model):
                 status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat")
             tasks_changed = cls._refresh_swept_tasks(now) if expired or retried or failed else []
         if expired or retried or failed:
+            DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.TIMEOUT))
             cls._announce_sweep(now, "reaped", tasks_changed)
         cls.dispatch()
         return {"expired": expired, "retried": retried, "failed": failed, "requeued": requeued}
@@ -608,6 +618,8 @@ class DaughterAttempt(models.Model):
 
     daughter = models.ForeignKey(Daughter, on_delete=models.CASCADE, related_name="attempts")
     attempt_number = models.PositiveSmallIntegerField()
+    pid = models.PositiveIntegerField(null=True, blank=True, help_text="a command's process group while it runs")
+    host = models.CharField(max_length=255, blank=True, help_text="where that process runs")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
     worker = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
@@ -623,4 +635,35 @@ class DaughterAttempt(models.Model):
 
     def end(self, status: str, output: str = "", error: str = "") -> None:
         DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error))
+            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error), pid=None)
+
+    @classmethod
+    def kill_orphans(cls, attempts) -> int:
+        """The commands of attempts a sweep just ended (reaped, killed) whose worker may be gone (SIGKILL,
+        OOM): each process group on this host still carrying its attempt's id in its environment is
+        killed. A live worker would stop it at its next heartbeat; a dead one never will. Another host's
+        processes are left to that host (its worker, or the command's own timeout)."""
+        killed = 0
+        for attempt_id, pid in attempts.filter(pid__isnull=False, host=HOST[:255]).values_list("id", "pid"):
+            if attempt_of_process(pid) == attempt_id:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                    killed += 1
+                    log.warning("killed the orphaned command of daughter attempt %s (process group %s)", attempt_id, pid)
+        attempts.filter(pid__isnull=False).update(pid=None)
+        return killed
+
+
+def attempt_of_process(pid: int) -> int | None:
+    """The daughter attempt a process says it belongs to (its environment), or None: gone, not ours,
+    or a reused pid running something else."""
+    try:
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{ATTEMPT_ENV}=".encode()
+    for entry in environ:
+        if entry.startswith(prefix):
+            with contextlib.suppress(ValueError):
+                return int(entry[len(prefix):])
+    return None

@@ -141,3 +141,45 @@ def test_the_retry_update_rechecks_status_and_heartbeat_under_the_row_lock():
     retry = next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("UPDATE") and "mutation_level" in q["sql"].split("WHERE")[0])
     where = retry.split("WHERE", 1)[1]
     assert "last_heartbeat_at" in where and "status" in where and "SELECT" not in where
+
+
+def orphan(attempt_id: int | None):
+    """A command a dead worker left behind: its own process group, the attempt's id in its environment (or none)."""
+    import os
+    import subprocess
+    import sys
+
+    from apps.daughters.models import ATTEMPT_ENV
+
+    env = {**os.environ, ATTEMPT_ENV: str(attempt_id)} if attempt_id else {k: v for k, v in os.environ.items() if k != ATTEMPT_ENV}
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True, env=env)
+
+
+def test_the_reaper_kills_the_command_a_dead_worker_left_and_nothing_else():
+    from apps.daughters.models import HOST
+
+    lost, reused, elsewhere, cancelled = spawn(max_retries=1), spawn(ttl_seconds=10), spawn(ttl_seconds=10), spawn()
+    running(lost, started_ago=90, heartbeat_ago=61)  # stale: retried
+    running(reused, started_ago=11, heartbeat_ago=1, ttl=10)  # past its TTL: expired
+    running(elsewhere, started_ago=11, heartbeat_ago=1, ttl=10)
+    running(cancelled, started_ago=5, heartbeat_ago=1)  # healthy: only a cancel ends it
+    attempt = {name: DaughterAttempt.objects.get(daughter__task=t) for name, t in
+               (("lost", lost), ("reused", reused), ("elsewhere", elsewhere), ("cancelled", cancelled))}
+    procs = {"lost": orphan(attempt["lost"].pk), "reused": orphan(None), "elsewhere": orphan(attempt["elsewhere"].pk),
+             "cancelled": orphan(attempt["cancelled"].pk)}
+    try:
+        for name, host in (("lost", HOST), ("reused", HOST), ("elsewhere", "another-host"), ("cancelled", HOST)):
+            # "reused": a pid the kernel gave to another program since; its environment names no attempt
+            DaughterAttempt.objects.filter(pk=attempt[name].pk).update(pid=procs[name].pid, host=host)
+        assert Daughter.reap() == {"expired": 2, "retried": 1, "failed": 0, "requeued": 0}
+        procs["lost"].wait(timeout=5)
+        assert procs["lost"].returncode == -9
+        assert all(procs[name].poll() is None for name in ("reused", "elsewhere", "cancelled"))
+        assert cancelled.cancel() == 1
+        procs["cancelled"].wait(timeout=5)
+        assert procs["cancelled"].returncode == -9 and procs["reused"].poll() is None and procs["elsewhere"].poll() is None
+        assert not DaughterAttempt.objects.filter(pid__isnull=False).exists()  # ended attempts keep no pid
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(timeout=5)

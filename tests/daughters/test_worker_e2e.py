@@ -38,13 +38,28 @@ def test_success_and_failure_with_retries(daughter_worker):
     assert bad.mutation_level == 2 and bad.task.status == "failed"
 
 
+def gone(pid: int) -> bool:
+    """No such process, or a zombie only waiting for its (new) parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_a_worker_killed_mid_task_loses_nothing(daughter_worker, settings, tmp_path):
     settings.VX11_DAUGHTER_STALE_SECONDS = 2
     daughter = DaughterTask.spawn("command", {"command": "once-slow", "args": [str(tmp_path / "marker")], "timeout": 60}).daughters.get()
     wait_for(lambda: status_of(daughter) == "running" and (tmp_path / "marker").exists(), daughter_worker, what="the daughter to start")
     daughter_worker.kill()  # SIGKILL: the message was never acknowledged, the attempt never ended
+    orphan = daughter.attempts.get().pid  # the command, left running by the dead worker
+    assert orphan and not gone(orphan)
     time.sleep(2.5)
     assert Daughter.reap()["retried"] == 1
+    deadline = time.monotonic() + 5
+    while not gone(orphan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(orphan)  # the reaper killed it (same host, its environment names the attempt)
     assert status_of(daughter) == "mutated" and daughter.mutation_level == 1
     daughter_worker.start()
     wait_for(lambda: status_of(daughter) == "finished", daughter_worker, what="the retry to finish")
