@@ -47,6 +47,8 @@ def form_errors(form) -> str:
 
 def report(request, row: PowerAction) -> None:
     """The audited row, told as a message: green when done or planned, red when refused or failed."""
+    if row is None:  # refuse_request's cap on rows without a user; a console user always has one
+        return messages.error(request, "refused (not audited: too many anonymous refusals this minute)")
     text = f"{row.action} {row.service}: {row.message}"
     if not row.applied and row.result == PowerAction.Result.OK and isinstance(row.plan.get("steps"), list):
         steps = "; ".join(s if isinstance(s, str) else f"{s['action']} {s['service']}" for s in row.plan["steps"])
