@@ -3,6 +3,7 @@ that static/vx11/live.js can keep current, an inline SVG chart for results compa
 output tails.
 """
 
+from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -60,3 +61,14 @@ def svg_chart(series: dict[str, list[tuple]], width: int = 720, height: int = 18
         f'<text x="{width - pad - 70}" y="{height - 8}" font-size="11" fill="#666">{timezone.localtime(max(t for t, _ in points)):%m-%d %H:%M}</text>'
     )
     return f'<svg role="img" aria-label="{title}" width="{width}" height="{height}" style="background:#fafafa;border:1px solid #ddd">{axis}{"".join(lines)}{"".join(legend)}</svg>'
+
+
+class RecordAdmin(admin.ModelAdmin):
+    """The admin of rows the portal writes itself (events, state changes, runs, audit rows):
+    listed and read, never added or edited by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

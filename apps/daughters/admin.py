@@ -8,7 +8,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from vx11_site.display import badge
+from vx11_site.display import RecordAdmin, badge
 
 from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
 
@@ -168,7 +168,7 @@ def kill_daughters(modeladmin, request, queryset):
 
 
 @admin.register(Daughter)
-class DaughterAdmin(admin.ModelAdmin):
+class DaughterAdmin(RecordAdmin):
     list_display = ["id", "name", "task", "kind", "status_badge", "priority", "mutation_level", "started_at", "last_heartbeat_at", "ended_at"]
     list_filter = ["status", "kind", "priority", AgeFilter]
     search_fields = ["name", "purpose", "spawn_uuid"]
@@ -176,13 +176,6 @@ class DaughterAdmin(admin.ModelAdmin):
     inlines = [AttemptInline]
     list_select_related = ["task"]
 
-    def has_add_permission(self, request):
-        return False  # spawn through a task
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
         return badge(obj.status, "vx11-work", daughter=obj.pk)
-

@@ -5,7 +5,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from vx11_site.display import badge, svg_chart
+from vx11_site.display import RecordAdmin, badge, svg_chart
 
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
@@ -79,16 +79,10 @@ class ModuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(StateChange)
-class StateChangeAdmin(admin.ModelAdmin):
+class StateChangeAdmin(RecordAdmin):
     list_display = ["at", "module", "from_state", "to_state", "reason"]
     list_filter = ["to_state", "module"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 # --- Notifications and maintenance windows ------------------------------------------------
@@ -118,7 +112,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(RecordAdmin):
     list_display = ["created", "module", "change", "channel", "status", "attempts", "next_attempt_at", "sent_at", "last_error"]
     list_filter = ["status", "channel", "state_change__module"]
     list_select_related = ["channel", "state_change__module"]
@@ -131,12 +125,6 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="change")
     def change(self, obj):
         return f"{obj.state_change.from_state} → {obj.state_change.to_state}"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(MaintenanceWindow)

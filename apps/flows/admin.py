@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import PeriodicTask
 
 from vx11_site import display
-from vx11_site.display import svg_chart
+from vx11_site.display import RecordAdmin, svg_chart
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
@@ -181,7 +181,7 @@ class FlowAdmin(admin.ModelAdmin):
 
 
 @admin.register(FlowRun)
-class FlowRunAdmin(admin.ModelAdmin):
+class FlowRunAdmin(RecordAdmin):
     list_display = ["id", "flow", "status_badge", "started_at", "duration", "trigger", "failed_step", "reason"]
     list_filter = ["status", "flow", "trigger"]
     list_select_related = ["flow"]
@@ -198,12 +198,6 @@ class FlowRunAdmin(admin.ModelAdmin):
     def duration(self, obj):
         return "—" if obj.duration_ms is None else f"{obj.duration_ms:.0f} ms"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = extra_context or {}
         run = self.get_object(request, object_id)
@@ -213,7 +207,7 @@ class FlowRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(ContractCoherence)
-class ContractCoherenceAdmin(admin.ModelAdmin):
+class ContractCoherenceAdmin(RecordAdmin):
     list_display = ["computed_at", "pct", "passed", "total", "detail"]
     date_hierarchy = "computed_at"
     change_list_template = "admin/flows/contractcoherence/change_list.html"
@@ -222,9 +216,3 @@ class ContractCoherenceAdmin(admin.ModelAdmin):
         rows = list(ContractCoherence.objects.exclude(pct=None).order_by("-computed_at")[:500])[::-1]
         chart = svg_chart({"contract_coherence_pct": [(r.computed_at, r.pct) for r in rows]}, unit="%", title="contract coherence over time")
         return super().changelist_view(request, {**(extra_context or {}), "coherence_chart": chart})
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -11,7 +11,7 @@ from django.urls import path
 from django.utils.html import format_html
 
 from apps.fleet.models import Module
-from vx11_site.display import badge
+from vx11_site.display import RecordAdmin, badge
 
 from . import models as power
 from .models import PowerAction, ServiceControl, WindowStop
@@ -123,7 +123,7 @@ class ServiceControlAdmin(admin.ModelAdmin):
 
 
 @admin.register(PowerAction)
-class PowerActionAdmin(admin.ModelAdmin):
+class PowerActionAdmin(RecordAdmin):
     list_display = ["at", "actor", "action", "service", "applied", "result", "http_status", "message", "duration_ms", "parent"]
     list_filter = ["result", "action", "applied", "service"]
     search_fields = ["service", "actor", "message"]
@@ -134,23 +134,11 @@ class PowerActionAdmin(admin.ModelAdmin):
     def evidence(self, obj):
         return format_html("<code>{}</code>", obj.evidence_path or "—")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(WindowStop)
-class WindowStopAdmin(admin.ModelAdmin):
+class WindowStopAdmin(RecordAdmin):
     """The stops of expired ttl windows: pending ones are tried again by the checker, given-up ones need a person."""
 
     list_display = ["window", "module", "state", "attempts", "retry_at", "last_action"]
     list_filter = ["state"]
     list_select_related = ["window", "module", "last_action"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
