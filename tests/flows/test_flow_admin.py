@@ -155,6 +155,7 @@ def test_load_from_file_download_edit_and_load_again(staff, flows):
     assert reverse("admin:flows_flow_load") in changelist
     page = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
     assert reverse("admin:flows_flow_definition", args=[flows["C"].pk]) in page
+    assert staff.get(reverse("admin:flows_flow_definition", args=[999999])).status_code == 404
     exported = staff.get(reverse("admin:flows_flow_definition", args=[flows["C"].pk]))
     assert exported["Content-Disposition"] == 'attachment; filename="flow_C.yaml"'
     text = exported.content.decode()

@@ -20,6 +20,12 @@ def test_port_offset_out_of_range_is_refused():
         call_command("vx11_demo", port_offset=99999, fleet_only=True)
 
 
+@pytest.mark.django_db
+def test_unknown_power_module_is_refused():
+    with pytest.raises(CommandError, match="--power-modules: unknown module\\(s\\) nope"):
+        call_command("vx11_demo", power_modules="mcp,nope", fleet_only=True)
+
+
 def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_VAR_DIR": str(tmp_path)}
     env.pop("DATABASE_URL", None)
