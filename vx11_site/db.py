@@ -4,14 +4,17 @@ from django.conf import settings
 from django.db import connection, transaction
 
 
-def prune_in_chunks(queryset, chunk: int | None = None) -> int:
-    """Delete in chunks of primary keys so a prune never holds the database for long."""
+def prune_in_chunks(queryset, chunk: int | None = None, before_delete=None) -> int:
+    """Delete in chunks of primary keys so a prune never holds the database for long.
+    `before_delete(ids)`: what must go with each chunk outside the database (files), done first."""
     chunk = chunk or settings.VX11_PRUNE_CHUNK
     total = 0
     while True:
         ids = list(queryset.values_list("id", flat=True)[:chunk])
         if not ids:
             return total
+        if before_delete is not None:
+            before_delete(ids)
         with transaction.atomic():
             total += queryset.model.objects.filter(id__in=ids).delete()[0]
 

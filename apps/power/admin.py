@@ -37,7 +37,6 @@ class WindowForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["services"].choices = [(slug, slug) for slug in Module.objects.filter(enabled=True).values_list("slug", flat=True)]
-        self.fields["ttl_sec"].max_value = settings.VX11_POWER_WINDOW_MAX_TTL
         self.fields["ttl_sec"].validators.append(MaxValueValidator(settings.VX11_POWER_WINDOW_MAX_TTL))
 
 
@@ -84,13 +83,12 @@ class ServiceControlAdmin(admin.ModelAdmin):
             self.console_post(request)
             return redirect("admin:power_console")
         status = power.power_status()
-        states = dict(Module.objects.filter(enabled=True).values_list("slug", "state"))
         for service in status["services"]:
-            service["badge"] = badge(states.get(service["service"], "unknown"), module=service["service"], state=states.get(service["service"]))
+            service["badge"] = badge(service["state"], module=service["service"], state=service["state"])
             service["never_stop"] = service["service"] in power.NEVER_STOP
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Power console", "status": status,
                    "can_control": request.user.has_perm("power.control_services"), "mode_form": ModeForm(), "window_form": WindowForm(),
-                   "actions": PowerAction.objects.filter(parent=None).select_related("user")[:20], "modes": power.MODES,
+                   "actions": PowerAction.objects.filter(parent=None)[:20], "modes": power.MODES,
                    "window_ends": datetime.fromisoformat(status["window"]["expires_at"]) if status["window"] else None}
         return TemplateResponse(request, "admin/power/console.html", context)
 

@@ -14,7 +14,7 @@ from typing import Literal
 from django.conf import settings
 from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vx11_site.api import SAFE_METHODS, ApiKeyAuth, SessionAuthIsStaff, on_auth_error, on_validation_error
 
@@ -112,6 +112,13 @@ class WindowIn(Schema):
     mode: Literal["ttl", "hold"] = "ttl"
     reason: str = Field(default="", max_length=500)
 
+    @field_validator("ttl_sec")
+    @classmethod
+    def at_most_the_max_ttl(cls, value: int) -> int:
+        if value > settings.VX11_POWER_WINDOW_MAX_TTL:  # read per request: the setting may change
+            raise ValueError(f"at most {settings.VX11_POWER_WINDOW_MAX_TTL} seconds (VX11_POWER_WINDOW_MAX_TTL)")
+        return value
+
 
 def answer(row: power.PowerAction) -> dict:
     if row.http_status >= 400:
@@ -160,10 +167,6 @@ def mode(request, payload: ModeIn):
 
 @route("post", "/power/window/open")
 def window_open(request, payload: WindowIn):
-    if payload.ttl_sec > settings.VX11_POWER_WINDOW_MAX_TTL:
-        message = f"ttl_sec: at most {settings.VX11_POWER_WINDOW_MAX_TTL} seconds (VX11_POWER_WINDOW_MAX_TTL)"
-        request.audit_refusal(422, message)
-        raise HttpError(422, message)
     row, window = power.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
     return {**answer(row), "window": power.window_dict(window)}
 

@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -37,12 +36,15 @@ from django.utils import timezone
 
 from apps.events.models import publish
 from apps.fleet.models import MaintenanceWindow, Module
+from vx11_site.db import prune_in_chunks
+
 from . import backends
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("start", "stop", "restart")
 NEVER_STOP = ("madre", "tentaculo_link")
+MAX_STOP_GRACE = 300  # seconds: the longest SIGTERM -> SIGKILL grace a service control may set
 # mode -> the modules that run in it (None = every module); the others are stopped
 MODES = {
     "low_power": ("madre", "tentaculo_link"),
@@ -84,7 +86,7 @@ class ServiceControl(models.Model):
                                help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]')
     compose_service = models.CharField(max_length=100, blank=True, help_text="compose: the service name (default: the module slug)")
     systemd_unit = models.CharField(max_length=200, blank=True, help_text="systemd: the unit, e.g. vx11-madre.service")
-    stop_grace_sec = models.FloatField(default=default_grace, validators=[MinValueValidator(0), MaxValueValidator(300)],
+    stop_grace_sec = models.FloatField(default=default_grace, validators=[MinValueValidator(0), MaxValueValidator(MAX_STOP_GRACE)],
                                        help_text="process: seconds between SIGTERM and SIGKILL")
     pid = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="process: the pid the portal started")
     pid_started_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -253,19 +255,17 @@ class PowerAction(models.Model):
         return data
 
     @classmethod
-    def prune(cls, now: datetime | None = None, chunk: int | None = None) -> int:
+    def prune(cls, now: datetime | None = None) -> int:
         """Delete rows older than the retention, in chunks, and the evidence folder of each (a mode's steps too)."""
         now = now or timezone.now()
         old = cls.objects.filter(at__lt=now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS))
-        chunk = chunk or settings.VX11_PRUNE_CHUNK
-        total = 0
-        while ids := list(old.values_list("id", flat=True)[:chunk]):
+
+        def remove_folders(ids):
             doomed = cls.objects.filter(Q(id__in=ids) | Q(parent_id__in=ids))  # steps go with their mode (CASCADE)
             for path in doomed.exclude(evidence_path="").values_list("evidence_path", flat=True):
                 remove_evidence(path)
-            with transaction.atomic():
-                total += cls.objects.filter(id__in=ids).delete()[0]
-        return total
+
+        return prune_in_chunks(old, before_delete=remove_folders)
 
 
 class WindowStop(models.Model):
@@ -310,7 +310,7 @@ class WindowStop(models.Model):
         """Rows of windows that ended before VX11_POWER_ACTION_RETENTION_DAYS (their tries are pruned then too)."""
         now = now or timezone.now()
         cutoff = now - timedelta(days=settings.VX11_POWER_ACTION_RETENTION_DAYS)
-        return cls.objects.filter(window__ends_at__lt=cutoff).delete()[0]
+        return prune_in_chunks(cls.objects.filter(window__ends_at__lt=cutoff))
 
 
 # --- evidence -------------------------------------------------------------------------------
@@ -401,10 +401,10 @@ def modules_in_window(now: datetime) -> set[int]:
     return set(MaintenanceWindow.active_at(now).filter(modules__isnull=False).values_list("modules__id", flat=True))
 
 
-def check_windows(modules: list[Module], now: datetime | None = None) -> None:
+def check_windows(modules: list[Module]) -> None:
     if not settings.VX11_MAINTENANCE_WINDOW_ENABLED:
         return
-    covered = modules_in_window(now or timezone.now())
+    covered = modules_in_window(timezone.now())
     outside = [m.slug for m in modules if m.id not in covered]
     if outside:
         raise Refused(409, f"no open maintenance window covers {', '.join(outside)}; open one first "
@@ -430,14 +430,14 @@ def check_rate(user) -> None:
         raise Refused(429, f"rate limit: {done} applied power actions by '{user.username}' in the last minute (limit {limit}); wait and retry")
 
 
-def reserve_rate(user, row: PowerAction, message: str = "running") -> None:
+def reserve_rate(user, row: PowerAction) -> None:
     """Count the user's applied requests of the last minute and, if under the limit, insert `row` as applied
     (result pending) in the same serialised transaction, so the next request counts it at once; finish()
     updates it when the action ends. A request running 30 s is counted from its start, not its end."""
     with transaction.atomic():
         lock_user_rate(user)
         check_rate(user)
-        row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, message
+        row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, "running"
         row.save()
 
 

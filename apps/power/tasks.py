@@ -4,13 +4,13 @@ from celery import shared_task
 from django.conf import settings
 
 from . import backends
-from .models import PowerAction, WindowStop, expire_windows
+from .models import MAX_STOP_GRACE, PowerAction, WindowStop, expire_windows
 
 
 def one_stop_worst_case() -> float:
     """Seconds one stop may take at most: compose/systemd's command timeout, or the process backend's
-    longest grace (300 s) + 5 s after SIGKILL + the /health wait; plus a margin for the database."""
-    process = 300 + 5 + settings.VX11_POWER_HEALTH_TIMEOUT + 1
+    longest grace (MAX_STOP_GRACE) + 5 s after SIGKILL + the /health wait; plus a margin for the database."""
+    process = MAX_STOP_GRACE + 5 + settings.VX11_POWER_HEALTH_TIMEOUT + 1
     return max(settings.VX11_POWER_COMMAND_TIMEOUT, process) + 30
 
 
