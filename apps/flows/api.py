@@ -10,7 +10,7 @@ from ninja import Body, Field, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import paginate
 
-from vx11_site.api import Paged
+from vx11_site.api import Paged, validation_detail
 
 from .models import ContractCoherence, Flow, FlowRun
 
@@ -110,7 +110,7 @@ def _save(spec: Any, replace: bool) -> Flow:
     try:
         return Flow.save_spec(spec, replace=replace)
     except DjangoValidationError as exc:
-        raise HttpError(422, "; ".join(exc.messages)) from None
+        raise HttpError(422, validation_detail(exc)) from None
 
 
 @router.get("/flows", response=list[FlowOut], summary="List flows with their last run, paged")
@@ -136,7 +136,7 @@ def coherence(request):
     row = ContractCoherence.objects.first()
     if row is None:
         return {"contract_coherence_pct": "NV", "passed": None, "total": None, "computed_at": None, "detail": {}}
-    return {"contract_coherence_pct": Flow.contract_coherence_pct(), "passed": row.passed, "total": row.total,
+    return {"contract_coherence_pct": "NV" if row.pct is None else row.pct, "passed": row.passed, "total": row.total,
             "computed_at": row.computed_at, "detail": row.detail}
 
 

@@ -33,8 +33,6 @@ class FlowsConfig(AppConfig):
     verbose_name = "Flows"
 
     def ready(self):
-        try:
-            from apps.daughters.models import register_kind
-        except ImportError:  # without the daughters app flows still run; only spawn steps and the "flow" kind are missing
-            return
+        from apps.daughters.models import register_kind
+
         register_kind("flow", run_flow_daughter, validate_flow_params)

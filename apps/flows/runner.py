@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
 from django.utils import timezone
 
+from apps.daughters.models import DaughterTask
 from apps.events.models import publish
 
 from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult, check_lookup, env_allowed, env_refused, flow_model
@@ -266,10 +267,6 @@ def describe_rows(rows, lookups=()) -> str:
 
 
 def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
-    try:
-        from apps.daughters.models import DaughterTask
-    except ImportError:
-        raise StepFailed("the daughters app is not available (apps.daughters.models.DaughterTask)") from None
     spec = render(step.spawn, captured)
     if str(spec.get("kind", "")).strip().lower() == "flow":
         raise StepFailed("spawn.kind 'flow' is refused: a flow may not start flows")

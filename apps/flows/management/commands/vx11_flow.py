@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from apps.flows.models import Flow
+from vx11_site.api import validation_detail
 
 
 class Command(BaseCommand):
@@ -48,9 +49,9 @@ class Command(BaseCommand):
 
     def do_list(self, options):
         rows = []
-        for flow in Flow.objects.all():
+        for flow in Flow.summarised(Flow.objects.all()):
             last = flow.last_run()
-            rows.append({"name": flow.name, "title": flow.title, "enabled": flow.enabled, "steps": flow.steps.count(),
+            rows.append({"name": flow.name, "title": flow.title, "enabled": flow.enabled, "steps": flow.step_count(),
                          "last_status": last.status if last else None, "last_run_at": last.started_at.isoformat() if last else None})
         if options["json"]:
             self.stdout.write(json.dumps({"flows": rows, "contract_coherence_pct": Flow.contract_coherence_pct()}, indent=2))
@@ -63,7 +64,7 @@ class Command(BaseCommand):
         try:
             flow = Flow.load_file(options["file"], replace=options["replace"])
         except ValidationError as exc:
-            raise CommandError("; ".join(exc.messages), returncode=2) from None
+            raise CommandError(validation_detail(exc), returncode=2) from None
         if options["json"]:
             self.stdout.write(json.dumps(flow.to_spec(), indent=2))
         else:

@@ -29,6 +29,7 @@ from apps.fleet.reference import reference_rows
 from apps.power import backends
 from apps.power.models import ServiceControl, perform
 from apps.simfleet.sim import PORTS, SimFleet
+from vx11_site.settings import envbool
 
 ADMIN_USER = "admin"
 
@@ -80,7 +81,7 @@ class Command(BaseCommand):
             raise CommandError(f"--power-modules: unknown module(s) {', '.join(unknown)}; expected some of: {', '.join(PORTS)}")
         if powered:  # the demo's own modules only: control is on unless the environment says otherwise
             os.environ.setdefault("VX11_ALLOW_SERVICE_CONTROL", "1")
-            settings.VX11_ALLOW_SERVICE_CONTROL = os.environ["VX11_ALLOW_SERVICE_CONTROL"].lower() in ("1", "true", "yes", "on")
+            settings.VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", True)  # as the settings read it
         call_command("migrate", verbosity=0, interactive=False)
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         sim = SimFleet(port_offset=offset, shub_warmup=options["shub_warmup"], exclude=powered)
