@@ -108,16 +108,14 @@ class DaughterTaskAdmin(admin.ModelAdmin):
         return [DaughterInline] if obj else []
 
     def save_model(self, request, obj, form, change):
-        if change:
-            return super().save_model(request, obj, form, change)
+        """Adding is spawning (a task is never edited: has_change_permission)."""
         d = form.cleaned_data
         task = DaughterTask.spawn(d["kind"], d["params"], source=d["source"], description=d["description"], name=d["name"],
                                   ttl_seconds=d["ttl_seconds"], max_retries=d["max_retries"], count=d["count"], user=request.user)
         obj.pk = task.pk  # the admin's "added" message and redirect point at the spawned task
 
     def save_related(self, request, form, formsets, change):
-        if change:
-            super().save_related(request, form, formsets, change)
+        pass  # the spawn made the daughters
 
     def has_change_permission(self, request, obj=None):
         return False if obj is not None else super().has_change_permission(request, obj)

@@ -16,8 +16,8 @@ from .models import PRIORITIES, Daughter, DaughterTask
 
 router = Router(tags=["daughters"])
 
-TaskStatus = Literal["pending", "planning", "running", "retrying", "completed", "failed", "expired", "cancelled"]
-DaughterStatus = Literal["spawned", "running", "restarting", "finished", "failed", "killed", "expired", "mutated"]
+TaskStatus = Literal[tuple(DaughterTask.Status.values)]
+DaughterStatus = Literal[tuple(Daughter.Status.values)]
 
 
 class SpawnIn(Schema):
@@ -25,7 +25,7 @@ class SpawnIn(Schema):
 
     kind: str = Field(..., description="http, command, sleep, flow (registered kinds)")
     params: dict[str, Any] = Field(default_factory=dict, description='e.g. {"module": "hermes", "path": "/tools"}')
-    source: Literal["shub", "operator", "madre", "daughters"] = "operator"
+    source: Literal[tuple(PRIORITIES)] = "operator"
     description: str = Field("", max_length=500)
     name: str = Field("", max_length=80)
     purpose: str = Field("", max_length=300)

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PRIORITIES = {"shub": 0, "operator": 1, "madre": 2, "daughters": 3}  # lower runs first, as madre's queue
 EVENT_ID_LIMIT = 200  # ids listed in one aggregated event
-HOST = socket.gethostname()
+HOST = socket.gethostname()[:255]  # as DaughterAttempt.host stores it
 ATTEMPT_ENV = "VX11_DAUGHTER_ATTEMPT"  # in a command's environment: which attempt it belongs to (orphan checks)
 TASK_EVENTS_ONE_BY_ONE = 10  # more changed tasks than this get one aggregated plan_updated event
 
@@ -136,7 +136,7 @@ def run_command(daughter: Daughter, params: dict) -> dict:
     env = {**os.environ, ATTEMPT_ENV: str(attempt.pk)} if attempt else None
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     if attempt:  # should this worker die, the reaper finds the group by it
-        DaughterAttempt.objects.filter(pk=attempt.pk).update(pid=proc.pid, host=HOST[:255])
+        DaughterAttempt.objects.filter(pk=attempt.pk).update(pid=proc.pid, host=HOST)
     deadline = time.monotonic() + params["timeout"]
 
     def kill_group() -> bytes:
@@ -336,8 +336,12 @@ class DaughterTask(models.Model):
 
     @classmethod
     def prune(cls, now=None) -> int:
+        """Ended tasks older than VX11_DAUGHTER_RETENTION_DAYS, with their daughters and attempts (rows deleted).
+        The daughters go first, in chunks of their own: a task's delete would load every daughter of the chunk's
+        tasks at once (their `children` link is SET_NULL, so Django cannot delete them in one statement)."""
         cutoff = (now or timezone.now()) - timedelta(days=settings.VX11_DAUGHTER_RETENTION_DAYS)
-        return prune_in_chunks(cls.objects.filter(status__in=cls.FINAL, updated__lt=cutoff))
+        old = cls.objects.filter(status__in=cls.FINAL, updated__lt=cutoff)
+        return prune_in_chunks(Daughter.objects.filter(task__in=old)) + prune_in_chunks(old)
 
 
 class Daughter(models.Model):
@@ -644,7 +648,7 @@ class DaughterAttempt(models.Model):
         killed. A live worker would stop it at its next heartbeat; a dead one never will. Another host's
         processes are left to that host (its worker, or the command's own timeout)."""
         killed = 0
-        for attempt_id, pid in attempts.filter(pid__isnull=False, host=HOST[:255]).values_list("id", "pid"):
+        for attempt_id, pid in attempts.filter(pid__isnull=False, host=HOST).values_list("id", "pid"):
             if attempt_of_process(pid) == attempt_id:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)

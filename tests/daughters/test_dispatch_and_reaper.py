@@ -183,3 +183,24 @@ def test_the_reaper_kills_the_command_a_dead_worker_left_and_nothing_else():
         for p in procs.values():
             p.kill()
             p.wait(timeout=5)
+
+
+def test_prune_drops_old_ended_tasks_with_their_daughters_and_attempts_only(settings):
+    settings.VX11_DAUGHTER_RETENTION_DAYS = 30
+    old_done, old_live, recent_done = spawn(n=3), spawn(n=2), spawn(n=1)
+    parent = recent_done.daughters.get()
+    DaughterTask.spawn("sleep", {"seconds": 1}, parent_id=parent.pk)  # a child elsewhere keeps its parent
+    orphan_of_old = DaughterTask.spawn("sleep", {"seconds": 1}, parent_id=old_done.daughters.first().pk).daughters.get()
+    for task in (old_done, recent_done):
+        running(task)
+        task.daughters.update(status="finished", ended_at=timezone.now())
+    long_ago = timezone.now() - timedelta(days=31)
+    DaughterTask.objects.filter(pk=old_done.pk).update(status="completed", updated=long_ago)
+    DaughterTask.objects.filter(pk=old_live.pk).update(updated=long_ago)  # pending: not ended, kept
+    DaughterTask.objects.filter(pk=recent_done.pk).update(status="completed")
+    assert DaughterTask.prune() == 1 + 3 + 3  # the task, its daughters, their attempts
+    assert not DaughterTask.objects.filter(pk=old_done.pk).exists()
+    assert DaughterTask.objects.filter(pk__in=[old_live.pk, recent_done.pk]).count() == 2
+    orphan_of_old.refresh_from_db()
+    assert orphan_of_old.parent_id is None  # SET_NULL, as before
+    assert DaughterAttempt.objects.filter(daughter__task=recent_done).count() == 1
