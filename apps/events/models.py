@@ -117,8 +117,10 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
         return _bus_loop[1]
 
 
-async def _send(layer, groups: list[str], envelope: dict) -> None:
-    for group in groups:
+async def send(layer, envelope: dict, session_id: str | None = None) -> None:
+    """Hand a stored event's envelope to the channel layer: its session's group, or everyone's.
+    The one place that knows the group names and the message shape (publish, apublish, the operator's relay)."""
+    for group in _groups(session_id):
         await layer.group_send(group, {"type": "vx11.event", "event": envelope})
 
 
@@ -127,9 +129,9 @@ def publish(event_type: str, data: dict | None = None, session_id: str | None = 
     envelope = _store(event_type, data, session_id)
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):  # its queues belong to the server's own loop
-        async_to_sync(_send)(layer, _groups(session_id), envelope)
+        async_to_sync(send)(layer, envelope, session_id)
     elif layer is not None:
-        asyncio.run_coroutine_threadsafe(_send(layer, _groups(session_id), envelope), _sender_loop()).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(send(layer, envelope, session_id), _sender_loop()).result(timeout=10)
     return envelope
 
 
@@ -138,5 +140,5 @@ async def apublish(event_type: str, data: dict | None = None, session_id: str | 
     envelope = await database_sync_to_async(_store)(event_type, data, session_id)
     layer = get_channel_layer()
     if layer is not None:
-        await _send(layer, _groups(session_id), envelope)
+        await send(layer, envelope, session_id)
     return envelope

@@ -19,7 +19,7 @@ from django.http.request import validate_host
 from django.utils import timezone
 
 from apps.accounts.models import token_is_valid
-from apps.events.models import BROADCAST_GROUP, CANONICAL_TYPES, SESSION_ID, Event, apublish, session_group
+from apps.events.models import BROADCAST_GROUP, CANONICAL_TYPES, SESSION_ID, Event, apublish, send, session_group
 
 # daphne (autobahn) lets a server close only with 1000 or 3000-4999 and drops the reason text,
 # so the codes are 1008/1009 moved into the application range, and the reason is also sent
@@ -67,8 +67,7 @@ class StoredEventRelay:
             await asyncio.sleep(settings.VX11_WS_POLL_SECONDS)
             for event in await database_sync_to_async(Event.after)(cursor):
                 cursor = event.id
-                group = session_group(event.session_id) if event.session_id else BROADCAST_GROUP
-                await layer.group_send(group, {"type": "vx11.event", "event": event.envelope})
+                await send(layer, event.envelope, event.session_id or None)
 
 
 class EventConsumer(AsyncWebsocketConsumer):
