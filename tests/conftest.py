@@ -152,22 +152,19 @@ def _reset_celery_sender(app) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def private_celery_queue(tmp_path_factory):
     """What tests send to Celery (a spawn's dispatch after commit) goes to a queue of this run's
-    own, never to the demo's var/celery-queue or the default Redis queue a running portal reads."""
+    own, never to the demo's var/celery-broker.sqlite3 or the default Redis queue a running portal reads."""
     from vx11_site.celery import app
 
-    saved = {k: app.conf[k] for k in ("task_default_queue", "broker_transport_options")}
+    saved = {k: app.conf[k] for k in ("task_default_queue", "broker_url")}
     changes = {"task_default_queue": f"tests-{os.getpid()}"}
-    if app.conf.broker_url.startswith("filesystem"):
-        folder = tmp_path_factory.mktemp("celery-queue")
-        changes["broker_transport_options"] = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                                               "processed_folder": str(folder), "store_processed": False,
-                                               "control_folder": str(folder / "control")}
+    if app.conf.broker_url.startswith("vx11sqla"):
+        changes["broker_url"] = f"vx11sqla+sqlite:///{tmp_path_factory.mktemp('celery-broker') / 'broker.sqlite3'}"
     app.conf.update(changes)
     _reset_celery_sender(app)
     yield
     app.conf.update(saved)
     _reset_celery_sender(app)
-    if not app.conf.broker_url.startswith("filesystem"):
+    if app.conf.broker_url.startswith("redis"):
         import redis
 
         redis.Redis.from_url(app.conf.broker_url).delete(changes["task_default_queue"])

@@ -35,7 +35,8 @@ def test_redis_url_switches_broker_and_channel_layer():
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["DJANGO_SETTINGS_MODULE"] = "vx11_site.settings"
     embedded = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert embedded.stdout.split() == ["filesystem://", "channels.layers.InMemoryChannelLayer", "django.db.backends.sqlite3"]
+    assert embedded.stdout.split()[0].startswith("vx11sqla+sqlite:///")
+    assert embedded.stdout.split()[1:] == ["channels.layers.InMemoryChannelLayer", "django.db.backends.sqlite3"]
     env.update(REDIS_URL="redis://127.0.0.1:6379/9", DATABASE_URL="postgres://postgres@127.0.0.1:5432/x")
     served = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert served.stdout.split() == ["redis://127.0.0.1:6379/9", "channels_redis.core.RedisChannelLayer", "django.db.backends.postgresql"]

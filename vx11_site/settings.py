@@ -1,7 +1,10 @@
 """All configuration comes from the environment, read here and nowhere else.
 
-With nothing set the portal runs embedded: SQLite, the in-memory channel layer and
-kombu's filesystem transport, so a fresh machine needs nothing but Python.
+With nothing set the portal runs embedded: SQLite, the in-memory channel layer and an SQLite
+broker, so a fresh machine needs nothing but Python. The embedded broker is kombu's SQLAlchemy
+transport on var/celery-broker.sqlite3: each publish and each delivery is one SQLite transaction,
+so a worker never reads half a message (kombu's filesystem transport can hand a consumer an empty
+file, which kills the worker: kombu issue #1551). vx11_site.broker deletes delivered messages.
 REDIS_URL switches broker, result store and channel layer to Redis;
 DATABASE_URL=postgres://... switches the database to PostgreSQL.
 """
@@ -86,6 +89,8 @@ INSTALLED_APPS = [
     "channels",
     "django_celery_beat",
     "django_celery_results",
+    # ninja renders its API docs with the Swagger/Redoc assets it ships (static/ninja/), not from a CDN
+    "ninja",
     "vx11_site",
     "apps.accounts",
     "apps.fleet",
@@ -181,16 +186,10 @@ if REDIS_URL:
 else:
     # sized like the Redis layer: the default capacity of 100 dropped half of a burst silently
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": envint("VX11_CHANNEL_CAPACITY", 5000)}}}
-    _queue_dir = VAR_DIR / "celery-queue"
-    _queue_dir.mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue_dir),
-        "data_folder_out": str(_queue_dir),
-        "processed_folder": str(_queue_dir),
-        "control_folder": str(_queue_dir / "control"),
-        "store_processed": False,
-    }
+    # kombu's SQLAlchemy transport on an SQLite file: transactional, and part of Python (see vx11_site.broker)
+    CELERY_BROKER_URL = f"vx11sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
+    # how long a publish waits for SQLite's write lock before it fails (and Celery retries it)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 30}}
     CELERY_RESULT_BACKEND = "django-db"
 
 CELERY_TIMEZONE = "UTC"
@@ -204,6 +203,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = envbool("VX11_CELERY_EAGER", False)
 # Daughters are acknowledged late; one message at a time per worker process keeps the queue fair.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker that loses its broker (Redis restarted, SQLite file locked) keeps trying to reconnect, never gives up.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 
 # --- VX11 ---------------------------------------------------------------------------------
 VX11_PROBE_INTERVAL_SECONDS = envint("VX11_PROBE_INTERVAL_SECONDS", 15)

@@ -282,14 +282,14 @@ def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, 
         output.append(read_tail(log, 2000))
         return Outcome(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
     if not up:
-        _terminate(child.pid, 1.0)
+        terminate(child.pid, 1.0)
         output.append(read_tail(log, 2000))
         return Outcome(False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output)
     output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
     return Outcome(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
 
 
-def _terminate(pid: int, grace: float) -> str:
+def terminate(pid: int, grace: float) -> str:
     """SIGTERM the process group, SIGKILL after `grace` seconds; say which it took."""
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -310,7 +310,7 @@ def process_stop(slug: str, argv: list[str], pid: int | None, health_url: str, g
     if not pid_alive(pid, argv):
         note = f" (but {health_url} answers: is it running outside the portal?)" if health_answers(health_url) else ""
         return Outcome(True, f"{slug} not running{note}", [f"no live process (recorded pid {pid}){note}"], pid=None)
-    how = _terminate(pid, grace)
+    how = terminate(pid, grace)
     output = [f"pid {pid}: {how}"]
     if not wait_for(lambda: not health_answers(health_url), timeout):
         output.append(f"{health_url} still answers")

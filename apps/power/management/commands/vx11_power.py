@@ -5,6 +5,18 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.fleet.models import Module
 from apps.power.models import ServiceControl, expire_windows, power_status
+from vx11_site import running_demo
+
+
+def control_line(allowed_here: bool) -> str:
+    """Allowed or disabled, as this process's settings say, and as a running demo's processes see it:
+    the demo turns service control on for itself only, so its console may allow what this shell does not."""
+    if allowed_here:
+        return "allowed"
+    demo = running_demo.current()
+    if demo and demo.get("service_control_allowed"):
+        return f"DISABLED here, ON for the running demo (pid {demo['pid']}) and its console"
+    return "DISABLED"
 
 
 class Command(BaseCommand):
@@ -25,7 +37,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
-        self.stdout.write(f"service control {'allowed' if status['service_control_allowed'] else 'DISABLED'}; "
+        self.stdout.write(f"service control {control_line(status['service_control_allowed'])}; "
                           f"window required: {status['window_required']}; open power window: {status['window'] or 'none'}")
         for s in status["services"]:
             running = {True: "running", False: "stopped", None: "-"}[s["running"]]

@@ -2,7 +2,13 @@
 
 Starts the simulated modules (on the real ports + --port-offset), points the module registry
 at the ports really used, creates an admin login and prints it, runs a first probe round,
-then starts a Celery worker with embedded beat and daphne, and waits until Ctrl-C.
+then starts a Celery worker with embedded beat and daphne, and waits until Ctrl-C or SIGTERM.
+
+The worker and daphne write their logs to var/log/ (worker.log, daphne.log) so the terminal keeps the
+one block that matters: URL, login, token and consoles, printed last. A child that dies is started
+again (logged to the terminal and var/log/demo.log) instead of taking the portal down; the demo gives
+up only when a child keeps dying. The running demo records its ports, pids and effective settings in
+var/demo.json (vx11_site.running_demo) for `vx11 sim` and `vx11 power status`.
 
 The --power-modules (default: mcp) are not served by the simulator but run as their own processes
 (python -m apps.simfleet.serve_one) under the power manager's process backend, so the power console
@@ -10,13 +16,14 @@ really stops and starts them. Service control is on for the demo unless VX11_ALL
 says otherwise; the maintenance-window guard stays on.
 """
 
+import logging
 import os
-
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -29,9 +36,15 @@ from apps.fleet.reference import reference_rows
 from apps.power import backends
 from apps.power.models import ServiceControl, perform
 from apps.simfleet.sim import PORTS, SimFleet
+from vx11_site import running_demo
 from vx11_site.settings import envbool
 
 ADMIN_USER = "admin"
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+RESTART_LIMIT = 5  # restarts of one child within RESTART_PERIOD seconds before the demo gives up
+RESTART_PERIOD = 120
 
 
 def _stop_on_sigterm(signum, frame):
@@ -60,6 +73,45 @@ def point_registry_at(sim: SimFleet) -> None:
         Module.objects.update_or_create(slug=row["slug"], defaults=defaults)
 
 
+class Child:
+    """One process of the portal (worker or daphne), its output in var/log/<name>.log, started again when it dies."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.restarts: list[float] = []
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
+
+    def died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def restart(self, now: float) -> None:
+        """Start again; refuse (CommandError) when it died RESTART_LIMIT times within RESTART_PERIOD seconds."""
+        self.restarts.append(now)
+        recent = [at for at in self.restarts if now - at <= RESTART_PERIOD]
+        if len(recent) > RESTART_LIMIT:
+            raise CommandError(f"{self.name} died {len(recent)} times in {RESTART_PERIOD} s; see {self.log_path}")
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, timeout: float = 10) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
 class Command(BaseCommand):
     help = "Run the demo fleet (simulated VX11 modules) and, unless --fleet-only, the portal around it."
 
@@ -83,79 +135,150 @@ class Command(BaseCommand):
             os.environ.setdefault("VX11_ALLOW_SERVICE_CONTROL", "1")
             settings.VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", True)  # as the settings read it
         call_command("migrate", verbosity=0, interactive=False)
+        self.log_dir = settings.VAR_DIR / "log"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.state = {"portal_url": None, "control_url": None, "port_offset": offset, "power_modules": powered,
+                      "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL, "log_dir": str(self.log_dir),
+                      "children": {}, "restarts": {}, "started_at": time.time()}
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         sim = SimFleet(port_offset=offset, shub_warmup=options["shub_warmup"], exclude=powered)
         try:
             sim.start()
         except OSError as exc:
             raise CommandError(f"cannot start the demo fleet: {exc}. Another demo running? Try --port-offset 100") from None
-        children = []
+        children: list[Child] = []
         try:
+            self.state["control_url"] = sim.control_url
+            running_demo.record(self.state)
             point_registry_at(sim)
             self.stdout.write(self.style.SUCCESS("Demo fleet (SIMULATOR) is up:"))
             for slug, port in sorted(sim.ports.items(), key=lambda kv: kv[1]):
                 self.stdout.write(f"  {slug:<16} http://127.0.0.1:{port}/health")
             self.start_powered(sim, powered)
-            self.stdout.write(f"  misbehave with: python manage.py vx11 sim <module> slow|hang|error|garbage|wrong_status|down|ok --control-url {sim.control_url}")
             results, _ = run_round()
             self.stdout.write(f"First probe round: {sum(r.outcome != 'fail' for r in results)}/{len(results)} answering.")
             if not options["fleet_only"]:
-                password = admin_login()
                 children = self.start_portal(options["portal_port"])
-                url = f"http://127.0.0.1:{options['portal_port']}/admin/"
-                self.stdout.write(self.style.SUCCESS(f"\nVX11 Ops Portal: {url}   login: {ADMIN_USER} / {password}"))
-                self.stdout.write(f"API docs: http://127.0.0.1:{options['portal_port']}/api/docs   Operator console: http://127.0.0.1:{options['portal_port']}/operator/console")
-                self.stdout.write(f"X-VX11-Token (operator endpoints, ws://127.0.0.1:{options['portal_port']}/ws/<session>?token=...): {settings.VX11_TOKEN}")
-                if powered:
-                    self.stdout.write(f"Power console: {url}power/servicecontrol/console/  ({', '.join(powered)} under the power manager; "
-                                      f"service control {'ON' if settings.VX11_ALLOW_SERVICE_CONTROL else 'OFF'}; open a window before applying)")
-                self.stdout.write("Ctrl-C stops everything.\n")
-            self.wait(children)
+                self.state["portal_url"] = f"http://127.0.0.1:{options['portal_port']}"
+                self.wait_until_answering(options["portal_port"], children)
+                self.print_welcome(powered)
+            self.record(children)
+            self.supervise(children)
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping the demo…")
         finally:
+            for stop in STOP_SIGNALS:  # a second Ctrl-C or SIGTERM must not cut the clean-up short
+                signal.signal(stop, signal.SIG_IGN)
             for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
+                child.stop()
             for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+                child.wait_or_kill()
             self.stop_powered(powered)
             sim.stop()
+            running_demo.forget()
+
+    def record(self, children: list["Child"]) -> None:
+        self.state["children"] = {child.name: child.proc.pid for child in children}
+        self.state["restarts"] = {child.name: len(child.restarts) for child in children}
+        self.state["powered_pids"] = dict(ServiceControl.objects.filter(module__slug__in=self.state["power_modules"])
+                                          .values_list("module__slug", "pid"))
+        running_demo.record(self.state)
+
+    def print_welcome(self, powered: list[str]) -> None:
+        """The block a newcomer needs, printed last so nothing scrolls it away."""
+        url = self.state["portal_url"]
+        password = admin_login()
+        rows = [("login", f"{ADMIN_USER} / {password}"), ("API docs", f"{url}/api/docs"),
+                ("Operator console", f"{url}/operator/console"),
+                ("X-VX11-Token", f"{settings.VX11_TOKEN}  (operator endpoints; {url.replace('http', 'ws')}/ws/<session>?token=...)")]
+        if powered:
+            control = "ON for the demo" if settings.VX11_ALLOW_SERVICE_CONTROL else "OFF"
+            rows.append(("Power console", f"{url}/admin/power/servicecontrol/console/  ({', '.join(powered)} under the power "
+                                          f"manager; service control {control}; open a window before applying)"))
+        rows.append(("Misbehave", "python manage.py vx11 sim hermes down   (also: slow, hang, error, garbage, ok)"))
+        logs = ", ".join(str(self.log_dir / f"{name}.log") for name in ("worker", "beat", "daphne", "demo"))
+        rows.append(("Logs", logs))
+        self.stdout.write(self.style.SUCCESS(f"\nVX11 Ops Portal: {url}/admin/"))
+        for label, value in rows:
+            self.stdout.write(f"  {label + ':':<18}{value}")
+        self.stdout.write("Ctrl-C stops everything.\n")
 
     def start_powered(self, sim: SimFleet, powered: list[str]) -> None:
-        """Give each power module the process backend and start it through the power manager (an audited action)."""
-        for slug in powered:
-            port = int(sim.base_url(slug).rsplit(":", 1)[1])
-            argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
-            ServiceControl.objects.update_or_create(module=Module.objects.get(slug=slug),
-                                                    defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv})
-            row = perform(None, slug, "start", True, system="demo")
-            self.stdout.write(f"  {slug:<16} http://127.0.0.1:{port}/health  own process, power manager: {row.message}")
+        """Give each power module the process backend and start it through the power manager (an audited action).
+
+        Ctrl-C and SIGTERM wait until the start is recorded, so the demo never loses track of a process it started
+        (remembered by a handler, not blocked: a blocked signal would stay blocked in the started process)."""
+        asked_to_stop = []
+        previous = {stop: signal.signal(stop, lambda signum, frame: asked_to_stop.append(signum)) for stop in STOP_SIGNALS}
+        try:
+            for slug in powered:
+                port = int(sim.base_url(slug).rsplit(":", 1)[1])
+                argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
+                ServiceControl.objects.update_or_create(module=Module.objects.get(slug=slug),
+                                                        defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv})
+                row = perform(None, slug, "start", True, system="demo")
+                self.stdout.write(f"  {slug:<16} http://127.0.0.1:{port}/health  own process, power manager: {row.message}")
+        finally:
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
+        if asked_to_stop:
+            raise KeyboardInterrupt
 
     def stop_powered(self, powered: list[str]) -> None:
+        """Stop each power module through the power manager; a process that outlives that (the stop refused
+        because another action holds the module, or failed) is ended here by its recorded pid."""
         for slug in powered:
             try:
                 row = perform(None, slug, "stop", True, system="demo")
                 self.stdout.write(f"{slug}: {row.message}")
             except Exception as exc:  # stopping the demo goes on whatever happens to one module
-                self.stderr.write(f"{slug}: could not stop: {exc}")
+                self.stderr.write(f"{slug}: could not stop through the power manager: {exc}")
+            control = ServiceControl.objects.filter(module__slug=slug).first()
+            if control and backends.pid_alive(control.pid, control.command):
+                self.stdout.write(f"{slug}: pid {control.pid} {backends.terminate(control.pid, control.stop_grace_sec)}")
 
-    def start_portal(self, port: int) -> list[subprocess.Popen]:
+    def start_portal(self, port: int) -> list[Child]:
         python = sys.executable
-        worker = [python, "-m", "celery", "-A", "vx11_site", "worker", "-B", "-l", "WARNING", "--concurrency", "2",
-                  "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
+        # beat is a child of its own (not `worker -B`): a worker that dies and is started again must not leave an
+        # orphaned beat behind that schedules everything twice
+        worker = [python, "-m", "celery", "-A", "vx11_site", "worker", "-l", "WARNING", "--concurrency", "2"]
+        beat = [python, "-m", "celery", "-A", "vx11_site", "beat", "-l", "WARNING",
+                "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
         daphne = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"]
-        return [subprocess.Popen(worker, cwd=settings.BASE_DIR), subprocess.Popen(daphne, cwd=settings.BASE_DIR)]
+        children = [Child(name, argv, self.log_dir) for name, argv in (("worker", worker), ("beat", beat), ("daphne", daphne))]
+        for child in children:
+            child.start()
+        return children
 
-    def wait(self, children: list[subprocess.Popen]) -> None:
+    def wait_until_answering(self, port: int, children: list[Child], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in children:
+                if child.died():
+                    raise CommandError(f"{child.name} exited with code {child.proc.returncode} at start; see {child.log_path}")
+            if backends.health_answers(f"http://127.0.0.1:{port}/health"):
+                return
+            time.sleep(0.2)
+        raise CommandError(f"the portal did not answer on port {port} within {timeout:g} s; see {self.log_dir / 'daphne.log'}")
+
+    def supervise(self, children: list[Child]) -> None:
+        """Until Ctrl-C or SIGTERM: start again a child that died, and reap power modules the console stopped."""
+        demo_log = logging.getLogger("apps.simfleet.demo")
+        handler = logging.FileHandler(self.log_dir / "demo.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        demo_log.addHandler(handler)
         try:
             while True:
                 for child in children:
-                    if child.poll() is not None:
-                        raise CommandError(f"{' '.join(child.args[1:4])} exited with code {child.returncode}")
-                for child in list(backends._children.values()):
-                    child.poll()  # reap a power module this process started and the console stopped
+                    if child.died():
+                        code = child.proc.returncode
+                        child.restart(time.monotonic())
+                        message = f"{child.name} exited with code {code}; started again (pid {child.proc.pid}, see {child.log_path})"
+                        demo_log.warning(message)
+                        self.record(children)
+                for process in list(backends._children.values()):
+                    process.poll()
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            self.stdout.write("\nstopping the demo…")
+        finally:
+            demo_log.removeHandler(handler)
+            handler.close()

@@ -7,6 +7,15 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.simfleet.sim import CONTROL_PORT, MODES, PORTS
+from vx11_site import running_demo
+
+
+def default_control_url() -> str:
+    """The control server of the demo running on this checkout's var/ (it moves with --port-offset)."""
+    demo = running_demo.current()
+    if demo and demo.get("control_url"):
+        return demo["control_url"]
+    return f"http://127.0.0.1:{CONTROL_PORT}"
 
 
 class Command(BaseCommand):
@@ -16,7 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("slug", nargs="?", help=f"simulated module: {', '.join(PORTS)}")
         parser.add_argument("mode", nargs="?", help=f"one of: {', '.join(MODES)}")
         parser.add_argument("--delay", type=float, help='seconds for mode "slow"')
-        parser.add_argument("--control-url", default=f"http://127.0.0.1:{CONTROL_PORT}", help="the simulator's control server")
+        parser.add_argument("--control-url", help="the simulator's control server (default: the running demo's, "
+                            f"from var/demo.json, else http://127.0.0.1:{CONTROL_PORT})")
         parser.add_argument("--list", action="store_true", help="print the modes and exit")
 
     def handle(self, *args, **options):
@@ -25,7 +35,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{mode:<13} {what}")
             return
         slug, mode, delay = options["slug"], options["mode"], options["delay"]
-        url = options["control_url"].rstrip("/") + "/_sim"
+        url = (options["control_url"] or default_control_url()).rstrip("/") + "/_sim"
         if slug is None:
             for slug, state in self.call("GET", url)["modules"].items():
                 self.stdout.write(f"{slug:<15} port {state['port']:<6} {state['mode']}" + (f" {state['delay']}s" if state["delay"] is not None else ""))
