@@ -584,8 +584,11 @@ class SimFleet:
         too_slow = mode == "slow" and delay >= MADRE_PROBE_TIMEOUT
         return "down" if mode in DEAD_MODES or too_slow else "up"
 
-    def warming_up(self):
-        return self._started_at is not None and time.monotonic() - self._started_at < self.shub_warmup
+    def warming_up(self, now=None):
+        """`now`: a time.monotonic() reading to judge at (default: the current one), so a caller can test the
+        end of warm-up without waiting for it."""
+        now = time.monotonic() if now is None else now
+        return self._started_at is not None and now - self._started_at < self.shub_warmup
 
     # -- inside the loop ---------------------------------------------------------------------
 

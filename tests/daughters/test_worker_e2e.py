@@ -3,6 +3,7 @@ retries, a worker killed mid-task (the daughter is retried, never lost), TTL exp
 
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from django.test import Client
@@ -54,8 +55,12 @@ def test_a_worker_killed_mid_task_loses_nothing(daughter_worker, settings, tmp_p
     daughter_worker.kill()  # SIGKILL: the message was never acknowledged, the attempt never ended
     orphan = daughter.attempts.get().pid  # the command, left running by the dead worker
     assert orphan and not gone(orphan)
-    time.sleep(2.5)
-    assert Daughter.reap()["retried"] == 1
+    # staleness is judged at times given to the reaper, from the last heartbeat the dead worker wrote
+    daughter.refresh_from_db()
+    stale_at = daughter.last_heartbeat_at + timedelta(seconds=settings.VX11_DAUGHTER_STALE_SECONDS)
+    assert Daughter.reap(now=stale_at - timedelta(seconds=1))["retried"] == 0
+    assert status_of(daughter) == "running" and not gone(orphan)
+    assert Daughter.reap(now=stale_at + timedelta(seconds=1))["retried"] == 1
     deadline = time.monotonic() + 5
     while not gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -72,8 +77,10 @@ def test_a_worker_killed_mid_task_loses_nothing(daughter_worker, settings, tmp_p
 def test_ttl_expiry_stops_the_work(daughter_worker):
     daughter = DaughterTask.spawn("sleep", {"seconds": 30}, ttl_seconds=1).daughters.get()
     wait_for(lambda: status_of(daughter) == "running", daughter_worker, what="the daughter to start")
-    time.sleep(1.1)
-    assert Daughter.reap()["expired"] == 1
+    # expiry is judged at times given to the reaper, from the expiry the worker's claim set
+    assert Daughter.reap(now=daughter.expires_at - timedelta(seconds=0.5))["expired"] == 0
+    assert status_of(daughter) == "running"
+    assert Daughter.reap(now=daughter.expires_at + timedelta(seconds=0.1))["expired"] == 1
     wait_for(lambda: daughter.attempts.get().ended_at is not None, daughter_worker, timeout=5, what="the worker to stop the work")
     assert status_of(daughter) == "expired" and daughter.attempts.get().status == "timeout"
     daughter.task.refresh_from_db()

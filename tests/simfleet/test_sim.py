@@ -77,11 +77,15 @@ def test_madre_health_reports_its_deps_from_sibling_modes(sim):
     assert health(sim, "madre").json()["deps"] == {"switch": "down", "hormiguero": "up", "spawner": "down"}
 
 
-def test_shub_is_initializing_during_warmup():
-    with SimFleet(ephemeral=True, shub_warmup=0.5) as fleet:
+def test_shub_is_initializing_during_warmup(monkeypatch):
+    """The end of warm-up is judged at a time given to warming_up(), never by waiting: a warm-up longer than any
+    slow start keeps the first answer "initializing" on a loaded machine."""
+    with SimFleet(ephemeral=True, shub_warmup=60) as fleet:
         assert health(fleet, "shub").json() == {"status": "initializing", "module": "shubniggurath", "version": "7.0-FASE1"}
-        time.sleep(0.6)
-        assert health(fleet, "shub").json()["status"] == "ok"
+        warming_up = fleet.warming_up
+        # the handler asks as if a minute had passed
+        monkeypatch.setattr(fleet, "warming_up", lambda: warming_up(now=time.monotonic() + 60))
+        assert health(fleet, "shub").json() == EXPECTED_HEALTH["shub"]
 
 
 def test_hermes_tools(sim):
@@ -230,13 +234,23 @@ def test_control_rejects_bad_input(sim, slug, content, status):
 # -- life cycle --------------------------------------------------------------------------------
 
 
-def test_stop_releases_every_port_quickly_even_with_a_hanging_request():
+def test_stop_releases_every_port_quickly_even_with_a_hanging_request(monkeypatch):
     fleet = SimFleet(ephemeral=True).start()
     fleet.set_mode("madre", "hang")
     fleet.set_mode("mcp", "down")
+    # madre's handler reads its mode first: once it has, the request is in the handler and hangs there
+    handling = threading.Event()
+    mode_of = fleet.mode_of
+
+    def watched_mode_of(slug):
+        if slug == "madre":
+            handling.set()
+        return mode_of(slug)
+
+    monkeypatch.setattr(fleet, "mode_of", watched_mode_of)
     in_flight = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, health, fleet, "madre", 10), daemon=True)
     in_flight.start()
-    time.sleep(0.2)
+    assert handling.wait(10), "the request to madre never reached its handler"
     started = time.monotonic()
     fleet.stop()
     assert time.monotonic() - started < 2
