@@ -1,14 +1,20 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from .api import api
-from .views import portal_health
+from .views import favicon, portal_health
 
 admin.site.site_header = "VX11 Ops Portal"
 admin.site.site_title = "VX11 Ops Portal"
 admin.site.index_title = "Fleet control"
+# the admin header's "View site": the portal's home, which is the admin itself
+admin.site.site_url = "/"
 
 urlpatterns = [
+    # not permanent: browsers would cache a 301 and keep skipping a home page added later
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
+    path("favicon.ico", favicon, name="favicon"),
     path("health", portal_health, name="portal-health"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),

@@ -1,29 +1,11 @@
 """The admin's fleet page in a real headless Chromium: a demo module is stopped, the probe rounds
 see it, and the status badge turns "down" without a reload (WebSocket, Redis layer, real daphne)."""
 
-import os
-import shutil
-
 import pytest
 
 from apps.fleet.probe import run_round
 from tests.conftest import point_fleet_at
-
-
-def chrome():
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        if os.environ.get("VX11_REQUIRE_SERVICES") == "1":
-            pytest.fail("chromium and chromedriver are required in CI (.ci/run installs them)")
-        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+from tests.e2e.browser import chrome
 
 
 def log_in_live(browser, daphne: str, page: str):
