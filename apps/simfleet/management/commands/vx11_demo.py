@@ -85,7 +85,9 @@ class Child:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
+            # unbuffered, so `tail -f var/log/<name>.log` shows each line as it happens
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -124,6 +126,8 @@ class Command(BaseCommand):
                             help="comma-separated modules run as their own processes under the power manager (default mcp; '' for none)")
 
     def handle(self, *args, **options):
+        for stream in (sys.stdout, sys.stderr):  # each line reaches a terminal, a pipe or a log file at once
+            stream.reconfigure(line_buffering=True)
         offset = options["port_offset"]
         if not -8000 <= offset <= 50000:
             raise CommandError("--port-offset must keep ports between 1 and 65535")
@@ -241,7 +245,8 @@ class Command(BaseCommand):
         python = sys.executable
         # beat is a child of its own (not `worker -B`): a worker that dies and is started again must not leave an
         # orphaned beat behind that schedules everything twice
-        worker = [python, "-m", "celery", "-A", "vx11_site", "worker", "-l", "WARNING", "--concurrency", "2"]
+        # threads, not prefork: a flow that waits for its daughter holds a slot, and eight cost less memory than two forks
+        worker = [python, "-m", "celery", "-A", "vx11_site", "worker", "-l", "WARNING", "-P", "threads", "--concurrency", "8"]
         beat = [python, "-m", "celery", "-A", "vx11_site", "beat", "-l", "WARNING",
                 "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
         daphne = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"]
