@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Set up, migrate, start the demo fleet + Celery worker with beat + daphne; prints the URL and login.
+# Set up, migrate, start the demo fleet + Celery worker, beat and daphne; prints the URL and login last.
 demo: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py vx11 demo

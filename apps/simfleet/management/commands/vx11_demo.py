@@ -2,7 +2,7 @@
 
 Starts the simulated modules (on the real ports + --port-offset), points the module registry
 at the ports really used, creates an admin login and prints it, runs a first probe round,
-then starts a Celery worker with embedded beat and daphne, and waits until Ctrl-C or SIGTERM.
+then starts a Celery worker, Celery beat and daphne, and waits until Ctrl-C or SIGTERM.
 
 The worker and daphne write their logs to var/log/ (worker.log, daphne.log) so the terminal keeps the
 one block that matters: URL, login, token and consoles, printed last. A child that dies is started
