@@ -3,7 +3,8 @@
 - `sim`: the demo fleet (apps.simfleet) on ephemeral ports, one per test session; every
   module is reset to "ok" after each test.
 - `fleet`: the ten reference modules pointed at `sim`, with a short timeout.
-- `admin_user`, `operator_key` / `readonly_key` (plain API keys), `api` clients.
+- `admin_user`, `operator_key` (read-write, with OPERATOR_PERMISSIONS) / `readonly_key` / `plain_key` (read-write,
+  no permission), `api` clients; `grant(user, "app.codename", ...)`.
 """
 
 import contextlib
@@ -80,10 +81,45 @@ def admin_user(db, django_user_model):
     return django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pass-123")
 
 
+# what the operator fixture may do: modules, probes, runs, spawns and cancels; not flow definitions
+# (tests/flows' `editor` adds those) nor power (tests/power's `controller` has it)
+OPERATOR_PERMISSIONS = ["fleet.add_module", "fleet.change_module", "fleet.delete_module", "flows.run_flow",
+                        "daughters.spawn_daughter", "daughters.change_daughtertask", "daughters.change_daughter"]
+
+
+def give(user, *perms: str):
+    """Give `user` these permissions ("app.codename"); returns the user, reloaded so its permission cache is fresh."""
+    from django.contrib.auth.models import Permission
+    from django.db.models import Q
+
+    wanted = Q(pk__in=[])
+    for perm in perms:
+        app, codename = perm.split(".")
+        wanted |= Q(content_type__app_label=app, codename=codename)
+    found = list(Permission.objects.filter(wanted))
+    assert len(found) == len(perms), f"unknown permission among {perms}"
+    user.user_permissions.add(*found)
+    return type(user).objects.get(pk=user.pk)
+
+
 @pytest.fixture
 def operator_key(db, django_user_model):
     user = django_user_model.objects.create_user("operator", password="operator-pass-123", is_staff=True)
+    give(user, *OPERATOR_PERMISSIONS)
     return ApiKey.issue(user, "operator rw")[1]
+
+
+@pytest.fixture
+def grant(db):
+    """`grant(user, "app.codename", ...)`: give a user permissions; returns it reloaded."""
+    return give
+
+
+@pytest.fixture
+def plain_key(db, django_user_model):
+    """A read-write key of a user without any permission: it may read, and every write is refused (403)."""
+    user = django_user_model.objects.create_user("plain", password="plain-pass-123")
+    return ApiKey.issue(user, "plain rw")[1]
 
 
 @pytest.fixture
@@ -117,8 +153,9 @@ def daphne(transactional_db, tmp_path):
     publishes on the same Redis, so events cross processes as in production."""
     broker = redis_url()
     port = free_port()
+    # no scheduler watchdog: with no beat running it would announce a stall into the events a test reads
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "REDIS_URL": broker, "VX11_TOKEN": TOKEN}
+           "REDIS_URL": broker, "VX11_TOKEN": TOKEN, "VX11_WATCHDOG_SECONDS": "0"}
     log = (tmp_path / "daphne.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -237,6 +274,47 @@ def daughter_worker(transactional_db, tmp_path, settings):
     import redis
 
     redis.Redis.from_url(broker).delete(queue)
+
+
+def redis_server(port: int) -> subprocess.Popen:
+    """A private redis-server (no persistence) on `port`, answering; kill its process group to make an outage."""
+    import redis
+
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+            return server
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.1)
+
+
+def redis_layer(url: str, prefix: str) -> dict:
+    """CHANNEL_LAYERS for a channels-redis layer at `url` whose keys start with `prefix` (a test's own groups)."""
+    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": prefix}}}
+
+
+@contextlib.contextmanager
+def channel_layer(config: dict):
+    """This process's channel layer built from `config` (CHANNEL_LAYERS), then the settings' own again."""
+    from channels.layers import get_channel_layer
+
+    with override_settings(CHANNEL_LAYERS=config):
+        channel_layers.backends.clear()
+        try:
+            yield get_channel_layer()
+        finally:
+            channel_layers.backends.clear()
+
+
+@pytest.fixture
+def dead_channel_layer():
+    """A channels-redis layer on a port where nothing listens: every send is really refused."""
+    with channel_layer(redis_layer(f"redis://127.0.0.1:{free_port()}/0", f"dead{os.getpid()}")) as layer:
+        yield layer
 
 
 def pytest_sessionfinish(session, exitstatus):

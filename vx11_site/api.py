@@ -1,19 +1,36 @@
 """The one NinjaAPI: mounts each app's router; the auth classes every router shares.
 
 Auth: a Django session of a staff user, or a per-user API key sent as
-`Authorization: Bearer <key>` or `X-API-Key: <key>`. A read-only key may only read.
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. A read-only key may only read. An address
+that sent VX11_API_KEY_FAILURES_PER_MIN bad keys this minute gets 429 with Retry-After for any key.
+
+Errors are JSON `{"detail": "<one line>"}`, 404s too (`get_or_404` names what is missing; a path that is
+no endpoint gets `no_such_endpoint`). PortalAPI's OpenAPI document declares the three ways to
+authenticate and every error status an operation can answer (`document_errors`).
 """
 
-from django.http import HttpRequest
-from ninja import NinjaAPI
-from ninja import Field
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from kombu.exceptions import OperationalError as BrokerUnreachable
+from ninja import Field, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination
 from ninja.security import SessionAuthIsStaff
+from pydantic import AfterValidator
 
-from apps.accounts.models import ApiKey
+from apps.accounts.models import ApiKey, BadKeyWindow
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+BROKER_RETRY_AFTER = 30  # seconds a client is told to wait when the Celery broker refused its request
+
+log = logging.getLogger(__name__)
 
 
 class ApiKeyAuth:
@@ -28,17 +45,93 @@ class ApiKeyAuth:
             plain = header[7:].strip()
         if not plain:
             return None  # let the session auth try
+        address = request.META.get("REMOTE_ADDR", "")
+        wait = BadKeyWindow.wait(address)
+        if wait:  # before the key is looked at: a good guess must not be told apart from a bad one
+            self.refuse(request, None, 429, f"too many invalid API keys from {address}; retry in {wait} s", retry_after=wait)
         key = ApiKey.authenticate(plain)
         if key is None:
+            BadKeyWindow.note(address)
             self.refuse(request, None, 401, "invalid or revoked API key")
         if key.read_only and request.method not in SAFE_METHODS:
             self.refuse(request, key.user, 403, f"API key '{key.name}' is read-only; {request.method} needs a read-write key", api_key=key.name)
         request.user = key.user
         return key
 
-    def refuse(self, request: HttpRequest, user, status: int, message: str, **extra):
+    def refuse(self, request: HttpRequest, user, status: int, message: str, retry_after: int | None = None, **extra):
         """Say no; a router that audits refusals (apps.power) records them first."""
+        if retry_after:
+            raise Throttled(message, retry_after)
         raise HttpError(status, message)
+
+
+class Throttled(HttpError):
+    """429 with the seconds to wait, sent as Retry-After (on_throttled)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(429, message)
+        self.retry_after = retry_after
+
+
+class Unavailable(HttpError):
+    """503 with the seconds to wait, sent as Retry-After (on_unavailable): something the request needs, the Celery
+    broker, is down for now; the same request may succeed later."""
+
+    def __init__(self, message: str, retry_after: int = BROKER_RETRY_AFTER):
+        super().__init__(503, message)
+        self.retry_after = retry_after
+
+
+class StaffSession(SessionAuthIsStaff):
+    """A staff user's Django session. Its CSRF check guards that session's writes, so it runs only when
+    there is such a session: a request with no credentials at all is a 401, not a failed CSRF check."""
+
+    def __call__(self, request: HttpRequest):
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated or not (user.is_staff or user.is_superuser):
+            return None
+        try:
+            return super().__call__(request)
+        except HttpError as exc:
+            raise HttpError(exc.status_code, "CSRF check failed: a write in a staff session needs the X-CSRFToken "
+                                             "header (API clients send an API key instead)") from None
+
+
+class Error(Schema):
+    """Every error answer: one line saying what was wrong (a 422 adds `errors`, pydantic's list)."""
+
+    detail: str
+
+
+def get_or_404(queryset, **lookup):
+    """The one row matching `lookup`, or a 404 naming what was looked for: `no module with slug 'x'`."""
+    queryset = queryset if isinstance(queryset, QuerySet) else queryset._default_manager.all()
+    try:
+        return queryset.get(**lookup)
+    except queryset.model.DoesNotExist:
+        what = " and ".join(f"{'id' if field == 'pk' else field} {value!r}" for field, value in lookup.items())
+        raise HttpError(404, f"no {queryset.model._meta.verbose_name} with {what}") from None
+
+
+MAX_UTC_OFFSET = timedelta(hours=14)  # the widest offset in use (Kiribati); PostgreSQL refuses beyond 15:59
+
+
+def in_utc(value: datetime) -> datetime:
+    """A datetime the database can compare: aware (naive ones are in TIME_ZONE), an offset within
+    MAX_UTC_OFFSET, and still a datetime once in UTC (0001-01-01T00:00+01:00 is not)."""
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    if abs(value.utcoffset()) > MAX_UTC_OFFSET:
+        raise ValueError("UTC offset out of range: at most -14:00 to +14:00")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC (years 1 to 9999)") from None
+
+
+Instant = Annotated[datetime, AfterValidator(in_utc)]
+# a row id the API takes: a positive 64-bit integer (SQLite cannot compare a larger one: it was a 500)
+Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class Paged(LimitOffsetPagination):
@@ -55,11 +148,81 @@ def validation_detail(exc) -> str:
     return "; ".join(exc.messages)
 
 
-api = NinjaAPI(
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "a portal API key: `Authorization: Bearer <key>`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "the same API key in its own header"},
+    "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME,
+                "description": "a staff user's admin session; its writes also need the X-CSRFToken header"},
+}
+# (status, which operations can answer it, why): the errors every route shares; a route declares its own
+# (409, 503, ...) in `response=` with the Error schema
+SHARED_ERRORS = [
+    (400, lambda op, method: True, "malformed request: a NUL character anywhere, or a body that is not JSON"),
+    (401, lambda op, method: "security" in op, "no credentials, or an invalid or revoked API key"),
+    (403, lambda op, method: "security" in op and method != "get",
+     "a read-only key's write, a session's write without its CSRF token, or a missing permission"),
+    (404, lambda op, method: any(p["in"] == "path" for p in op.get("parameters", ())),
+     "no such object; the message names it"),
+    (413, lambda op, method: "requestBody" in op, "the body is over DATA_UPLOAD_MAX_MEMORY_SIZE"),
+    (422, lambda op, method: bool(op.get("parameters") or op.get("requestBody")),
+     "invalid input: `detail` says what, `errors` lists each problem"),
+    (429, lambda op, method: "security" in op, "too many invalid API keys from this address; see Retry-After"),
+]
+ERROR_DESCRIPTIONS = {409: "conflicts with the current state; the message says with what",
+                      503: "something the request needs is down for now; see Retry-After"}
+
+
+def document_errors(schema: dict) -> dict:
+    """Declare in an OpenAPI document what the server enforces: the three security schemes on every
+    operation that needs auth, and each error status an operation can answer, with the Error schema."""
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = SECURITY_SCHEMES
+    components.setdefault("schemas", {})["Error"] = Error.model_json_schema()
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for operations in schema["paths"].values():
+        for method, op in operations.items():
+            if "security" in op:
+                op["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            responses = op.setdefault("responses", {})
+            for status, applies, why in SHARED_ERRORS:
+                if applies(op, method):
+                    responses.setdefault(status, {})["description"] = why
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    response.setdefault("description", ERROR_DESCRIPTIONS.get(int(status), "error"))
+                    response["content"] = error
+    return schema
+
+
+class PortalAPI(NinjaAPI):
+    """A NinjaAPI whose OpenAPI document declares auth and errors (document_errors) and whose 404s say what
+    was not found; the portal's API and madre's use it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_exception_handler(Http404, self.on_not_found)
+
+    def get_openapi_schema(self, **kwargs):
+        return document_errors(super().get_openapi_schema(**kwargs))
+
+    def on_not_found(self, request, exc):
+        """A Django Http404 that get_or_404 did not word: its message, else the path."""
+        return self.create_response(request, {"detail": str(exc) or f"not found: {request.path}"}, status=404)
+
+
+@csrf_exempt  # a 404 whatever the method: the CSRF check would turn a POST's into an HTML 403
+def no_such_endpoint(request, *args, **kwargs):
+    """A path under /api/ or /madre/ that no route matches: JSON, like every other answer there."""
+    docs = "/madre/power/docs" if request.path.startswith("/madre/") else "/api/docs"
+    return JsonResponse({"detail": f"no endpoint {request.method} {request.path}; {docs} lists them"}, status=404)
+
+
+api = PortalAPI(
     title="VX11 Ops Portal API",
     version="1",
     description="Fleet, flows, daughters, power, audits and metrics of the VX11 fleet.",
-    auth=[ApiKeyAuth(), SessionAuthIsStaff()],
+    auth=[ApiKeyAuth(), StaffSession()],
     docs_url="/docs",
 )
 
@@ -71,6 +234,28 @@ def on_auth_error(request, exc):
         {"detail": "authentication required: send 'Authorization: Bearer <api key>' or 'X-API-Key', or log in as staff"},
         status=401,
     )
+
+
+@api.exception_handler(Throttled)
+def on_throttled(request, exc):
+    response = api.create_response(request, {"detail": str(exc)}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@api.exception_handler(Unavailable)
+def on_unavailable(request, exc):
+    response = api.create_response(request, {"detail": str(exc)}, status=503)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@api.exception_handler(BrokerUnreachable)
+def on_broker_unreachable(request, exc):
+    """A Celery publish that failed where no view expected it (kombu's OperationalError): a 503, never a 500."""
+    log.warning("%s %s: the Celery broker is unreachable: %s", request.method, request.path, exc)
+    return on_unavailable(request, Unavailable(f"the task queue (Celery broker) is unreachable; try again in "
+                                               f"{BROKER_RETRY_AFTER} s"))
 
 
 @api.exception_handler(ValidationError)

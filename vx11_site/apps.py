@@ -6,3 +6,8 @@ class Vx11SiteConfig(AppConfig):
 
     name = "vx11_site"
     verbose_name = "VX11 portal"
+
+    def ready(self) -> None:
+        from . import outbound
+
+        outbound.rules()  # a bad VX11_OUTBOUND_ALLOW/DENY entry stops the start-up, not the first request

@@ -72,3 +72,20 @@ class RecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class ConflictWhenProtected:
+    """Admin mixin: a delete refused because of protected rows (one object or the bulk action) answers 409;
+    the page still says which rows and why."""
+
+    def delete_view(self, request, object_id, extra_context=None):
+        return _conflict_when_protected(super().delete_view(request, object_id, extra_context))
+
+    def response_action(self, request, queryset):
+        return _conflict_when_protected(super().response_action(request, queryset))
+
+
+def _conflict_when_protected(response):
+    if response is not None and (getattr(response, "context_data", None) or {}).get("protected"):
+        response.status_code = 409
+    return response

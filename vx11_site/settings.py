@@ -10,6 +10,7 @@ DATABASE_URL=postgres://... switches the database to PostgreSQL.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -75,7 +76,8 @@ if not SECRET_KEY:
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
+# the test client's "testserver" is not served: Django's test set-up adds it to the tests' own copy
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
@@ -91,6 +93,8 @@ INSTALLED_APPS = [
     "django_celery_results",
     # ninja renders its API docs with the Swagger/Redoc assets it ships (static/ninja/), not from a CDN
     "ninja",
+    "axes",
+    "csp",
     "vx11_site",
     "apps.accounts",
     "apps.fleet",
@@ -111,6 +115,12 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # before any view (the session and the user above load lazily, in the view): a NUL or a JSON NaN never
+    # reaches the database; its 400/422 still gets the headers of the middleware above
+    "vx11_site.middleware.RefuseUnstorableInput",
+    # last, as django-axes asks: it turns a locked-out login into the lockout page
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "vx11_site.urls"
@@ -151,6 +161,49 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+
+# --- Security -----------------------------------------------------------------------------
+# Logins (the admin's form) go through django-axes first: VX11_LOGIN_FAILURE_LIMIT failures for one
+# username from one address lock that pair out for VX11_LOGIN_COOLOFF_MINUTES (429, the lockout page).
+# The attempts are rows in the database, so every process agrees, on SQLite too.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = envint("VX11_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envfloat("VX11_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a guesser locks out only itself, never the real admin elsewhere
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.login_locked_out"
+AXES_DISABLE_ACCESS_LOG = True  # a row per successful login, never pruned; the failures are what matters here
+AXES_VERBOSE = False
+# A client address sending more bad API keys than this in a minute gets 429 for any key until its minute ends.
+VX11_API_KEY_FAILURES_PER_MIN = envint("VX11_API_KEY_FAILURES_PER_MIN", 10)
+
+# Behind TLS: Secure cookies, HSTS, the redirect to https; with all of them on, `check --deploy` is clean.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool("VX11_SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = envint("VX11_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("VX11_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = envbool("VX11_HSTS_PRELOAD", False)  # asks browsers' preload lists to take the domain: on purpose only
+SECURE_SSL_REDIRECT = envbool("VX11_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^health$"]  # a load balancer's plain-http health check
+# A TLS-terminating proxy that sets X-Forwarded-Proto (and strips any the client sent): requests it marks
+# https are secure. Without it behind such a proxy, VX11_SSL_REDIRECT would redirect forever.
+if envbool("VX11_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Every page's scripts come from the portal's own static files (no inline script, no eval). Inline
+# styles stay allowed: the admin's templates, ours and Swagger UI set style attributes.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],  # fetch of the API docs and the WebSocket (CSP3: 'self' covers ws/wss to the same host)
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -199,6 +252,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# beat writes PeriodicTask.last_run_at after every task it sends (default: every 3 minutes): the tick /health watches
+CELERY_BEAT_SYNC_EVERY = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = envbool("VX11_CELERY_EAGER", False)
 # Daughters are acknowledged late; one message at a time per worker process keeps the queue fair.
@@ -209,8 +264,15 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 
 # --- VX11 ---------------------------------------------------------------------------------
 VX11_PROBE_INTERVAL_SECONDS = envint("VX11_PROBE_INTERVAL_SECONDS", 15)
+# how often the web process checks beat and the probe rounds and alerts on a stall (apps.fleet.watchdog); 0 = never
+VX11_WATCHDOG_SECONDS = envfloat("VX11_WATCHDOG_SECONDS", 10.0)
 VX11_PROBE_DEFAULT_TIMEOUT = envfloat("VX11_PROBE_DEFAULT_TIMEOUT", 3.0)
 VX11_PROBE_CONCURRENCY = envint("VX11_PROBE_CONCURRENCY", 2000)
+# Every outbound request (probes, flows, daughters, upstreams, webhooks) goes through vx11_site.outbound:
+# each address a host resolves to must be in ALLOW and not in DENY (deny wins). CIDRs or host names, comma-separated.
+VX11_OUTBOUND_ALLOW = [e.strip() for e in os.environ.get(
+    "VX11_OUTBOUND_ALLOW", "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7").split(",") if e.strip()]
+VX11_OUTBOUND_DENY = [e.strip() for e in os.environ.get("VX11_OUTBOUND_DENY", "169.254.0.0/16,fe80::/10").split(",") if e.strip()]
 VX11_RAW_RETENTION_HOURS = envint("VX11_RAW_RETENTION_HOURS", 24)
 VX11_MINUTE_RETENTION_DAYS = envint("VX11_MINUTE_RETENTION_DAYS", 7)
 VX11_HOUR_RETENTION_DAYS = envint("VX11_HOUR_RETENTION_DAYS", 90)
@@ -238,6 +300,8 @@ if not VX11_TOKEN:
         _token_file.write_text(secrets.token_urlsafe(24))
         _token_file.chmod(0o600)
     VX11_TOKEN = _token_file.read_text().strip()
+# the portal user the CLI's writing verbs (vx11 spawn, vx11 flow run|load) act as without --as; empty: the OS login
+VX11_CLI_USER = os.environ.get("VX11_CLI_USER", "")
 VX11_UPSTREAM_TIMEOUT = envfloat("VX11_UPSTREAM_TIMEOUT", 3.0)
 VX11_OVERVIEW_STALE_SECONDS = envint("VX11_OVERVIEW_STALE_SECONDS", 60)
 VX11_WS_MAX_FRAME = envint("VX11_WS_MAX_FRAME", 64 * 1024)
@@ -257,23 +321,35 @@ VX11_DAUGHTER_STALE_SECONDS = envint("VX11_DAUGHTER_STALE_SECONDS", 60)  # no he
 VX11_DAUGHTER_START_TIMEOUT = envint("VX11_DAUGHTER_START_TIMEOUT", 120)  # queued to a worker but never started: queue again
 VX11_DAUGHTER_REAP_INTERVAL = envint("VX11_DAUGHTER_REAP_INTERVAL", 15)
 VX11_DAUGHTER_RETENTION_DAYS = envint("VX11_DAUGHTER_RETENTION_DAYS", 30)
+VX11_DAUGHTER_IDEMPOTENCY_HOURS = envint("VX11_DAUGHTER_IDEMPOTENCY_HOURS", 24)  # a spawn's Idempotency-Key is honoured this long
 VX11_DAUGHTER_OUTPUT_CHARS = envint("VX11_DAUGHTER_OUTPUT_CHARS", 4000)
-# The commands a daughter may run: {"name": ["argv", ...]}; a daughter's own args are appended.
-# Never run through a shell. Replace or extend with VX11_DAUGHTER_COMMANDS='{"name": [...]}' (JSON).
+# The commands a daughter may run: {"name": ["argv", ...]}, or {"name": {"argv": [...], "env": ["NAME", ...]}} for one
+# that needs variables of the worker's environment; a daughter's own args are appended. Never run through a shell;
+# a command sees PATH, LANG, VX11_DAUGHTER_ATTEMPT and its entry's "env" names, never the rest (secrets, database URLs).
+# Replace or extend with VX11_DAUGHTER_COMMANDS='{"name": [...]}' (JSON).
 VX11_DAUGHTER_COMMANDS = {"true": ["true"], "false": ["false"], "sleep": ["sleep"], "uptime": ["uptime"], "df": ["df", "-h"]}
 try:
     import json as _json
 
+    def _argv_ok(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(a, str) for a in v)
+
+    def _env_ok(v) -> bool:
+        return isinstance(v, list) and all(isinstance(n, str) and n.isascii() and n.isidentifier() for n in v)
+
     VX11_DAUGHTER_COMMANDS.update(_json.loads(os.environ.get("VX11_DAUGHTER_COMMANDS", "{}")))
-    assert all(isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in VX11_DAUGHTER_COMMANDS.values())
+    assert all(_argv_ok(v) or (isinstance(v, dict) and set(v) <= {"argv", "env"} and _argv_ok(v.get("argv")) and _env_ok(v.get("env", [])))
+               for v in VX11_DAUGHTER_COMMANDS.values())
 except (ValueError, AssertionError, AttributeError) as _exc:
-    raise ImproperlyConfigured('VX11_DAUGHTER_COMMANDS must be a JSON object of name -> argument list, e.g. {"ls": ["ls", "-l"]}') from _exc
+    raise ImproperlyConfigured('VX11_DAUGHTER_COMMANDS must be a JSON object of name -> argument list or {"argv": [...], "env": [names]}, '
+                               'e.g. {"ls": ["ls", "-l"], "dump": {"argv": ["pg_dump"], "env": ["PGPASSWORD"]}}') from _exc
 
 # --- power (apps.power) -------------------------------------------------------------------
 # Guards of the power manager (apps.power); see README "Power manager".
 VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", False)  # off: every start/stop/restart is refused (403)
 VX11_MAINTENANCE_WINDOW_ENABLED = envbool("VX11_MAINTENANCE_WINDOW_ENABLED", True)  # on: applying needs a window covering the service
 VX11_POWER_RATE_LIMIT_PER_MIN = envint("VX11_POWER_RATE_LIMIT_PER_MIN", 6)  # applied requests per user per minute
+VX11_POWER_REFUSAL_AUDIT_PER_MIN = envint("VX11_POWER_REFUSAL_AUDIT_PER_MIN", 30)  # a user's refused requests audited per minute; beyond, only logged
 VX11_POWER_COMMAND_TIMEOUT = envfloat("VX11_POWER_COMMAND_TIMEOUT", 30.0)  # seconds for docker compose / systemctl
 VX11_POWER_HEALTH_TIMEOUT = envfloat("VX11_POWER_HEALTH_TIMEOUT", 15.0)  # process backend: wait for /health up or gone
 VX11_POWER_STOP_GRACE = envfloat("VX11_POWER_STOP_GRACE", 5.0)  # default SIGTERM -> SIGKILL grace of a new ServiceControl
@@ -294,6 +370,8 @@ VX11_FLOW_EXCERPT_CHARS = envint("VX11_FLOW_EXCERPT_CHARS", 2000)  # stored exce
 VX11_FLOW_INTERVAL_SECONDS = envint("VX11_FLOW_INTERVAL_SECONDS", 300)  # beat schedule the data migration creates (editable in the admin)
 VX11_FLOW_RUN_RETENTION_DAYS = envint("VX11_FLOW_RUN_RETENTION_DAYS", 30)  # runs (and their step results) older than this are pruned
 VX11_FLOW_RUN_STALE_SECONDS = envint("VX11_FLOW_RUN_STALE_SECONDS", 1800)  # an unfinished run older than this (or 2x its longest wait) was interrupted
+VX11_FLOW_RUN_HEARTBEAT_SECONDS = envfloat("VX11_FLOW_RUN_HEARTBEAT_SECONDS", 10.0)  # a running run says it is alive this often
+VX11_FLOW_RUN_SILENT_SECONDS = envint("VX11_FLOW_RUN_SILENT_SECONDS", 60)  # a running run without a heartbeat this long: its process is gone
 VX11_FLOW_SYNC_MAX_SECONDS = envint("VX11_FLOW_SYNC_MAX_SECONDS", 60)  # API run with wait=true refused (409) when the flow's longest wait is over this
 # models a flow's db step may query ("app.Model" or "app.*"); auth, sessions, accounts, admin are refused even if listed
 VX11_FLOW_DB_MODELS = [m.strip() for m in os.environ.get(

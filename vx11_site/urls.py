@@ -1,8 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from .api import api
+from .api import api, no_such_endpoint
 from .views import favicon, portal_health
 
 admin.site.site_header = "VX11 Ops Portal"
@@ -19,5 +19,6 @@ urlpatterns = [
     path("api/", api.urls),
     path("admin/", admin.site.urls),
     path("madre/", include("apps.power.urls", namespace="madre-power")),
+    re_path(r"^(?:api|madre)(?:/|$)", no_such_endpoint),  # after every API route: an unknown path gets JSON too
     path("", include("apps.operator.urls")),
 ]

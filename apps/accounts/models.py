@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models import F
 from django.utils import timezone
 
 
@@ -70,3 +72,43 @@ def token_is_valid(token: str) -> bool:
     if hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
         return True
     return ApiKey.authenticate(token) is not None
+
+
+class BadKeyWindow(models.Model):
+    """The bad API keys one client address sent in its current minute; beyond VX11_API_KEY_FAILURES_PER_MIN
+    every key it sends is refused (429) until the minute ends, so keys cannot be guessed at speed.
+
+    In the database, not in a process: daphne's workers and every portal process share the count, and the
+    embedded setup has no Redis. Only addresses with a minute still running have a row."""
+
+    WINDOW = timedelta(minutes=1)
+
+    address = models.CharField(max_length=64, unique=True, help_text="REMOTE_ADDR (daphne --proxy-headers sets it behind a proxy)")
+    window_start = models.DateTimeField(db_index=True)
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "bad API key window"
+
+    def __str__(self) -> str:
+        return f"{self.address}: {self.failures} bad keys since {self.window_start:%H:%M:%S}"
+
+    @classmethod
+    def wait(cls, address: str, now=None) -> int:
+        """Seconds until `address` may send keys again; 0: it may now."""
+        now = now or timezone.now()
+        current = cls.objects.filter(address=address[:64], window_start__gt=now - cls.WINDOW).first()
+        if current is None or current.failures < settings.VX11_API_KEY_FAILURES_PER_MIN:
+            return 0
+        return max(1, math.ceil((current.window_start + cls.WINDOW - now).total_seconds()))
+
+    @classmethod
+    def note(cls, address: str, now=None) -> None:
+        """Count one bad key from `address`: one UPDATE in a running minute, else a new minute."""
+        now = now or timezone.now()
+        address = address[:64]
+        if cls.objects.filter(address=address, window_start__gt=now - cls.WINDOW).update(failures=F("failures") + 1):
+            return
+        with transaction.atomic():
+            cls.objects.filter(window_start__lte=now - cls.WINDOW).delete()  # every ended minute, so the table stays small
+            cls.objects.update_or_create(address=address, defaults={"window_start": now, "failures": 1})

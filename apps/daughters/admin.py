@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from vx11_site.display import RecordAdmin, badge
+from vx11_site.permissions import MissingPermission, missing
 
 from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
 
@@ -31,6 +32,7 @@ class AgeFilter(admin.SimpleListFilter):
 class SpawnForm(forms.ModelForm):
     """The admin's add page spawns: a kind, its params (JSON) and the task's settings."""
 
+    user = None  # the admin sets the request's user (get_form), whose permissions the kind needs
     kind = forms.ChoiceField(choices=[])
     params = forms.JSONField(initial=dict, help_text='e.g. {"module": "hermes", "path": "/tools"} for http, '
                                                    '{"command": "uptime"} for command, {"seconds": 2} for sleep')
@@ -48,6 +50,11 @@ class SpawnForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "kind" in data:
+            try:
+                DaughterTask.require_spawn_permission(self.user, data["kind"])
+            except MissingPermission as exc:
+                raise ValidationError({"kind": exc.message}) from None
         if "kind" in data and "params" in data:
             try:
                 data["params"] = validate_params(data["kind"], data["params"])
@@ -72,7 +79,7 @@ class DaughterInline(admin.TabularInline):
         return badge(obj.status, "vx11-work", daughter=obj.pk)
 
 
-@admin.action(description="Cancel the selected tasks (kill their live daughters)")
+@admin.action(description="Cancel the selected tasks (kill their live daughters)", permissions=["cancel"])
 def cancel_tasks(modeladmin, request, queryset):
     killed = Daughter.kill(Daughter.objects.filter(task__in=queryset), user=request.user)
     modeladmin.message_user(request, f"Killed {killed} live daughter(s).", messages.SUCCESS)
@@ -91,7 +98,16 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = SpawnForm
-        return super().get_form(request, obj, **kwargs)
+        form = super().get_form(request, obj, **kwargs)
+        form.user = request.user  # a class made for this request (modelform_factory)
+        return form
+
+    def has_add_permission(self, request):
+        """Adding is spawning: daughters.spawn_daughter (the form checks what the chosen kind needs on top)."""
+        return missing(request.user, "daughters.spawn_daughter") is None
+
+    def has_cancel_permission(self, request) -> bool:
+        return missing(request.user, "daughters.change_daughtertask") is None
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
@@ -160,7 +176,7 @@ class AttemptInline(admin.TabularInline):
         return False
 
 
-@admin.action(description="Kill the selected daughters")
+@admin.action(description="Kill the selected daughters", permissions=["kill"])
 def kill_daughters(modeladmin, request, queryset):
     modeladmin.message_user(request, f"Killed {Daughter.kill(queryset, user=request.user)} live daughter(s).", messages.SUCCESS)
 
@@ -173,6 +189,9 @@ class DaughterAdmin(RecordAdmin):
     actions = [kill_daughters]
     inlines = [AttemptInline]
     list_select_related = ["task"]
+
+    def has_kill_permission(self, request) -> bool:
+        return missing(request.user, "daughters.change_daughter") is None
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):

@@ -18,6 +18,8 @@ a daughter with a conditional UPDATE on (status, mutation_level), so a message d
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -32,14 +34,15 @@ from datetime import timedelta
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, connections, models, transaction
-from django.db.models import Count, F
+from django.db import IntegrityError, connection, connections, models, transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from apps.events.models import publish
 from apps.fleet.models import Module
-from vx11_site import display
+from vx11_site import display, outbound
 from vx11_site.db import bulk_set, prune_in_chunks
+from vx11_site.permissions import require
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,12 @@ def tail(text: str | bytes | None, limit: int | None = None) -> str:
 # (apps.flows registers "flow"), so this app never imports them.
 
 KINDS: dict[str, tuple] = {}
+KIND_PERMISSIONS: dict[str, tuple[str, ...]] = {}  # what spawning a kind needs besides daughters.spawn_daughter
 
 
-def register_kind(name: str, run, validate=None) -> None:
+def register_kind(name: str, run, validate=None, permissions: tuple[str, ...] = ()) -> None:
     KINDS[name] = (run, validate)
+    KIND_PERMISSIONS[name] = tuple(permissions)
 
 
 def validate_params(kind: str, params) -> dict:
@@ -105,7 +110,14 @@ def run_http(daughter: Daughter, params: dict) -> dict:
     module = Module.objects.get(slug=params["module"])
     url = module.base_url.rstrip("/") + params["path"]
     started = time.monotonic()
-    response = httpx.request(params["method"], url, json=params.get("body"), timeout=params["timeout"])
+    try:
+        with outbound.client(timeout=params["timeout"]) as client:
+            response = client.request(params["method"], url, json=params.get("body"))
+    except httpx.HTTPError as exc:
+        refused = outbound.why(exc)
+        if refused:
+            raise RuntimeError(f"{params['method']} {url}: {refused}") from None
+        raise
     result = {"url": url, "status_code": response.status_code, "latency_ms": round((time.monotonic() - started) * 1000, 2),
               "body": tail(response.text, 2000)}
     if response.status_code != params["expect_status"]:
@@ -118,7 +130,7 @@ def validate_command(params: dict) -> dict:
     if unknown:
         raise ValidationError({"params": f"unknown command params: {', '.join(sorted(unknown))}"})
     name = params.get("command")
-    if name not in settings.VX11_DAUGHTER_COMMANDS:
+    if not isinstance(name, str) or name not in settings.VX11_DAUGHTER_COMMANDS:  # a list is no name (nor hashable)
         raise ValidationError({"params": f"command {name!r} is not in the allow-list (VX11_DAUGHTER_COMMANDS): "
                                          f"{', '.join(sorted(settings.VX11_DAUGHTER_COMMANDS))}"})
     args = params.get("args", [])
@@ -127,13 +139,33 @@ def validate_command(params: dict) -> dict:
     return {"command": name, "args": args, "timeout": _timeout(params)}
 
 
+def command_entry(name: str) -> tuple[list[str], list[str]]:
+    """An allow-list entry's argument list and the environment names it asks for; an entry is
+    ["argv", ...] or {"argv": [...], "env": ["NAME", ...]} (VX11_DAUGHTER_COMMANDS)."""
+    entry = settings.VX11_DAUGHTER_COMMANDS[name]
+    if isinstance(entry, dict):
+        return list(entry["argv"]), list(entry.get("env", []))
+    return list(entry), []
+
+
+def command_env(names: list[str], attempt) -> dict[str, str]:
+    """What a command sees of the worker's environment: PATH, LANG and the names its entry asks for. The
+    worker's whole environment holds SECRET_KEY, VX11_TOKEN and the database URLs."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8")}
+    env.update({name: os.environ[name] for name in names if name in os.environ})
+    if attempt:
+        env[ATTEMPT_ENV] = str(attempt.pk)
+    return env
+
+
 def run_command(daughter: Daughter, params: dict) -> dict:
-    """Run an allow-listed command as an argument list (never a shell), with a timeout; stop it when
-    killed. It runs in a process group of its own, and the whole group is killed, so a grandchild
-    holding the output pipe can neither outlive the timeout nor keep the worker waiting."""
-    argv = [*settings.VX11_DAUGHTER_COMMANDS[params["command"]], *params["args"]]
+    """Run an allow-listed command as an argument list (never a shell), with a timeout and a minimal
+    environment; stop it when killed. It runs in a process group of its own, and the whole group is
+    killed, so a grandchild holding the output pipe can neither outlive the timeout nor keep the worker waiting."""
+    argv, env_names = command_entry(params["command"])
+    argv = [*argv, *params["args"]]
     attempt = getattr(daughter, "attempt", None)
-    env = {**os.environ, ATTEMPT_ENV: str(attempt.pk)} if attempt else None
+    env = command_env(env_names, attempt)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     if attempt:  # should this worker die, the reaper finds the group by it
         DaughterAttempt.objects.filter(pk=attempt.pk).update(pid=proc.pid, host=HOST)
@@ -227,13 +259,26 @@ class DaughterTask(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created = models.DateTimeField(default=timezone.now, editable=False)
     updated = models.DateTimeField(default=timezone.now)
+    idempotency_key = models.CharField(max_length=255, blank=True, editable=False,
+                                       help_text="the spawning client's Idempotency-Key: its retries get this task (cleared after "
+                                                 "VX11_DAUGHTER_IDEMPOTENCY_HOURS)")
+    request_fingerprint = models.CharField(max_length=64, blank=True, editable=False,
+                                           help_text="SHA-256 of the spawn request the key came with")
 
     class Meta:
         ordering = ["-id"]
         indexes = [
             # admin and API lists filtered by status, newest first; prune() by age of finished tasks
             models.Index(fields=["status", "created"], name="dtask_status_created"),
+            # forget_idempotency_keys(): the keyed tasks by age (only they are in it)
+            models.Index(fields=["created"], condition=~Q(idempotency_key=""), name="dtask_idempotency_age"),
         ]
+        constraints = [
+            # one task per user and key, whatever the number of concurrent requests carrying it
+            models.UniqueConstraint(fields=["created_by", "idempotency_key"], condition=~Q(idempotency_key=""),
+                                    name="dtask_idempotency_key"),
+        ]
+        permissions = [("spawn_daughter", "Can spawn daughters (API, admin, CLI)")]
 
     def __str__(self) -> str:
         return f"task #{self.pk} {self.description or self.source} ({self.status})"
@@ -241,9 +286,11 @@ class DaughterTask(models.Model):
     @classmethod
     def spawn(cls, kind: str, params: dict, *, source: str = "madre", description: str = "", ttl_seconds: int | None = None,
               max_retries: int | None = None, name: str = "", purpose: str = "", count: int = 1, user=None,
-              intent_id: str = "", priority: int | None = None, parent_id: int | None = None) -> DaughterTask:
-        """Create a task with `count` daughters of one kind and queue them (after commit).
-        `parent_id`: the daughter that asked for these (a daughter spawning daughters)."""
+              intent_id: str = "", priority: int | None = None, parent_id: int | None = None, idempotency_key: str = "",
+              request_fingerprint: str = "") -> DaughterTask:
+        """Create a task with `count` daughters of one kind and queue them (after commit); its plan_updated event is
+        stored with it. `parent_id`: the daughter that asked for these (a daughter spawning daughters).
+        `idempotency_key`: see spawn_once(); a second task with the user's key raises IntegrityError."""
         if source not in PRIORITIES:
             raise ValidationError({"source": f"source must be one of {', '.join(PRIORITIES)}"})
         ttl = settings.VX11_DAUGHTER_TTL_SECONDS if ttl_seconds is None else ttl_seconds
@@ -263,7 +310,8 @@ class DaughterTask(models.Model):
             task = cls.objects.create(
                 intent_id=intent_id, source=source, priority=priority, description=description[:500], max_retries=retries,
                 plan={"daughters": [{"name": name, "kind": kind, "params": params, "ttl_seconds": ttl, "count": count}]},
-                created_by=user if getattr(user, "pk", None) else None,
+                created_by=user if getattr(user, "pk", None) else None, idempotency_key=idempotency_key,
+                request_fingerprint=request_fingerprint,
             )
             Daughter.objects.bulk_create(
                 Daughter(task=task, name=name if count == 1 else f"{name}-{i + 1}", purpose=purpose[:300] or description[:300],
@@ -271,8 +319,53 @@ class DaughterTask(models.Model):
                 for i in range(count)
             )
             transaction.on_commit(Daughter.dispatch)
-        task.announce()
+            task.announce()
         return task
+
+    @classmethod
+    def spawn_once(cls, idempotency_key: str, kind: str, params: dict, *, user, **options) -> tuple[DaughterTask, bool]:
+        """spawn() for a client that may retry: the first request with a key makes the task (True); a request of
+        the same user with the same key within VX11_DAUGHTER_IDEMPOTENCY_HOURS gets that task back (False), even
+        while the first is still being stored: the unique (created_by, idempotency_key) lets one insert win and
+        the others read its task. The same key with a different request is a ValidationError."""
+        if not getattr(user, "pk", None):
+            raise ValidationError({"idempotency_key": "an Idempotency-Key needs an authenticated user"})
+        request = json.dumps({"kind": kind, "params": params, **options}, sort_keys=True, default=str)
+        fingerprint = hashlib.sha256(request.encode()).hexdigest()
+        cutoff = timezone.now() - timedelta(hours=settings.VX11_DAUGHTER_IDEMPOTENCY_HOURS)
+        mine = cls.objects.filter(created_by=user, idempotency_key=idempotency_key)
+        mine.filter(created__lt=cutoff).update(idempotency_key="", request_fingerprint="")  # past its window: new
+        for _ in range(2):
+            try:
+                with transaction.atomic():  # SQLite: an IMMEDIATE transaction, so look-up and insert are one step
+                    task = mine.first()
+                    if task is None:
+                        task = cls.spawn(kind, params, user=user, idempotency_key=idempotency_key,
+                                         request_fingerprint=fingerprint, **options)
+                        return task, True
+            except IntegrityError:  # PostgreSQL: a concurrent request with the key committed its task first
+                continue
+            if task.request_fingerprint != fingerprint:
+                raise ValidationError({"idempotency_key": (
+                    f"Idempotency-Key {idempotency_key!r} was already used for a different request "
+                    f"(task #{task.pk}); use a new key for a new request")})
+            return task, False
+        raise ValidationError({"idempotency_key": f"Idempotency-Key {idempotency_key!r} is in use by another request"})
+
+    @classmethod
+    def forget_idempotency_keys(cls, now=None) -> int:
+        """A key is honoured VX11_DAUGHTER_IDEMPOTENCY_HOURS after its task was made; then it may make a new task."""
+        cutoff = (now or timezone.now()) - timedelta(hours=settings.VX11_DAUGHTER_IDEMPOTENCY_HOURS)
+        keyed = cls.objects.filter(created__lt=cutoff).exclude(idempotency_key="")
+        return keyed.update(idempotency_key="", request_fingerprint="")
+
+    @staticmethod
+    def require_spawn_permission(user, kind: str) -> None:
+        """Spawning needs daughters.spawn_daughter, plus what the kind asks for (a `flow` daughter runs a flow:
+        flows.run_flow); checked by the API, the admin and the CLI, not by spawn(), which the portal calls itself."""
+        extra = KIND_PERMISSIONS.get(kind, ())
+        what = f"spawning a {kind} daughter" if extra else "spawning a daughter"
+        require(user, what, "daughters.spawn_daughter", *extra)
 
     def cancel(self, user=None) -> int:
         """Kill every live daughter of the task (workers stop at their next heartbeat)."""
@@ -461,8 +554,7 @@ class Daughter(models.Model):
                 setattr(daughter, field, value)
             attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
             daughter.attempt = attempt
-            tasks_changed = DaughterTask.refresh_statuses([daughter.task_id])
-        daughter.announce(previous, tasks_changed)
+            daughter.announce(previous, DaughterTask.refresh_statuses([daughter.task_id]))
         try:
             result = daughter._work(level)
         except Exception as exc:  # the kind failed: retry while retries remain
@@ -508,17 +600,15 @@ class Daughter(models.Model):
 
     def _settle(self, level: int, attempt: DaughterAttempt, fields: dict, attempt_status: str, output: str = "", error: str = "") -> bool:
         """End the attempt and move the daughter (if the row is still this attempt's) and refresh its task,
-        in one transaction: nobody reads a failed daughter beside a running attempt or task. Events follow the commit."""
+        and their events, in one transaction: nobody reads a failed daughter beside a running attempt or task."""
         with transaction.atomic():
             moved = self._move(level, **fields)
             if moved:
                 attempt.end(attempt_status, output=output, error=error)
-                tasks_changed = DaughterTask.refresh_statuses([self.task_id])
+                self.announce(self.Status.RUNNING, DaughterTask.refresh_statuses([self.task_id]))
             else:
                 attempt.end(DaughterAttempt.Status.CANCELLED, output=output,
                             error=error or "ended after the daughter was killed, expired or retried")
-        if moved:
-            self.announce(self.Status.RUNNING, tasks_changed)
         Daughter.dispatch()
         return moved
 
@@ -554,10 +644,10 @@ class Daughter(models.Model):
             n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last=why)
             DaughterAttempt.objects.filter(daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING).update(
                 status=DaughterAttempt.Status.CANCELLED, ended_at=now, error=why)
-            tasks_changed = cls._refresh_swept_tasks(now) if n else []
+            if n:
+                cls._announce_sweep(now, "killed", cls._refresh_swept_tasks(now))
         if n:
             DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.CANCELLED))
-            cls._announce_sweep(now, "killed", tasks_changed)
         cls.dispatch()
         return n
 
@@ -582,10 +672,10 @@ class Daughter(models.Model):
                 dispatched_at=None)
             DaughterAttempt.objects.filter(status=DaughterAttempt.Status.RUNNING, daughter__reaped_at=now).update(
                 status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat")
-            tasks_changed = cls._refresh_swept_tasks(now) if expired or retried or failed else []
+            if expired or retried or failed:
+                cls._announce_sweep(now, "reaped", cls._refresh_swept_tasks(now))
         if expired or retried or failed:
             DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.TIMEOUT))
-            cls._announce_sweep(now, "reaped", tasks_changed)
         cls.dispatch()
         return {"expired": expired, "retried": retried, "failed": failed, "requeued": requeued}
 
@@ -597,7 +687,7 @@ class Daughter(models.Model):
 
     @classmethod
     def _announce_sweep(cls, now, why: str, tasks_changed: list[int]) -> None:
-        """After the commit: one event per status for the rows a sweep touched (a sweep may touch 100,000), then the tasks."""
+        """In the sweep's transaction: one event per status for the rows it touched (a sweep may touch 100,000), then the tasks."""
         touched = cls.objects.filter(reaped_at=now)
         by_status = dict(touched.values_list("status").annotate(n=Count("id")).order_by())
         for status, n in by_status.items():

@@ -14,7 +14,9 @@ def run_daughter(self, daughter_id: int, level: int) -> str:
 
 @shared_task(name="apps.daughters.tasks.reap_daughters", soft_time_limit=300)
 def reap_daughters() -> dict:
-    """On beat: expire past-TTL daughters, retry or fail stale ones, requeue lost dispatches, prune old tasks."""
+    """On beat: expire past-TTL daughters, retry or fail stale ones, requeue lost dispatches, prune old tasks,
+    forget idempotency keys past their window."""
     result = Daughter.reap()
     result["pruned_tasks"] = DaughterTask.prune()
+    result["forgotten_keys"] = DaughterTask.forget_idempotency_keys()
     return result

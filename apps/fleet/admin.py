@@ -5,12 +5,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from vx11_site.display import RecordAdmin, badge, svg_chart
+from vx11_site.display import ConflictWhenProtected, RecordAdmin, badge, svg_chart
 
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
 
-@admin.action(description="Probe now")
+@admin.action(description="Probe now", permissions=["change"])  # fleet.change_module, as the API's probe
 def probe_now(modeladmin, request, queryset):
     results, changes = run_round(list(queryset))
     failed = [r.slug for r in results if r.outcome == "fail"]
@@ -22,7 +22,7 @@ def probe_now(modeladmin, request, queryset):
 
 
 @admin.register(Module)
-class ModuleAdmin(admin.ModelAdmin):
+class ModuleAdmin(ConflictWhenProtected, admin.ModelAdmin):
     list_display = ["slug", "status_badge", "latency", "uptime", "last_change", "core", "enabled", "simulated", "base_url", "last_error"]
     list_display_links = ["slug"]
     list_filter = ["state", "core", "enabled", "simulated"]
@@ -120,7 +120,7 @@ class DeliveryAdmin(RecordAdmin):
 
     @admin.display(description="module", ordering="state_change__module__slug")
     def module(self, obj):
-        return obj.state_change.module.slug
+        return obj.state_change.slug
 
     @admin.display(description="change")
     def change(self, obj):

@@ -5,13 +5,14 @@ from typing import Literal
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
-from django.shortcuts import get_object_or_404
+from django.db.models import ProtectedError
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import Paged, validation_detail
+from vx11_site.api import Error, Instant, Paged, get_or_404, validation_detail
+from vx11_site.permissions import require
 
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
@@ -155,12 +156,12 @@ class OverviewOut(Schema):
 
 class HistoryFilter(Schema):
     resolution: Literal["raw", "minute", "hour", "day"] = "raw"
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Instant | None = None
+    until: Instant | None = None
 
 
 def _module(slug: str) -> Module:
-    return get_object_or_404(Module, slug=slug)
+    return get_or_404(Module, slug=slug)
 
 
 def _save(module: Module) -> Module:
@@ -193,8 +194,9 @@ def list_modules(request, state: Literal["up", "degraded", "down", "unknown"] | 
     return modules
 
 
-@router.post("/modules", response={201: ModuleOut}, summary="Add a module")
+@router.post("/modules", response={201: ModuleOut, 409: Error}, summary="Add a module (permission fleet.add_module)")
 def create_module(request, payload: ModuleIn):
+    require(request.user, "creating a module", "fleet.add_module")
     if Module.objects.filter(slug=payload.slug).exists():
         raise HttpError(409, f"a module with slug '{payload.slug}' already exists")
     data = payload.model_dump()
@@ -208,8 +210,10 @@ def read_module(request, slug: str):
     return _module(slug)
 
 
-@router.patch("/modules/{slug}", response=ModuleOut, summary="Change a module (only the fields sent)")
+@router.patch("/modules/{slug}", response=ModuleOut,
+               summary="Change a module, only the fields sent (permission fleet.change_module)")
 def update_module(request, slug: str, payload: ModulePatch):
+    require(request.user, "changing a module", "fleet.change_module")
     module = _module(slug)
     changes = payload.model_dump(exclude_unset=True)
     nullable = {"degraded_latency_ms"}
@@ -221,9 +225,15 @@ def update_module(request, slug: str, payload: ModulePatch):
     return _save(module)
 
 
-@router.delete("/modules/{slug}", response={204: None}, summary="Delete a module and its history")
+@router.delete("/modules/{slug}", response={204: None, 409: Error},
+                summary="Delete a module and its history (permission fleet.delete_module)")
 def delete_module(request, slug: str):
-    _module(slug).delete()
+    require(request.user, "deleting a module", "fleet.delete_module")
+    try:
+        _module(slug).delete()
+    except ProtectedError as exc:  # a row that depends on the module refuses (apps.power: the process it runs)
+        why = "; ".join(sorted(getattr(o, "in_use", None) or f"{o._meta.verbose_name} {o} depends on it" for o in exc.protected_objects))
+        raise HttpError(409, f"module '{slug}' was not deleted: {why}") from None
     return Status(204, None)
 
 
@@ -250,16 +260,19 @@ def module_changes(request, slug: str):
     return StateChange.objects.filter(module=_module(slug))
 
 
-@router.post("/modules/{slug}/probe", response=ProbeOut, summary="Probe one module now")
+@router.post("/modules/{slug}/probe", response=ProbeOut,
+             summary="Probe one module now (permission fleet.change_module)")
 def probe_module(request, slug: str):
+    require(request.user, "probing a module", "fleet.change_module")
     module = _module(slug)
     results, _ = run_round([module])
     module.refresh_from_db(fields=["state"])
     return results[0].as_dict(module.state)
 
 
-@router.post("/probe", response=list[ProbeOut], summary="Probe the whole fleet now")
+@router.post("/probe", response=list[ProbeOut], summary="Probe the whole fleet now (permission fleet.change_module)")
 def probe_fleet(request):
+    require(request.user, "probing the fleet", "fleet.change_module")
     results, _ = run_round()
     states = dict(Module.objects.values_list("id", "state"))
     return [r.as_dict(states.get(r.module_id)) for r in results]

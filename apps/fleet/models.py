@@ -21,6 +21,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from apps.events.models import publish
+from vx11_site import outbound
 from vx11_site.db import bulk_set, prune_in_chunks
 
 
@@ -81,6 +82,15 @@ def validate_http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.query or parts.fragment:
         raise ValidationError("base URL must not carry a query or fragment")
+    check_outbound(value)
+
+
+def check_outbound(url: str) -> None:
+    """The outbound policy at save time: a target the portal would refuse to call is not saved."""
+    try:
+        outbound.check_url(url)
+    except outbound.Refused as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class Module(models.Model):
@@ -267,10 +277,15 @@ class HealthCheck(models.Model):
         return prune_in_chunks(cls.objects.filter(checked_at__lt=cutoff))
 
 
-class StateChange(models.Model):
-    """Every state transition of a module: when, from, to and why."""
+# what a StateChange without a module is about: the portal itself (its scheduler, apps.fleet.watchdog)
+PORTAL = "portal"
 
-    module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="state_changes")
+
+class StateChange(models.Model):
+    """Every state transition of a module, or with no module of the portal's own scheduler: when, from, to and why."""
+
+    module = models.ForeignKey(Module, on_delete=models.CASCADE, null=True, blank=True, related_name="state_changes",
+                               help_text="empty: the portal itself (scheduler stalled or recovered)")
     at = models.DateTimeField()
     from_state = models.CharField(max_length=10, choices=State.choices)
     to_state = models.CharField(max_length=10, choices=State.choices)
@@ -290,7 +305,11 @@ class StateChange(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.module_id}: {self.from_state} → {self.to_state}"
+        return f"{self.module_id or PORTAL}: {self.from_state} → {self.to_state}"
+
+    @property
+    def slug(self) -> str:
+        return self.module.slug if self.module_id else PORTAL
 
     @classmethod
     def prune(cls, now: datetime | None = None) -> int:
@@ -301,7 +320,7 @@ class StateChange(models.Model):
     @property
     def event_data(self) -> dict:
         """What a listener is told of this change (the bus event, webhooks)."""
-        return {"module": self.module.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()}
+        return {"module": self.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()}
 
     def announce(self) -> None:
         """Tell every listener (WebSocket clients, the live admin) as a canonical status_changed event."""
@@ -596,6 +615,10 @@ class NotificationChannel(models.Model):
                 URLValidator(schemes=["http", "https"])(self.target)
             except ValidationError:
                 raise ValidationError({"target": "a webhook needs an http(s) URL"}) from None
+            try:
+                check_outbound(self.target)
+            except ValidationError as exc:
+                raise ValidationError({"target": exc.messages}) from None
         else:
             addresses = parse_addresses(self.target)
             if not addresses:
@@ -610,10 +633,11 @@ class NotificationChannel(models.Model):
     def recipients(self) -> list[str]:
         return parse_addresses(self.target)
 
-    def covers(self, module_id: int) -> bool:
-        """Whether this channel wants changes of that module (uses prefetched modules if present)."""
+    def covers(self, module_id: int | None) -> bool:
+        """Whether this channel wants changes of that module (uses prefetched modules if present).
+        Every channel wants the portal's own (module None): a stalled scheduler stops its modules' news too."""
         ids = {m.id for m in self.modules.all()}
-        return not ids or module_id in ids
+        return module_id is None or not ids or module_id in ids
 
 
 class Delivery(models.Model):
@@ -747,8 +771,50 @@ class MaintenanceWindow(models.Model):
         return prune_in_chunks(cls.objects.filter(ends_at__lt=cutoff))
 
     @classmethod
-    def module_in_window(cls, module: Module | int, at: datetime) -> bool:
-        return cls.covering(module, at).exists()
+    def module_in_window(cls, module: Module | int | None, at: datetime) -> bool:
+        """None (the portal itself) is never in a window: no window mutes a stalled scheduler."""
+        return module is not None and cls.covering(module, at).exists()
 
 
-__all__ += ["NotificationChannel", "Delivery", "MaintenanceWindow"]
+class SchedulerWatch(models.Model):
+    """One row: whether the portal's scheduler (beat and the worker's probe rounds) is stalled, as the
+    watchdog (apps.fleet.watchdog) last saw it. Conditional UPDATEs flip it, so each stall and each
+    recovery becomes one StateChange however many web processes watch."""
+
+    stalled_since = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        verbose_name = "scheduler watch"
+
+    def __str__(self) -> str:
+        if not self.stalled_since:
+            return "running"
+        return f"stalled since {self.stalled_since:%Y-%m-%d %H:%M:%S}: {self.reason}"
+
+    @classmethod
+    def observe(cls, problem: str, now: datetime) -> StateChange | None:
+        """Record what the watchdog sees ("" = all well). Returns the portal StateChange this call made
+        (a new stall, or the end of one), None when nothing changed or another process got there first."""
+        watch, _ = cls.objects.get_or_create(pk=1)
+        rows = cls.objects.filter(pk=1)
+        if bool(problem) == (watch.stalled_since is not None):
+            return None  # the usual case, read-only: no transaction, no write lock
+        with transaction.atomic():
+            if problem:
+                if rows.filter(stalled_since__isnull=True).update(stalled_since=now, reason=problem[:500]) != 1:
+                    return None
+                change = StateChange(at=now, from_state=State.UP, to_state=State.DOWN,
+                                     reason=f"portal: scheduler stalled: {problem}"[:500])
+            else:
+                if rows.filter(stalled_since=watch.stalled_since).update(stalled_since=None, reason="") != 1:
+                    return None
+                lasted = round((now - watch.stalled_since).total_seconds())
+                change = StateChange(at=now, from_state=State.DOWN, to_state=State.UP,
+                                     reason=f"portal: scheduler recovered after {lasted} s (was: {watch.reason})"[:500])
+            change.save()
+            transaction.on_commit(change.announce)
+        return change
+
+
+__all__ += ["NotificationChannel", "Delivery", "MaintenanceWindow", "SchedulerWatch", "PORTAL"]

@@ -30,6 +30,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from vx11_site import outbound
+
 from .models import Delivery, MaintenanceWindow, NotificationChannel, State, StateChange
 
 WEBHOOK_TIMEOUT = 5.0
@@ -105,7 +107,7 @@ def send_webhook(channel: NotificationChannel, change: StateChange, client: http
 
 
 def send_email(channel: NotificationChannel, change: StateChange) -> None:
-    slug = change.module.slug
+    slug = change.slug
     subject = f"[VX11] {slug} is {change.to_state}"
     body = (
         f"{slug} is {change.to_state} (was {change.from_state}) since {change.at.isoformat()}.\n\n"
@@ -125,7 +127,9 @@ def deliver(delivery: Delivery, client: httpx.Client) -> None:
 
 def describe(exc: Exception) -> str:
     text = str(exc)
-    return (text if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
+    if isinstance(exc, DeliveryError):
+        return text[:500]
+    return (outbound.why(exc) or (f"{type(exc).__name__}: {text}" if text else type(exc).__name__))[:500]
 
 
 def send_due(now: datetime | None = None, limit: int = 100) -> dict:
@@ -143,7 +147,7 @@ def send_due(now: datetime | None = None, limit: int = 100) -> dict:
     )
 
     due = list(pending.filter(next_attempt_at__lte=now).order_by("next_attempt_at", "id").values_list("id", "attempts")[:limit])
-    with httpx.Client(follow_redirects=False) as client:
+    with outbound.client() as client:
         for delivery_id, attempts in due:
             attempt = attempts + 1
             claimed = pending.filter(id=delivery_id, attempts=attempts, next_attempt_at__lte=now).update(

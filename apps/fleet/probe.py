@@ -19,6 +19,8 @@ import aiohttp
 from django.conf import settings
 from django.utils import timezone
 
+from vx11_site import outbound
+
 from .models import HealthCheck, Module, Outcome, ProbeResult, StateChange
 
 MAX_BODY = 64 * 1024
@@ -54,9 +56,9 @@ async def probe_one(session: aiohttp.ClientSession, target: Target) -> ProbeResu
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, ConnectionRefusedError):
             return _fail(target, "connection refused")
-        return _fail(target, f"connection failed: {exc.os_error or exc}"[:500])
+        return _fail(target, (outbound.why(exc) or f"connection failed: {exc.os_error or exc}")[:500])
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return _fail(target, f"{type(exc).__name__}: {exc}"[:500])
+        return _fail(target, (outbound.why(exc) or f"{type(exc).__name__}: {exc}")[:500])
     latency_ms = (time.perf_counter() - started) * 1000.0
 
     if status_code != 200:
@@ -81,9 +83,9 @@ async def probe_targets(targets: Iterable[Target], on_result: Callable[[ProbeRes
     if not targets:
         return []
     limit = concurrency or settings.VX11_PROBE_CONCURRENCY
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, force_close=True, enable_cleanup_closed=False)
+    connector = {"limit": limit, "limit_per_host": 0, "force_close": True, "enable_cleanup_closed": False}
     results = []
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": "vx11-portal-probe/1"}) as session:
+    async with outbound.aiohttp_session(connector, headers={"User-Agent": "vx11-portal-probe/1"}) as session:
         for finished in asyncio.as_completed([probe_one(session, t) for t in targets]):
             result = await finished
             results.append(result)

@@ -11,6 +11,7 @@ from django_celery_beat.models import PeriodicTask
 
 from vx11_site import display
 from vx11_site.display import RecordAdmin, svg_chart
+from vx11_site.permissions import MissingPermission, missing, require
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
@@ -75,7 +76,7 @@ def run_link(run: FlowRun) -> str:
     return format_html('<a href="{}">{} #{}</a>', reverse("admin:flows_flowrun_change", args=[run.id]), run.flow.name, run.id)
 
 
-@admin.action(description="Run selected flows now (queued)")
+@admin.action(description="Run selected flows now (queued)", permissions=["run"])
 def run_now(modeladmin, request, queryset):
     """Queues one run per flow for a Celery worker, so the request never waits for a flow."""
     runs = [flow.queue(trigger="admin", user=request.user) for flow in queryset]
@@ -94,6 +95,9 @@ class FlowAdmin(admin.ModelAdmin):
     actions = [run_now]
     change_form_template = "admin/flows/flow/change_form.html"
     change_list_template = "admin/flows/flow/change_list.html"
+
+    def has_run_permission(self, request) -> bool:
+        return missing(request.user, "flows.run_flow") is None
 
     def get_queryset(self, request):
         """Step counts and recent runs attached (Flow.summarised): the list costs the same few queries for 3 flows or 100."""
@@ -126,13 +130,13 @@ class FlowAdmin(admin.ModelAdmin):
     def load_view(self, request):
         """"Load from file": a YAML or JSON definition (as `vx11 flow load`); replacing an existing flow is
         asked for explicitly and needs the change permission. A bad file stores nothing and says why."""
-        if not self.has_add_permission(request):
-            raise PermissionDenied
+        require(request.user, "loading a flow", "flows.add_flow")
         form = FlowFileForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             replace = form.cleaned_data["replace"]
-            if replace and not self.has_change_permission(request):
-                form.add_error("replace", "replacing a flow needs the permission flows.change_flow")
+            refused = replace and missing(request.user, "flows.change_flow")
+            if refused:
+                form.add_error("replace", MissingPermission("replacing a flow", refused, request.user).message)
             else:
                 try:
                     flow = Flow.load_upload(form.cleaned_data["file"], replace=replace)
@@ -160,8 +164,7 @@ class FlowAdmin(admin.ModelAdmin):
         (it reloads itself until the run ends)."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_change_permission(request):
-            return redirect("admin:flows_flow_changelist")
+        require(request.user, "running a flow", "flows.run_flow")
         flow = get_object_or_404(Flow, id=flow_id)
         run = flow.queue(trigger="admin", user=request.user)
         self.message_user(request, format_html("Flow {} queued as run {}; this page shows it as it goes.", flow.name, run_link(run)), messages.SUCCESS)
@@ -171,6 +174,7 @@ class FlowAdmin(admin.ModelAdmin):
         extra_context = extra_context or {}
         flow = self.get_object(request, object_id)
         if flow is not None:
+            extra_context["can_run"] = self.has_run_permission(request)
             extra_context["history_strip"] = history_strip(flow, 50)
             extra_context["recent_runs"] = flow.runs.all()[:20]
             finished = [r for r in flow.runs.exclude(duration_ms=None)[:100]][::-1]

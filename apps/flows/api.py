@@ -5,12 +5,12 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.shortcuts import get_object_or_404
 from ninja import Body, Field, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import paginate
 
-from vx11_site.api import Paged, validation_detail
+from vx11_site.api import Error, Id, Paged, Unavailable, get_or_404, validation_detail
+from vx11_site.permissions import require
 
 from .models import ContractCoherence, Flow, FlowRun
 
@@ -96,14 +96,7 @@ class CoherenceOut(Schema):
 
 
 def _flow(name: str) -> Flow:
-    return get_object_or_404(Flow, name=name)
-
-
-def _require(request, perm: str, what: str) -> None:
-    """A definition decides what the portal calls and reads, so writing one takes the model permission
-    (as in the admin), not just a read-write key."""
-    if not request.user.has_perm(perm):
-        raise HttpError(403, f"{what} needs the permission {perm}; user {request.user.get_username()!r} does not have it")
+    return get_or_404(Flow, name=name)
 
 
 def _save(spec: Any, replace: bool) -> Flow:
@@ -122,9 +115,10 @@ def list_flows(request, enabled: bool | None = None):
     return flows
 
 
-@router.post("/flows", response={201: FlowDetailOut}, summary="Create a flow from a definition (the YAML/JSON file shape)")
+@router.post("/flows", response={201: FlowDetailOut, 409: Error},
+             summary="Create a flow from a definition, the YAML/JSON file shape (permission flows.add_flow)")
 def create_flow(request, definition: dict[str, Any] = Body(..., description='{"name": "D", "steps": [...]}')):
-    _require(request, "flows.add_flow", "creating a flow")
+    require(request.user, "creating a flow", "flows.add_flow")
     name = definition.get("name")
     if isinstance(name, str) and Flow.objects.filter(name=name).exists():
         raise HttpError(409, f"flow {name} already exists; PUT /api/flows/{name} replaces it")
@@ -145,19 +139,22 @@ def read_flow(request, name: str):
     return _flow(name)
 
 
-@router.put("/flows/{name}", response=FlowDetailOut, summary="Replace a flow's definition (steps and all)")
+@router.put("/flows/{name}", response=FlowDetailOut,
+            summary="Replace a flow's definition, steps and all (permission flows.change_flow)")
 def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
-    _require(request, "flows.change_flow", "replacing a flow")
+    require(request.user, "replacing a flow", "flows.change_flow")
     _flow(name)
     if definition.get("name", name) != name:
         raise HttpError(422, f"name in the body ({definition.get('name')!r}) differs from the URL ({name!r})")
     return _save({**definition, "name": name}, replace=True)
 
 
-@router.post("/flows/{name}/run", response={200: RunDetailOut, 202: QueuedOut},
-             summary="Run a flow: wait for the end (200, the run with its steps; 409 if the flow may take longer than "
-                     "VX11_FLOW_SYNC_MAX_SECONDS) or, with ?wait=false, queue it (202, poll its url)")
+@router.post("/flows/{name}/run", response={200: RunDetailOut, 202: QueuedOut, 409: Error, 503: Error},
+             summary="Run a flow (permission flows.run_flow): wait for the end (200, the run with its steps; 409 if "
+                     "the flow may take longer than VX11_FLOW_SYNC_MAX_SECONDS) or, with ?wait=false, queue it "
+                     "(202, poll its url; 503 with Retry-After if the Celery broker is unreachable)")
 def run_flow(request, name: str, wait: bool = True):
+    require(request.user, "running a flow", "flows.run_flow")
     flow = _flow(name)
     if wait:
         longest, bound = flow.longest_seconds(), settings.VX11_FLOW_SYNC_MAX_SECONDS
@@ -166,8 +163,8 @@ def run_flow(request, name: str, wait: bool = True):
                                  f"(VX11_FLOW_SYNC_MAX_SECONDS); run it with ?wait=false and poll the run's url")
         return flow.run(trigger="api", user=request.user)
     run = flow.queue(trigger="api", user=request.user)
-    if run.status == FlowRun.Status.FAILED:
-        raise HttpError(503, f"flow {flow.name} run #{run.id}: {run.reason}")
+    if run.status == FlowRun.Status.FAILED:  # the broker refused it: nothing will run, the client may try again
+        raise Unavailable(f"flow {flow.name} run #{run.id}: {run.reason}")
     return Status(202, {"id": run.id, "flow": flow.name, "status": run.status, "url": run.api_url})
 
 
@@ -181,5 +178,5 @@ def flow_runs(request, name: str, status: Literal["queued", "running", "passed",
 
 
 @router.get("/flow-runs/{run_id}", response=RunDetailOut, summary="One run with its steps: request, response excerpt, duration, pass/fail and why")
-def read_run(request, run_id: int):
-    return get_object_or_404(FlowRun.objects.select_related("flow"), id=run_id)
+def read_run(request, run_id: Id):
+    return get_or_404(FlowRun.objects.select_related("flow"), id=run_id)

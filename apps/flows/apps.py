@@ -35,4 +35,4 @@ class FlowsConfig(AppConfig):
     def ready(self):
         from apps.daughters.models import register_kind
 
-        register_kind("flow", run_flow_daughter, validate_flow_params)
+        register_kind("flow", run_flow_daughter, validate_flow_params, permissions=("flows.run_flow",))

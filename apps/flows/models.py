@@ -26,7 +26,7 @@ from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models, transaction
-from django.db.models import Count, Prefetch
+from django.db.models import Count, Prefetch, Q
 from django.utils import timezone
 
 from apps.events.models import publish
@@ -396,6 +396,7 @@ class Flow(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("run_flow", "Can run a flow now (API, admin, CLI)")]
 
     def __str__(self) -> str:
         return f"{self.name}: {self.title}" if self.title and self.title != self.name else self.name
@@ -618,6 +619,8 @@ class FlowRun(models.Model):
     failed_step = models.PositiveSmallIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=1000, blank=True)
     captured = models.JSONField(default=dict, blank=True, help_text="values captured by each step, by step number")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="while it runs: its runner's last sign of life (every VX11_FLOW_RUN_HEARTBEAT_SECONDS)")
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -650,6 +653,23 @@ class FlowRun(models.Model):
         """status_changed on the bus when a run starts and ends."""
         publish("status_changed", {"source": "flows", **self.summary()})
 
+    def beat(self) -> bool:
+        """Its runner is alive: say so while the run is running; False once it ended or was swept."""
+        return bool(FlowRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()))
+
+    def end_on_error(self, exc: BaseException) -> bool:
+        """The runner itself failed (not a step: the database, the process being stopped): end the run as failed now,
+        with its unreached steps skipped, rather than leave it running until the sweep. False if it had ended."""
+        reason = f"error: the runner stopped on {type(exc).__name__}: {exc}"[:1000]
+        with transaction.atomic():
+            ended = FlowRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+                status=self.Status.FAILED, finished_at=timezone.now(), reason=reason)
+            if ended:
+                StepResult.skip_unreached([self.pk], "skipped: the run stopped on an error")
+                self.refresh_from_db()
+                self.announce()
+        return bool(ended)
+
     @classmethod
     def stale_after(cls, flow: Flow) -> float:
         """Seconds after which an unfinished run of this flow cannot still be going: VX11_FLOW_RUN_STALE_SECONDS
@@ -658,10 +678,13 @@ class FlowRun(models.Model):
 
     @classmethod
     def sweep_stale(cls, now=None) -> int:
-        """Fail runs still queued or running past stale_after() (their process died or no worker took them):
-        one conditional UPDATE per (status, bound), the steps they never reached stored as skipped.
+        """Fail runs still queued or running past stale_after() (their process died or no worker took them), and
+        running runs without a heartbeat for VX11_FLOW_RUN_SILENT_SECONDS (their process is gone, whatever the
+        bound): one conditional UPDATE per (status, bound), the steps they never reached stored as skipped.
         Returns how many runs were swept; safe to run from several workers at once."""
         now = now or timezone.now()
+        silent = settings.VX11_FLOW_RUN_SILENT_SECONDS
+        silent_before = now - timedelta(seconds=silent)
         unfinished = cls.objects.filter(status__in=cls.UNFINISHED)
         flows = Flow.objects.filter(id__in=unfinished.values("flow_id")).prefetch_related("steps")
         by_bound: dict[float, list[int]] = {}
@@ -678,11 +701,19 @@ class FlowRun(models.Model):
                         cls.objects.filter(id__in=ids, status=status).update(
                             status=cls.Status.FAILED, finished_at=now, reason=f"interrupted: {why}")
                         swept += ids
+            silence = Q(heartbeat_at__lt=silent_before) | Q(heartbeat_at__isnull=True, started_at__lt=silent_before)
+            ids = list(cls.objects.filter(silence, status=cls.Status.RUNNING).select_for_update(skip_locked=True)
+                       .values_list("id", flat=True))
+            if ids:
+                cls.objects.filter(id__in=ids, status=cls.Status.RUNNING).update(
+                    status=cls.Status.FAILED, finished_at=now,
+                    reason=f"interrupted: no heartbeat for {silent} s (its process died?)")
+                swept += ids
             if swept:
                 StepResult.skip_unreached(swept, "skipped: the run was interrupted")
-        if swept:
-            transaction.on_commit(lambda: [run.announce() for run in cls.objects.filter(id__in=swept).select_related("flow")])
-            ContractCoherence.recompute()
+                for run in cls.objects.filter(id__in=swept).select_related("flow"):
+                    run.announce()
+                ContractCoherence.recompute()
         return len(swept)
 
     @classmethod

@@ -6,19 +6,24 @@ caught and stored as a failure too, so a run always ends with a reason, never a 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx
 from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from apps.daughters.models import DaughterTask
 from apps.events.models import publish
+from vx11_site import outbound
 
 from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult, check_lookup, env_allowed, env_refused, flow_model
 
@@ -27,6 +32,8 @@ SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", r
 ENV_TEMPLATE = re.compile(r"\{\{\s*env\.(VX11_[A-Z0-9_]+)\s*\}\}")
 MASK = "***"
 _MISSING = object()
+
+log = logging.getLogger(__name__)
 
 
 class StepFailed(Exception):
@@ -168,7 +175,7 @@ def error_detail(response: httpx.Response) -> str:
 
 def fetch(method: str, url: str, headers: dict, body, timeout: float) -> httpx.Response:
     """One request whose body is read up to MAX_RESPONSE_BYTES; a bigger answer fails the step."""
-    with httpx.stream(method, url, headers=headers, json=body, timeout=timeout) as response:
+    with outbound.client(timeout=timeout) as client, client.stream(method, url, headers=headers, json=body) as response:
         chunks, size = [], 0
         for chunk in response.iter_bytes():
             size += len(chunk)
@@ -197,6 +204,9 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
     except httpx.TimeoutException:
         raise StepFailed(f"{step.module} did not answer {step.method} {path} within {timeout:g} s") from None
     except httpx.HTTPError as exc:
+        refused = outbound.why(exc)
+        if refused:
+            raise StepFailed(f"{step.module} at {url}: {refused}") from None
         raise StepFailed(f"{step.module} unreachable at {url}: {type(exc).__name__} {exc}".strip()) from None
     latency = (time.perf_counter() - started) * 1000
     out.response_status = response.status_code
@@ -297,28 +307,76 @@ KIND_RUNNERS = {"http": run_http, "db": run_db, "spawn": run_spawn}
 
 def run_flow(flow: Flow, trigger: str = "api", user=None, on_step=None) -> FlowRun:
     """Run every step in order, in this process (see execute)."""
-    run = FlowRun.objects.create(flow=flow, trigger=trigger, triggered_by=user if getattr(user, "pk", None) else None)
+    with transaction.atomic():  # the run and the event that announces its start
+        run = FlowRun.objects.create(flow=flow, trigger=trigger, heartbeat_at=timezone.now(),
+                                     triggered_by=user if getattr(user, "pk", None) else None)
+        run.announce()
     return execute(run, on_step)
 
 
 def run_queued(run_id: int) -> FlowRun | None:
     """Run a queued run, claimed with a conditional UPDATE (queued -> running) so a redelivered task, or
     a run the sweep already failed, is not run again; None when there was nothing to claim."""
-    claimed = FlowRun.objects.filter(id=run_id, status=FlowRun.Status.QUEUED).update(status=FlowRun.Status.RUNNING, started_at=timezone.now())
-    if not claimed:
-        return None
-    return execute(FlowRun.objects.select_related("flow").get(id=run_id))
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = FlowRun.objects.filter(id=run_id, status=FlowRun.Status.QUEUED).update(
+            status=FlowRun.Status.RUNNING, started_at=now, heartbeat_at=now)
+        if not claimed:
+            return None
+        run = FlowRun.objects.select_related("flow").get(id=run_id)
+        run.announce()
+    return execute(run)
+
+
+@contextlib.contextmanager
+def heartbeat(run: FlowRun):
+    """While the block runs, a thread marks the run alive every VX11_FLOW_RUN_HEARTBEAT_SECONDS, so the sweep tells
+    a run whose process is gone (silent for VX11_FLOW_RUN_SILENT_SECONDS) from a long one. Inside an outer
+    transaction nobody else sees the run, so nobody could sweep it: no thread then."""
+    if transaction.get_connection().in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        try:
+            while not stop.wait(settings.VX11_FLOW_RUN_HEARTBEAT_SECONDS):
+                try:
+                    if not run.beat():
+                        return  # ended or swept: nothing left to keep alive
+                except DatabaseError as exc:  # a missed beat; the next one may pass
+                    log.warning("flow run %s: heartbeat not stored: %s", run.id, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    threading.Thread(target=beat, name=f"flow-run-{run.id}-heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a beat waiting for a lock ends on its own
 
 
 def execute(run: FlowRun, on_step=None) -> FlowRun:
     """Run every step of a running run in order; the first failure marks the rest skipped. Stores the
-    step results, publishes status_changed (start, end) and plan_updated (each step), recomputes
-    contract_coherence_pct. `on_step(result)` is called after each step (the CLI's progress bar).
+    step results, publishes plan_updated (each step, with its result) and status_changed (the end, with it),
+    recomputes contract_coherence_pct. `on_step(result)` is called after each step (the CLI's progress bar).
     A run the sweep failed meanwhile (FlowRun.sweep_stale) stays failed: the runner stops at the next
-    step, and its end is stored only if the run is still running."""
+    step, and its end is stored only if the run is still running. Should the runner itself fail (the
+    database, the process being stopped), the run ends as failed at once (FlowRun.end_on_error)."""
+    try:
+        with heartbeat(run):
+            return _execute(run, on_step)
+    except BaseException as exc:
+        try:
+            run.end_on_error(exc)
+        except Exception as inner:  # the database that failed the run may refuse this too: the sweep will end it
+            log.warning("flow run %s could not be ended after %s: %s", run.id, type(exc).__name__, inner)
+        raise
+
+
+def _execute(run: FlowRun, on_step) -> FlowRun:
     flow = run.flow
     steps = list(flow.steps.all())
-    run.announce()
     started = time.perf_counter()
     captured: dict[int, dict] = {}
     secrets = env_secrets(steps)
@@ -328,14 +386,16 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
             run.refresh_from_db()  # swept as interrupted (this process looked dead): stop, keep that verdict
             return run
         if failed is not None:
-            result = StepResult.objects.create(run=run, position=step.position, name=step.name, kind=step.kind, status=StepResult.Status.SKIPPED,
-                                               reason=f"skipped: step {failed.position} failed")
+            result = StepResult(run=run, position=step.position, name=step.name, kind=step.kind,
+                                status=StepResult.Status.SKIPPED, reason=f"skipped: step {failed.position} failed")
         else:
             result = run_step(run, step, captured, secrets)
             if result.status == StepResult.Status.FAILED:
                 failed = result
-        publish("plan_updated", {"source": "flows", "flow": flow.name, "run_id": run.id, "step": step.position, "name": step.name,
-                                 "status": result.status, "reason": result.reason})
+        with transaction.atomic():  # the step's result and its event
+            result.save()
+            publish("plan_updated", {"source": "flows", "flow": flow.name, "run_id": run.id, "step": step.position,
+                                     "name": step.name, "status": result.status, "reason": result.reason})
         if on_step:
             on_step(result)
     run.finished_at = timezone.now()
@@ -346,14 +406,15 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
     else:
         run.status, run.failed_step = FlowRun.Status.FAILED, failed.position
         run.reason = f"step {failed.position} ({failed.name}): {failed.reason}"[:1000]
-    ended = FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).update(
-        status=run.status, finished_at=run.finished_at, duration_ms=run.duration_ms, captured=run.captured,
-        failed_step=run.failed_step, reason=run.reason)
+    with transaction.atomic():  # the end, its event and the coherence it changes
+        ended = FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).update(
+            status=run.status, finished_at=run.finished_at, duration_ms=run.duration_ms, captured=run.captured,
+            failed_step=run.failed_step, reason=run.reason)
+        if ended:
+            run.announce()
+            ContractCoherence.recompute()
     if not ended:  # swept as interrupted meanwhile: keep that verdict
         run.refresh_from_db()
-        return run
-    run.announce()
-    ContractCoherence.recompute()
     return run
 
 
@@ -368,7 +429,7 @@ def run_step(run: FlowRun, step: Step, captured: dict, secrets: tuple = ()) -> S
         status, reason = StepResult.Status.FAILED, str(exc)
     except Exception as exc:  # a bug or an outage must still end the run with a reason
         status, reason = StepResult.Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}"
-    return StepResult.objects.create(
+    return StepResult(  # stored by the caller, with its event
         run=run, position=step.position, name=step.name, kind=step.kind, status=status, reason=mask(reason, secrets)[:1000],
         request=mask(json.loads(json.dumps(out.request, default=str)), secrets), response_status=out.response_status,
         response_excerpt=mask(out.response_excerpt, secrets), duration_ms=round((time.perf_counter() - started) * 1000, 1),

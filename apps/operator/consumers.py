@@ -3,10 +3,12 @@
 Auth by `X-VX11-Token` header or `?token=` (browsers cannot set WebSocket headers), or a
 per-user API key in either place, or a staff user's Django session (the live admin pages). On connect: a `connected` control message, then the
 stored events after `?cursor=`. Incoming `{event_type, data}` is validated and published
-on the bus; plain text becomes `message_received`; bad JSON gets `error_reported`.
+on the bus; plain text becomes `message_received`; bad JSON gets `error_reported`. A read-only
+API key may subscribe but not publish: what it sends gets `error_reported{error:"read_only"}`.
 """
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -15,10 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.http.request import validate_host
+from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
+from django.utils.http import is_same_domain
 
-from apps.accounts.models import token_is_valid
+from apps.accounts.models import ApiKey
 from apps.events.models import BROADCAST_GROUP, CANONICAL_TYPES, SESSION_ID, Event, apublish, send, session_group
 
 # daphne (autobahn) lets a server close only with 1000 or 3000-4999 and drops the reason text,
@@ -28,6 +31,49 @@ AUTH_REQUIRED = 4401
 FORBIDDEN = 4403
 POLICY_VIOLATION = 4008
 TOO_BIG = 4009
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def token_may_publish(token: str) -> bool | None:
+    """None: not a valid X-VX11-Token; False: a read-only API key; True: VX11_TOKEN or a read-write key."""
+    if hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
+        return True
+    key = ApiKey.authenticate(token)
+    return None if key is None else not key.read_only
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin, default port filled in; None for anything else
+    ("null", a path, credentials, a bad port)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+def same_origin(origin: str, host: str, secure: bool) -> bool:
+    """As Django's CSRF Origin check: `origin` is this request's own (its Host, when ALLOWED_HOSTS has it,
+    with the request's scheme) or one of CSRF_TRUSTED_ORIGINS, comparing scheme, host and port."""
+    theirs = origin_of(origin)
+    if theirs is None:
+        return False
+    own_host = bool(host) and validate_host(split_domain_port(host)[0], settings.ALLOWED_HOSTS)
+    if own_host and theirs == origin_of(f"{'https' if secure else 'http'}://{host}"):
+        return True
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        if "*" in trusted:  # Django's form for every subdomain: https://*.example.com
+            parts = urlsplit(trusted)
+            if parts.scheme == theirs[0] and is_same_domain(urlsplit(origin).netloc.lower(), parts.netloc.lstrip("*")):
+                return True
+        elif theirs == origin_of(trusted):
+            return True
+    return False
 
 
 class TokenBucket:
@@ -78,12 +124,15 @@ class EventConsumer(AsyncWebsocketConsumer):
         token = headers.get("x-vx11-token") or (query.get("token") or [""])[0]
 
         await self.accept()
+        self.may_publish = True
         if self.staff_session(headers):
             pass  # the live admin pages: a staff session from our own origin needs no token
         elif not token:
             return await self.refuse(AUTH_REQUIRED, "auth_required", "send X-VX11-Token or ?token=")
-        elif not await database_sync_to_async(token_is_valid)(token):
-            return await self.refuse(FORBIDDEN, "forbidden", "invalid token")
+        else:
+            self.may_publish = await database_sync_to_async(token_may_publish)(token)
+            if self.may_publish is None:
+                return await self.refuse(FORBIDDEN, "forbidden", "invalid token")
         if not SESSION_ID.match(self.session_id):
             return await self.refuse(POLICY_VIOLATION, "invalid_session_id", "1-64 of A-Z a-z 0-9 _ . -")
 
@@ -112,8 +161,7 @@ class EventConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if not (user and user.is_authenticated and user.is_staff):
             return False
-        origin = urlsplit(headers.get("origin", ""))
-        return bool(origin.hostname) and validate_host(origin.hostname, settings.ALLOWED_HOSTS)
+        return same_origin(headers.get("origin", ""), headers.get("host", ""), self.scope.get("scheme") == "wss")
 
     def first_time(self, cursor: int) -> bool:
         """False for an event this client already had (replay, relay and layer may overlap)."""
@@ -140,6 +188,10 @@ class EventConsumer(AsyncWebsocketConsumer):
                 return await self.refuse(POLICY_VIOLATION, "rate_limited", "rate limit exceeded repeatedly")
             return await self.send_json(self.error("rate_limited", f"over {settings.VX11_WS_RATE:g} messages/s"))
         self.strikes = 0
+        if not self.may_publish:
+            # the subscription stays: reading is what the key is for (the API answers its writes 403)
+            refusal = self.error("read_only", "this API key is read-only: it may subscribe, not publish")
+            return await self.send_json(refusal)
         await self.handle_text(raw)
 
     async def handle_text(self, raw: str):

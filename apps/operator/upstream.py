@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.fleet.models import Module, State
 from apps.fleet.probe import run_round
+from vx11_site import outbound
 
 MAX_BODY = 1024 * 1024
 HEALTHY_STATES = (State.UP, State.DEGRADED)
@@ -79,7 +80,8 @@ class Upstream:
         except httpx.TimeoutException:
             raise UpstreamError(f"{where}: timeout after {self.timeout:g} s") from None
         except httpx.ConnectError as exc:
-            raise UpstreamError(f"{where}: {'connection refused' if _refused(exc) else f'connection failed: {exc}'}") from None
+            refused = outbound.why(exc) or ("connection refused" if _refused(exc) else f"connection failed: {exc}")
+            raise UpstreamError(f"{where}: {refused}") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}"[:500]) from None
         if status_code != 200:
@@ -93,7 +95,7 @@ class Upstream:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise httpx.TimeoutException("budget spent")
-        with httpx.Client(timeout=remaining, trust_env=False, follow_redirects=False) as client:
+        with outbound.client(timeout=remaining) as client:
             with client.stream(method, self.base_url + path, json=body) as response:
                 content = b""
                 for chunk in response.iter_bytes():

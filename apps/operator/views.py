@@ -10,7 +10,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import JsonResponse
 from django.shortcuts import render
 
-from apps.accounts.models import token_is_valid
+from apps.accounts.models import BadKeyWindow, token_is_valid
 from apps.events.models import CANONICAL_TYPES
 
 from . import upstream
@@ -21,14 +21,22 @@ def v7_error(status_code: int, error: str) -> JsonResponse:
 
 
 def operator_endpoint(view):
-    """X-VX11-Token (VX11_TOKEN or a user's API key) required: 401 missing, 403 wrong; then GET only."""
+    """X-VX11-Token (VX11_TOKEN or a user's API key) required: 401 missing, 403 wrong, 429 after too many
+    wrong ones from one address (counted with the API's bad keys); then GET only."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
         token = request.headers.get("X-VX11-Token", "")
         if not token:
             return v7_error(401, "auth_required")
+        address = request.META.get("REMOTE_ADDR", "")
+        wait = BadKeyWindow.wait(address)
+        if wait:
+            response = v7_error(429, "too_many_bad_tokens")
+            response["Retry-After"] = str(wait)
+            return response
         if not token_is_valid(token):
+            BadKeyWindow.note(address)
             return v7_error(403, "forbidden")
         if request.method not in ("GET", "HEAD"):
             return v7_error(405, "method_not_allowed")

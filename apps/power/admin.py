@@ -11,7 +11,7 @@ from django.urls import path
 from django.utils.html import format_html
 
 from apps.fleet.models import Module
-from vx11_site.display import RecordAdmin, badge
+from vx11_site.display import ConflictWhenProtected, RecordAdmin, badge
 
 from . import models as power
 from .models import PowerAction, ServiceControl, WindowStop
@@ -46,18 +46,17 @@ def form_errors(form) -> str:
 
 def report(request, row: PowerAction) -> None:
     """The audited row, told as a message: green when done or planned, red when refused or failed."""
-    if row is None:  # refuse_request's cap on rows without a user; a console user always has one
-        return messages.error(request, "refused (not audited: too many anonymous refusals this minute)")
     text = f"{row.action} {row.service}: {row.message}"
     if not row.applied and row.result == PowerAction.Result.OK and isinstance(row.plan.get("steps"), list):
         steps = "; ".join(s if isinstance(s, str) else f"{s['action']} {s['service']}" for s in row.plan["steps"])
         text = f"Plan for {row.action} {row.service}: {steps}. Nothing was done; press Apply to carry it out."
     level = messages.SUCCESS if row.result == PowerAction.Result.OK else messages.ERROR
-    messages.add_message(request, level, f"{text} (audited as action #{row.id})" if row.id else text)
+    audit = f"audited as action #{row.id}" if row.id else "not audited: too many refusals this minute, see the log"
+    messages.add_message(request, level, f"{text} ({audit})")
 
 
 @admin.register(ServiceControl)
-class ServiceControlAdmin(admin.ModelAdmin):
+class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
     change_list_template = "admin/power/servicecontrol/change_list.html"
     list_display = ["module", "backend", "target", "stop_grace_sec", "pid", "pid_started_at", "busy_with"]
     list_filter = ["backend"]
@@ -69,6 +68,12 @@ class ServiceControlAdmin(admin.ModelAdmin):
     @admin.display(description="runs")
     def target(self, obj):
         return " ".join(obj.argv("start"))
+
+    def get_deleted_objects(self, objs, request):
+        """A control whose process runs is not deleted, as its module is not (power.protect_running): the pid would be lost."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        running = [f"{control._meta.verbose_name} {control}: {control.in_use}" for control in objs if control.running()]
+        return deleted, counts, perms_needed, [*protected, *running]
 
     def get_urls(self):
         return [path("console/", self.admin_site.admin_view(self.console_view), name="power_console"), *super().get_urls()]

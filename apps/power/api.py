@@ -9,18 +9,29 @@ PowerAction row first. A body that then fails validation (422) is audited throug
 
 import json
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
-from ninja import NinjaAPI, Router, Schema
+from django.urls import register_converter
+from ninja import Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import Field, field_validator
 
-from vx11_site.api import SAFE_METHODS, ApiKeyAuth, SessionAuthIsStaff, on_auth_error, on_validation_error
+from vx11_site.api import (
+    SAFE_METHODS,
+    ApiKeyAuth,
+    Error,
+    PortalAPI,
+    StaffSession,
+    Throttled,
+    on_auth_error,
+    on_throttled,
+    on_validation_error,
+)
 
 from . import models as power
 
-WRITE_PATH = re.compile(r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]+)/(?P<action>[^/]+)|(?P<mode>mode)"
+WRITE_PATH = re.compile(r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]*)/(?P<action>[^/]+)|(?P<mode>mode)"
                         r"|window/(?P<window>open|close))/?$")
 AUTH_REQUIRED = "authentication required (no valid API key, no staff session)"
 
@@ -38,7 +49,7 @@ def asked(request) -> tuple[str, str, dict]:
         return request.method.lower(), request.path, plan
     if match["verb"]:
         return match["verb"], str(body.get("service", "")), plan
-    if match["name"]:
+    if match["action"]:  # the name may be empty
         return match["action"], match["name"], plan
     if match["mode"]:
         return "mode", str(body.get("mode", "")), plan
@@ -69,10 +80,10 @@ class PowerKeyAuth(ApiKeyAuth):
 
     def refuse(self, request, user, status: int, message: str, **extra):
         audit_refusal(request, user, status, message, **extra)
-        super().refuse(request, user, status, message)
+        super().refuse(request, user, status, message, **extra)
 
 
-class PowerSessionAuth(SessionAuthIsStaff):
+class PowerSessionAuth(StaffSession):
     """A staff session; tried last, so a write that is still unauthenticated here gets its row (then the API's 401)."""
 
     def __call__(self, request):
@@ -91,10 +102,27 @@ router = Router(tags=["power"], auth=POWER_AUTH)  # mounted on the portal API at
 madre_router = Router(tags=["power"], auth=POWER_AUTH)  # mounted at /madre/ by madre_api
 
 SLUG = Field(min_length=1, max_length=64)
+ServiceName = Annotated[str, SLUG]
+
+
+class MaybeEmpty:
+    """A path segment that may be empty, so /power/service//start reaches the view and its validation
+    (422, "service: ... at least 1 character", audited) instead of matching no route."""
+
+    regex = "[^/]*"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(MaybeEmpty, "maybe_empty")
 
 
 class ServiceIn(Schema):
-    service: str = SLUG
+    service: ServiceName
 
 
 class ApplyIn(Schema):
@@ -106,9 +134,14 @@ class ModeIn(Schema):
     apply: bool = False
 
 
+def max_ttl(schema: dict) -> None:
+    """The OpenAPI maximum of ttl_sec: what at_most_the_max_ttl enforces, read when the document is made."""
+    schema["maximum"] = settings.VX11_POWER_WINDOW_MAX_TTL
+
+
 class WindowIn(Schema):
-    services: list[str] = Field(min_length=1, max_length=50)
-    ttl_sec: int = Field(ge=1)
+    services: list[ServiceName] = Field(min_length=1, max_length=50)
+    ttl_sec: int = Field(ge=1, json_schema_extra=max_ttl)
     mode: Literal["ttl", "hold"] = "ttl"
     reason: str = Field(default="", max_length=500)
 
@@ -118,6 +151,12 @@ class WindowIn(Schema):
         if value > settings.VX11_POWER_WINDOW_MAX_TTL:  # read per request: the setting may change
             raise ValueError(f"at most {settings.VX11_POWER_WINDOW_MAX_TTL} seconds (VX11_POWER_WINDOW_MAX_TTL)")
         return value
+
+
+# what the guards of an action can answer besides the API's shared errors (vx11_site.api.document_errors):
+# a missing permission or service control off (403), an unknown module (404), no window or a busy module (409),
+# the per-user rate (429), the action ran and failed (502)
+ACTION = {200: dict[str, Any], 403: Error, 404: Error, 409: Error, 429: Error, 502: Error}
 
 
 def answer(row: power.PowerAction) -> dict:
@@ -143,41 +182,41 @@ def status(request):
     return power.power_status()
 
 
-@route("post", "/power/service/start")
+@route("post", "/power/service/start", response=ACTION)
 def service_start(request, payload: ServiceIn):
     """madre's plain start: applies at once (all guards still hold)."""
     return answer(power.perform(request.user, payload.service, "start", True))
 
 
-@route("post", "/power/service/stop")
+@route("post", "/power/service/stop", response=ACTION)
 def service_stop(request, payload: ServiceIn):
     return answer(power.perform(request.user, payload.service, "stop", True))
 
 
-@route("post", "/power/service/{name}/{action}")
-def service_action(request, name: str, action: Literal["start", "stop", "restart"], payload: ApplyIn = None):
+@route("post", "/power/service/{maybe_empty:service}/{action}", response=ACTION)
+def service_action(request, service: ServiceName, action: Literal["start", "stop", "restart"], payload: ApplyIn = None):
     """A plan, unless the body says {"apply": true}."""
-    return answer(power.perform(request.user, name, action, bool(payload and payload.apply)))
+    return answer(power.perform(request.user, service, action, bool(payload and payload.apply)))
 
 
-@route("post", "/power/mode")
+@route("post", "/power/mode", response={code: out for code, out in ACTION.items() if code != 404})
 def mode(request, payload: ModeIn):
     return answer(power.perform_mode(request.user, payload.mode, payload.apply))
 
 
-@route("post", "/power/window/open")
+@route("post", "/power/window/open", response={200: dict[str, Any], 403: Error, 409: Error})
 def window_open(request, payload: WindowIn):
     row, window = power.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
     return {**answer(row), "window": power.window_dict(window)}
 
 
-@route("post", "/power/window/close")
+@route("post", "/power/window/close", response={200: dict[str, Any], 403: Error, 404: Error})
 def window_close(request):
     row, window = power.close_window(request.user)
     return {**answer(row), "window": power.window_dict(window)}
 
 
-madre_api = NinjaAPI(
+madre_api = PortalAPI(
     title="VX11 madre power manager",
     version="1",
     description="madre's /madre/power/* paths, served by the portal with every guard enforced.",
@@ -188,4 +227,5 @@ madre_api = NinjaAPI(
 )
 madre_api.add_exception_handler(AuthenticationError, on_auth_error)
 madre_api.add_exception_handler(ValidationError, on_validation_error)
+madre_api.add_exception_handler(Throttled, on_throttled)
 madre_api.add_router("/", madre_router)

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from django.conf import settings
 
-from vx11_site import display
+from vx11_site import display, outbound
 
 OUTPUT_TAIL = 4000  # characters of output kept on the row; output.log in the evidence folder has it all
 POLL = 0.05
@@ -200,7 +200,8 @@ def pid_alive(pid: int | None, argv: list[str] | None = None) -> bool:
 
 def health_answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=0.5).status_code < 500
+        with outbound.client(timeout=0.5) as client:
+            return client.get(url).status_code < 500
     except httpx.HTTPError:
         return False
 

@@ -13,7 +13,8 @@ Re-implements madre's power manager (REFERENCE.md section 2) with its guards enf
 
 Every request that asks for an action - a plan, an applied action, a refusal - is a PowerAction
 row and an evidence folder docs/audit/madre_power_<action>_<svc>_<YYYYmmddTHHMMSSZ>/ under
-VX11_EVIDENCE_ROOT, as real madre writes them.
+VX11_EVIDENCE_ROOT, as real madre writes them; refusals up to a cap a minute per user (and for anonymous
+clients together), so a loop of refused requests cannot fill either (PowerAction.beyond_refusal_cap).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models, transaction
-from django.db.models import Q
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from apps.events.models import publish
 from apps.fleet.models import MaintenanceWindow, Module
 from vx11_site.db import prune_in_chunks
+from vx11_site.permissions import MissingPermission, require
 
 from . import backends
 
@@ -63,6 +65,16 @@ class Refused(Exception):
         self.message = message
 
 
+def protect_running(collector, field, sub_objs, using) -> None:
+    """ServiceControl.module's on_delete: CASCADE, unless the portal runs the module's process. Deleting the row
+    would lose its pid and leave the process running with nothing to stop it, so the module's delete is refused
+    (ProtectedError: 409 from the API, the admin's "cannot delete" page) until the process is stopped."""
+    running = [control for control in sub_objs if control.running()]
+    if running:
+        raise ProtectedError(f"the power manager runs {', '.join(c.slug for c in running)}", running)
+    models.CASCADE(collector, field, sub_objs, using)
+
+
 def default_grace() -> float:
     return settings.VX11_POWER_STOP_GRACE
 
@@ -80,7 +92,7 @@ class ServiceControl(models.Model):
         COMPOSE = "compose", "docker compose"
         SYSTEMD = "systemd", "systemd unit"
 
-    module = models.OneToOneField(Module, on_delete=models.CASCADE, related_name="control")
+    module = models.OneToOneField(Module, on_delete=protect_running, related_name="control")
     backend = models.CharField(max_length=7, choices=Backend.choices, default=Backend.COMPOSE)
     command = models.JSONField(default=list, blank=True, validators=[validate_argv],
                                help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]')
@@ -110,6 +122,12 @@ class ServiceControl(models.Model):
     @property
     def slug(self) -> str:
         return self.module.slug
+
+    @property
+    def in_use(self) -> str:
+        """Why the module may not be deleted while this runs (see protect_running)."""
+        return (f"the power manager runs its process (pid {self.pid}); stop it first "
+                f"(Power console, or POST /madre/power/service/{self.slug}/stop)")
 
     def argv(self, action: str) -> list[str]:
         if self.backend == self.Backend.COMPOSE:
@@ -223,6 +241,8 @@ class PowerAction(models.Model):
         self.result, self.http_status, self.message = result, status, message[:500]
         self.output = backends.tail(output)
         self.duration_ms = round((timezone.now() - self.at).total_seconds() * 1000, 1)
+        if self.pk is None and result == self.Result.REFUSED and self.beyond_refusal_cap():
+            return self  # answered as any refusal, only not stored
         self.save()
         self.evidence_path = write_evidence(self, output)
         if self.evidence_path:
@@ -233,6 +253,25 @@ class PowerAction(models.Model):
             except Exception:  # the bus being down must not turn a done action into a 500
                 log.exception("power: could not announce action %s", self.pk)
         return self
+
+    def beyond_refusal_cap(self) -> bool:
+        """Refusals are audited up to a cap a minute - per signed-in user (VX11_POWER_REFUSAL_AUDIT_PER_MIN), for all
+        anonymous clients together (ANONYMOUS_AUDIT_PER_MIN) - so a loop of refused writes cannot fill the table and
+        the evidence root; beyond it they are logged. A mode's steps and the portal's own actions are never capped."""
+        if self.parent_id is not None:
+            return False
+        refused = PowerAction.objects.filter(applied=False, result=self.Result.REFUSED, parent=None, at__gte=self.at - timedelta(minutes=1))
+        if self.user_id is None and self.actor == "anonymous":
+            recent, limit = refused.filter(user=None, actor="anonymous").count(), ANONYMOUS_AUDIT_PER_MIN
+        elif self.user_id is not None and self.actor == self.user.username:  # not the window checker acting for its opener
+            recent, limit = refused.filter(user_id=self.user_id).count(), settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN
+        else:
+            return False
+        if recent < limit:
+            return False
+        log.warning("power: not audited (%s refusals by %s in the last minute, cap %s): %s %s from %s: %s %s", recent, self.actor,
+                    limit, self.action, self.service, self.plan.get("remote_addr", "-"), self.http_status, self.message)
+        return True
 
     @property
     def event_data(self) -> dict:
@@ -371,10 +410,12 @@ def write_evidence(row: PowerAction, output: str) -> str:
 # --- guards ---------------------------------------------------------------------------------
 
 
-def check_permission(user) -> None:
-    if user is None or not user.has_perm(PERMISSION):
-        name = getattr(user, "username", "anonymous")
-        raise Refused(403, f"user '{name}' lacks the permission '{PERMISSION}' needed to control services")
+def check_permission(user, what: str) -> None:
+    """The shared permission check (vx11_site.permissions), refusing as every power guard does: audited."""
+    try:
+        require(user, what, PERMISSION)
+    except MissingPermission as exc:
+        raise Refused(403, exc.message) from None
 
 
 def check_allowed() -> None:
@@ -459,7 +500,7 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
     checked = system is not None or parent is not None
     try:
         if not checked:
-            check_permission(user)
+            check_permission(user, f"{'applying' if apply else 'planning'} {action} {slug}")
         check_never_stop(slug, action)
         control = controllable(slug)
         row.plan = control.plan(action)
@@ -486,23 +527,13 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
     return row.finish(result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True)
 
 
-ANONYMOUS_AUDIT_PER_MIN = 60  # unauthenticated refusals audited per minute at most; beyond, only logged
+ANONYMOUS_AUDIT_PER_MIN = 60  # unauthenticated refusals audited per minute at most, all clients together; beyond, only logged
 
 
-def refuse_request(user, action: str, service: str, plan: dict, status: int, message: str) -> PowerAction | None:
-    """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials), audited.
-
-    Rows without a user are capped at ANONYMOUS_AUDIT_PER_MIN a minute, so unauthenticated clients
-    cannot fill the table and the evidence root; the ones beyond the cap are logged, not stored.
-    """
+def refuse_request(user, action: str, service: str, plan: dict, status: int, message: str) -> PowerAction:
+    """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials), audited
+    within the refusal caps (PowerAction.beyond_refusal_cap: beyond them the row is not saved)."""
     known = user if getattr(user, "pk", None) else None
-    if known is None:
-        since = timezone.now() - timedelta(minutes=1)
-        recent = PowerAction.objects.filter(user=None, applied=False, actor="anonymous", at__gte=since).count()
-        if recent >= ANONYMOUS_AUDIT_PER_MIN:
-            log.warning("power: unaudited anonymous %s %s from %s (%s a minute already): %s %s",
-                        action, service, plan.get("remote_addr"), recent, status, message)
-            return None
     row = PowerAction(user=known, actor=_actor(known, None), service=(service or "-")[:200], action=(action or "-")[:20],
                       plan=plan, at=timezone.now())
     return row.finish(PowerAction.Result.REFUSED, status, message)
@@ -523,7 +554,7 @@ def perform_mode(user, mode: str, apply: bool) -> PowerAction:
     row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=mode, action="mode",
                       at=timezone.now(), plan={"mode": mode, "runs": MODES[mode] or "all", "steps": steps})
     try:
-        check_permission(user)
+        check_permission(user, f"{'applying' if apply else 'planning'} mode {mode}")
         if not apply:
             return row.finish(PowerAction.Result.OK, 200, f"plan only: send {{\"apply\": true}} to switch to {mode}")
         check_allowed()
@@ -566,7 +597,7 @@ def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str)
                       plan={"services": services, "ttl_sec": ttl_sec, "mode": mode, "reason": reason})
     window = None
     try:
-        check_permission(user)
+        check_permission(user, "opening a power window")
         modules = list(Module.objects.filter(slug__in=services))
         unknown = sorted(set(services) - {m.slug for m in modules})
         if unknown:
@@ -591,7 +622,7 @@ def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
     row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service="window",
                       action="window_close", at=timezone.now())
     try:
-        check_permission(user)
+        check_permission(user, "closing the power window")
         window = MaintenanceWindow.open_power_window()
         if window is None:
             raise Refused(404, "no power window is open")

@@ -8,6 +8,12 @@ from django.core.management import CommandError, call_command
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def cli_as_admin(admin_user, settings):
+    """The CLI acts as a portal user: VX11_CLI_USER here (--as USER on a command line)."""
+    settings.VX11_CLI_USER = admin_user.username
+
+
 def test_spawn_and_wait_prints_json(settings, capsys):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     call_command("vx11_spawn", "sleep", "seconds:=0.1", "--wait", "--json")

@@ -5,12 +5,11 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import WorkerProcess, celery_sends_to, database_url_of_test_db, free_port, redis_url
+from tests.conftest import WorkerProcess, celery_sends_to, database_url_of_test_db, free_port, redis_server, redis_url
 
 
 def _worker_env(broker_url: str, queue: str) -> dict:
@@ -30,27 +29,12 @@ def _ran(worker: WorkerProcess, count: int, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _redis_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    import redis
-
-    while True:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
-            return server
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.1)
-
-
 @pytest.mark.services
 def test_the_worker_reconnects_after_redis_restarts(tmp_path, transactional_db):
     redis_url()  # skips without Redis tools locally, as every services test
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
-    server = _redis_server(port)
+    server = redis_server(port)
     worker = None
     try:
         worker = WorkerProcess(_worker_env(broker, "outage"), "outage", tmp_path / "worker.log").start(concurrency=1)
@@ -65,7 +49,7 @@ def test_the_worker_reconnects_after_redis_restarts(tmp_path, transactional_db):
             while "Connection to broker lost" not in worker.log.read_text():
                 assert time.monotonic() < deadline, f"the worker never noticed the outage:\n{worker.output()}"
                 time.sleep(0.2)
-            server = _redis_server(port)
+            server = redis_server(port)
             # a Redis restarted empty has lost the queue's binding; the worker declares it again when it reconnects
             deadline = time.monotonic() + 60
             while worker.log.read_text().count("Connected to redis") < 2:

@@ -40,7 +40,7 @@ def test_beat_entries_from_the_migration(db):
     entries = {p.name: p for p in PeriodicTask.objects.filter(task__startswith="apps.flows.")}
     assert set(entries) == {"flows: run flow A", "flows: run flow B", "flows: run flow C", "flows: prune old runs", "flows: sweep interrupted runs"}
     assert entries["flows: run flow B"].kwargs == '{"name": "B"}' and entries["flows: run flow B"].enabled
-    assert entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs" and entries["flows: sweep interrupted runs"].interval.every == 300
+    assert entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs" and entries["flows: sweep interrupted runs"].interval.every == 30
 
 
 def test_beat_task_runs_a_flow(flows):
@@ -58,8 +58,11 @@ def test_a_queued_run_is_run_once(flows):
     assert StepResult.objects.filter(run=run).count() == 4
 
 
-def started(flow, status: str, seconds_ago: float) -> FlowRun:
-    return FlowRun.objects.create(flow=flow, status=status, trigger="api", started_at=timezone.now() - timedelta(seconds=seconds_ago))
+def started(flow, status: str, seconds_ago: float, heartbeat_ago: float | None = None) -> FlowRun:
+    now = timezone.now()
+    heartbeat = None if heartbeat_ago is None else now - timedelta(seconds=heartbeat_ago)
+    return FlowRun.objects.create(flow=flow, status=status, trigger="api", started_at=now - timedelta(seconds=seconds_ago),
+                                  heartbeat_at=heartbeat)
 
 
 def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, django_capture_on_commit_callbacks):
@@ -67,10 +70,10 @@ def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, djan
     died = started(flows["C"], "running", 120)
     StepResult.objects.create(run=died, position=1, name="scan", kind="http", status="passed")
     never_started = started(flows["A"], "queued", 120)
-    young = started(flows["C"], "running", 10)
+    young = started(flows["C"], "running", 10, heartbeat_ago=5)
     finished = started(flows["C"], "passed", 3600)
     slow = Flow.save_spec({"name": "S", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]})
-    long_wait = started(slow, "running", 120)  # may still be waiting: its bound is twice its 900 s step
+    long_wait = started(slow, "running", 120, heartbeat_ago=5)  # may still be waiting: its bound is twice its 900 s step
 
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.sweep_stale_runs() == {"swept": 2}

@@ -10,6 +10,12 @@ from django.core.management.base import CommandError
 from apps.flows.models import Flow
 
 
+@pytest.fixture(autouse=True)
+def cli_as_admin(admin_user, settings):
+    """The CLI acts as a portal user: VX11_CLI_USER here (--as USER on a command line)."""
+    settings.VX11_CLI_USER = admin_user.username
+
+
 def run_cli(*args):
     out, err = io.StringIO(), io.StringIO()
     code = 0

@@ -195,15 +195,75 @@ def test_staff_session_from_our_origin_needs_no_token(admin_user, client):
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
 
     async def body():
-        comm = await open_session("/ws/live", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8080")])
+        ours = [(b"cookie", cookie), (b"host", b"127.0.0.1:8080"), (b"origin", b"http://127.0.0.1:8080")]
+        comm = await open_session("/ws/live", headers=ours)
         await comm.disconnect()
         # the same cookie from another site's page is not enough
-        comm = connect("/ws/live", headers=[(b"cookie", cookie), (b"origin", b"http://evil.example")])
+        comm = connect("/ws/live", headers=[*ours[:2], (b"origin", b"http://evil.example")])
         await comm.connect()
         notice, closed = await refused(comm)
         assert notice["error"] == "auth_required"
 
     run(body)
+
+
+@pytest.mark.parametrize("host, origin, ours", [
+    ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
+    ("LOCALHOST:8080", "http://localhost:8080", True),  # host names compare case-blind
+    ("127.0.0.1", "http://127.0.0.1:80", True),  # the default port, spelt or not
+    ("portal.example.com", "https://portal.example.com", True),  # in CSRF_TRUSTED_ORIGINS, whatever the Host
+    ("127.0.0.1:8080", "https://ops.example.org", True),  # a subdomain of a wildcard trusted origin
+    # another port or scheme of an allowed host is another origin (another service on the same machine)
+    ("127.0.0.1:8080", "http://127.0.0.1:9999", False),
+    ("127.0.0.1:8080", "https://127.0.0.1:8080", False),
+    ("127.0.0.1:8080", "http://localhost:8080", False),  # allowed host, but not the one this request came to
+    ("evil.example:8080", "http://evil.example:8080", False),  # a Host that ALLOWED_HOSTS does not list
+    ("", "http://127.0.0.1:8080", False),
+    ("127.0.0.1:8080", "null", False),
+    ("127.0.0.1:8080", "http://evil.example@127.0.0.1:8080", False),
+    ("127.0.0.1:8080", "http://127.0.0.1:8080.evil.example", False),
+    ("127.0.0.1:8080", "https://portal.example.com:8443", False),  # the trusted origin's port is part of it
+    ("127.0.0.1:8080", "http://portal.example.com", False),  # and its scheme
+])
+@override_settings(ALLOWED_HOSTS=["127.0.0.1", "localhost", "portal.example.com"],
+                   CSRF_TRUSTED_ORIGINS=["https://portal.example.com", "https://*.example.org"])
+def test_staff_cookie_counts_only_from_the_portals_own_scheme_host_and_port(admin_user, client, host, origin, ours):
+    client.force_login(admin_user)
+    headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()), (b"origin", origin.encode())]
+    if host:
+        headers.append((b"host", host.encode()))
+
+    async def body():
+        comm = connect("/ws/live", headers=headers)
+        await comm.connect()
+        first = await receive(comm)
+        if ours:
+            assert first["type"] == "connected"
+            await comm.disconnect()
+        else:
+            closed = await comm.receive_output(timeout=3)
+            assert (first["type"], first["error"], closed["code"]) == ("closing", "auth_required", 4401)
+
+    run(body)
+
+
+def test_a_read_only_key_subscribes_but_may_not_publish(readonly_key, operator_key):
+    async def body():
+        viewer = await open_session(f"/ws/s1?token={readonly_key}")
+        for sent in ("hello", json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p1"}}), "{not json"):
+            await viewer.send_to(text_data=sent)
+            refusal = await receive(viewer)
+            assert refusal["type"] == "error_reported" and refusal["data"]["error"] == "read_only", refusal
+        # still subscribed: what a read-write client publishes reaches it
+        writer = await open_session(f"/ws/s1?token={operator_key}")
+        await writer.send_to(text_data=json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p2"}}))
+        assert (await receive(viewer))["data"]["plan_id"] == "p2"
+        assert (await receive(writer))["data"]["plan_id"] == "p2"
+        await viewer.disconnect()
+        await writer.disconnect()
+
+    run(body)
+    assert [e.data["plan_id"] for e in Event.objects.all()] == ["p2"]  # nothing of the read-only key's was stored
 
 
 @override_settings(VX11_WS_POLL_SECONDS=0.05)
@@ -238,5 +298,6 @@ def test_live_pages_are_wired(admin_user, client):
     assert "vx11/live.js" in page and 'data-module="madre"' in page and 'data-count="up"' in page
     assert "vx11/live.js" in client.get("/admin/").content.decode()
     console = client.get("/operator/console").content.decode()
-    assert "status_changed" in console and "/ws/" in console
+    assert "status_changed" in console and "vx11/operator-console.js" in console
+    assert b"/ws/" in b"".join(client.get("/static/vx11/operator-console.js").streaming_content)
     assert client.get("/static/vx11/live.js").status_code == 200

@@ -5,12 +5,16 @@ is validated); the power routes write the PowerAction row (and its evidence fold
 """
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.db.models import F
 from django.test import Client
 
 from tests.power.conftest import post
 
+from apps.accounts.models import ApiKey
 from apps.power import models as power
 from apps.power.models import PowerAction, ServiceControl
 
@@ -86,3 +90,40 @@ def test_read_write_key_still_acts(power_on, power_api, compose_switch, window):
     window("switch")
     assert post(power_api, "/madre/power/service/start", {"service": "switch"}).status_code == 200
     assert not PowerAction.objects.filter(result="refused").exists()
+
+
+def test_a_signed_in_users_refusals_are_capped(power_on, compose_switch, evidence, django_user_model, readonly_key, settings):
+    """A loop of refused writes by one user: answered every time, audited (row and folder) up to the cap a minute."""
+    settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN = 3
+    looper = django_user_model.objects.create_user("looper", password=None, is_staff=True)  # without power.control_services
+    client = Client(headers={"Authorization": f"Bearer {ApiKey.issue(looper, 'loop')[1]}"})
+    for _ in range(6):
+        r = post(client, "/madre/power/service/start", {"service": "switch"})
+        assert r.status_code == 403 and "power.control_services" in r.json()["detail"]
+    assert PowerAction.objects.filter(actor="looper").count() == 3 and len(evidence()) == 3
+
+    ro = Client(headers={"Authorization": f"Bearer {readonly_key}"})  # refused by the auth: the same cap, its own count
+    for _ in range(5):
+        assert post(ro, "/madre/power/window/close").status_code == 403
+    assert PowerAction.objects.filter(actor="viewer").count() == 3 and len(evidence()) == 6
+
+    PowerAction.objects.update(at=F("at") - timedelta(seconds=61))  # a minute passes
+    assert post(client, "/madre/power/service/start", {"service": "switch"}).status_code == 403
+    assert PowerAction.objects.filter(actor="looper").count() == 4
+    own = power.perform(looper, "nowhere", "start", True, system="window checker")  # the portal acting for the user
+    assert own.pk and own.http_status == 404
+
+
+def test_console_says_when_a_refusal_was_not_audited(power_on, compose_switch, django_user_model, settings):
+    settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN = 1
+    looper = django_user_model.objects.create_user("looper", password=None, is_staff=True)
+    looper.user_permissions.add(Permission.objects.get(codename="view_servicecontrol"))
+    client = Client()
+    client.force_login(looper)
+    said = []
+    for _ in range(2):
+        r = client.post("/admin/power/servicecontrol/console/", {"op": "service", "service": "switch", "action": "start", "apply": "on"},
+                        follow=True)
+        said += [str(m) for m in r.context["messages"]]
+    assert "audited as action #" in said[0] and "not audited: too many refusals this minute" in said[1]
+    assert PowerAction.objects.count() == 1

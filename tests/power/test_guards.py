@@ -159,5 +159,6 @@ def test_bad_input_under_api_prefix_is_audited_but_other_apps_422_are_not(power_
     r = post(power_api, "/api/power/mode", {"mode": "turbo"})
     assert r.status_code == 422 and "mode" in r.json()["detail"]
     assert list(PowerAction.objects.values_list("action", "http_status")) == [("mode", 422)]
-    assert post(power_api, "/api/daughters", {"kind": "nope"}).status_code == 422  # not a power action: no row
+    bad_spawn = post(power_api, "/api/daughters", {"kind": "nope", "count": 0})
+    assert bad_spawn.status_code == 422  # not a power action: no row
     assert PowerAction.objects.count() == 1

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from apps.daughters.models import PRIORITIES, Daughter, DaughterTask
 from vx11_site.api import validation_detail
+from vx11_site.permissions import REFUSED, MissingPermission, add_as_argument, cli_user
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -39,8 +40,14 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="wait until every daughter has ended (progress bar)")
         parser.add_argument("--timeout", type=float, default=600, help="seconds --wait waits at most")
         parser.add_argument("--json", action="store_true", help="print the task as JSON")
+        add_as_argument(parser)
 
     def handle(self, *args, **options):
+        user = cli_user(options["as_user"])
+        try:
+            DaughterTask.require_spawn_permission(user, options["kind"])
+        except MissingPermission as exc:
+            raise CommandError(exc.message, returncode=REFUSED) from None
         params = {}
         if options["params_json"]:
             try:
@@ -50,7 +57,8 @@ class Command(BaseCommand):
         params.update(parse_param(p) for p in options["params"])
         try:
             task = DaughterTask.spawn(options["kind"], params, source=options["source"], description=options["description"],
-                                      ttl_seconds=options["ttl"], max_retries=options["max_retries"], count=options["count"])
+                                      ttl_seconds=options["ttl"], max_retries=options["max_retries"], count=options["count"],
+                                      user=user)
         except ValidationError as exc:
             raise CommandError(validation_detail(exc)) from None
         if not options["json"]:

@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from apps.flows.models import Flow
 from vx11_site.api import validation_detail
+from vx11_site.permissions import add_as_argument, cli_require
 
 
 class Command(BaseCommand):
@@ -16,23 +17,27 @@ class Command(BaseCommand):
         run = sub.add_parser("run", help="run flows now; exit 1 if any fails")
         run.add_argument("names", nargs="*", help="flow names (default: every enabled flow)")
         run.add_argument("--json", action="store_true", help="print one JSON array, a run (with its steps) per flow")
+        add_as_argument(run)
         listing = sub.add_parser("list", help="flows and their last result")
         listing.add_argument("--json", action="store_true")
         load = sub.add_parser("load", help="create a flow from a YAML or JSON file")
         load.add_argument("file")
         load.add_argument("--replace", action="store_true", help="overwrite a flow of the same name")
         load.add_argument("--json", action="store_true")
+        add_as_argument(load)
 
     def handle(self, *args, **options):
         return getattr(self, f"do_{options['action']}")(options)
 
     def do_run(self, options):
+        user = cli_require(options, "running a flow", "flows.run_flow")
         flows = self.pick(options["names"])
         as_json, runs = options["json"], []
         for flow in flows:
             steps = flow.steps.count()
             bar = tqdm(total=steps, desc=f"flow {flow.name}", unit="step", disable=as_json, file=self.stderr._out)
-            run = flow.run(trigger="cli", on_step=lambda r: (bar.update(1), bar.set_postfix_str(f"{r.position} {r.status}")))
+            run = flow.run(trigger="cli", user=user,
+                           on_step=lambda r: (bar.update(1), bar.set_postfix_str(f"{r.position} {r.status}")))
             bar.close()
             runs.append(run)
         if as_json:
@@ -61,6 +66,7 @@ class Command(BaseCommand):
         self.stdout.write(f"contract_coherence_pct: {Flow.contract_coherence_pct()}")
 
     def do_load(self, options):
+        cli_require(options, "loading a flow", "flows.add_flow", *(["flows.change_flow"] if options["replace"] else []))
         try:
             flow = Flow.load_file(options["file"], replace=options["replace"])
         except ValidationError as exc:
