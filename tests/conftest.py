@@ -10,6 +10,7 @@
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -145,6 +146,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_demo_offset() -> int:
+    """A --port-offset at which every demo port (the ten modules and the control server) is free now; drawn at
+    random per process, so two suites running at once do not pick the same one."""
+    from apps.simfleet.sim import CONTROL_PORT, PORTS
+
+    draw = random.Random(os.getpid() * 1_000_003 + time.monotonic_ns())
+    for _ in range(50):
+        offset = draw.randrange(1000, 50000, 100)  # the demo accepts up to 50000
+        try:
+            for port in [*PORTS.values(), CONTROL_PORT]:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    pytest.fail("no offset with eleven free ports in 50 tries")
 
 
 @pytest.fixture

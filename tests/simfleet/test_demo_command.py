@@ -11,7 +11,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.conftest import ROOT
+from apps.simfleet.sim import PORTS
+from tests.conftest import ROOT, free_demo_offset
 
 
 @pytest.mark.django_db
@@ -29,7 +30,8 @@ def test_unknown_power_module_is_refused():
 def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_VAR_DIR": str(tmp_path)}
     env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "manage.py", "vx11", "demo", "--fleet-only", "--port-offset", "23000", "--shub-warmup", "0"],
+    offset = free_demo_offset()
+    proc = subprocess.Popen([sys.executable, "manage.py", "vx11", "demo", "--fleet-only", "--port-offset", str(offset), "--shub-warmup", "0"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     try:
@@ -46,15 +48,16 @@ def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
         proc.wait(timeout=20)
     rest, _ = proc.communicate(timeout=5) if proc.poll() is not None else ("", None)
     out = "".join(lines)
-    assert "Demo fleet (SIMULATOR) is up" in out and "http://127.0.0.1:31001/health" in out  # madre at 8001 + 23000
+    assert "Demo fleet (SIMULATOR) is up" in out
+    assert f"http://127.0.0.1:{PORTS['madre'] + offset}/health" in out
     # mcp (8006) is no simulated socket but its own process, started through the power manager
-    assert "mcp              http://127.0.0.1:31006/health  own process, power manager: mcp started" in out
+    assert f"mcp              http://127.0.0.1:{PORTS['mcp'] + offset}/health  own process, power manager: mcp started" in out
     assert "First probe round: 10/10 answering." in out
     assert "mcp: mcp stopped" in rest  # the demo stops its power modules on the way out
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", 31006), timeout=1).close()
+        socket.create_connection(("127.0.0.1", PORTS["mcp"] + offset), timeout=1).close()
     check = subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                            "from apps.fleet.models import Module; print(Module.objects.filter(simulated=True, port__gte=31000).count())"],
+                            f"from apps.fleet.models import Module; print(Module.objects.filter(simulated=True, port__gte={8000 + offset}).count())"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert check.stdout.strip().splitlines()[-1] == "10"
     actions = subprocess.run([sys.executable, "manage.py", "shell", "-c",

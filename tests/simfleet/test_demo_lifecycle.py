@@ -4,7 +4,6 @@ group ending every process the demo started (its power-managed mcp included) in 
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -15,22 +14,7 @@ from pathlib import Path
 import pytest
 
 from apps.simfleet.sim import CONTROL_PORT, PORTS
-from tests.conftest import ROOT, free_port
-
-
-def _free_offset() -> int:
-    """An offset at which every demo port (the ten modules and the control server) is free."""
-    for _ in range(50):
-        offset = random.randrange(1000, 50000, 100)  # the demo accepts up to 50000
-        ports = [port + offset for port in [*PORTS.values(), CONTROL_PORT]]
-        try:
-            for port in ports:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return offset
-    pytest.fail("no offset with eleven free ports in 50 tries")
+from tests.conftest import ROOT, free_demo_offset, free_port
 
 
 def _state(pid: int) -> str | None:
@@ -71,7 +55,7 @@ def _manage(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_demo_supervises_its_children_and_sigterm_ends_them_all(tmp_path):
-    offset = _free_offset()
+    offset = free_demo_offset()
     portal_port = free_port()
     unwanted = ("REDIS_URL", "DATABASE_URL", "VX11_ALLOW_SERVICE_CONTROL", "PYTHONUNBUFFERED")  # the demo flushes itself
     env = {k: v for k, v in os.environ.items() if k not in unwanted}
