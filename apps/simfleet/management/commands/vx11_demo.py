@@ -47,7 +47,7 @@ RESTART_LIMIT = 5  # restarts of one child within RESTART_PERIOD seconds before 
 RESTART_PERIOD = 120
 
 
-def _stop_on_sigterm(signum, frame):
+def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
@@ -144,7 +144,9 @@ class Command(BaseCommand):
         self.state = {"portal_url": None, "control_url": None, "port_offset": offset, "power_modules": powered,
                       "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL, "log_dir": str(self.log_dir),
                       "children": {}, "restarts": {}, "started_at": time.time()}
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        # both set here, SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps it so
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, _stop)
         sim = SimFleet(port_offset=offset, shub_warmup=options["shub_warmup"], exclude=powered)
         try:
             sim.start()
