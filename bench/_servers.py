@@ -13,9 +13,9 @@ import random
 import resource
 
 BODY = b'{"status":"ok"}'
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-    % (len(BODY), BODY)
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+    len(BODY),
+    BODY,
 )
 
 

@@ -48,9 +48,31 @@ def start_workers(n, threads, env, log_dir):
     procs = []
     for i in range(n):
         log = (log_dir / f"worker{i}.log").open("w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-P", "threads", "-c", str(threads), "-l", "WARNING",
-             "-n", f"bench{i}@%h"], cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "vx11_site",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(threads),
+                    "-l",
+                    "WARNING",
+                    "-n",
+                    f"bench{i}@%h",
+                ],
+                cwd=PROJECT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     return procs
 
 
@@ -79,7 +101,10 @@ def wait_until(count_done, total, desc):
 
 def baseline(app, count):
     start = time.perf_counter()
-    results = [app.send_task("celery.accumulate", args=(i,)) for i in tqdm(range(count), desc="baseline send", file=sys.stderr, leave=False)]
+    results = [
+        app.send_task("celery.accumulate", args=(i,))
+        for i in tqdm(range(count), desc="baseline send", file=sys.stderr, leave=False)
+    ]
     for r in tqdm(results, desc="baseline wait", file=sys.stderr, leave=False):
         r.get(timeout=300)
     return count / (time.perf_counter() - start)
@@ -114,8 +139,10 @@ def make_rows(total):
     now = timezone.now()
     Daughter.objects.all().delete()
     DaughterTask.objects.all().delete()
-    tasks = DaughterTask.objects.bulk_create(DaughterTask(priority=2, max_retries=2 if i % 8 else 0, status="running")
-                                             for i in range(max(1, total // 100)))
+    tasks = DaughterTask.objects.bulk_create(
+        DaughterTask(priority=2, max_retries=2 if i % 8 else 0, status="running") for i in range(max(1, total // 100))
+    )
+
     # i % 10: 0-3 past TTL, 4-6 stale (retries left unless its task has none), 7 stale, 8-9 healthy
     def row(i):
         task = tasks[i % len(tasks)]
@@ -123,10 +150,21 @@ def make_rows(total):
         started = now - timedelta(seconds=400 if group < 4 else 90)
         heartbeat = now - timedelta(seconds=1 if group < 4 or group >= 8 else 120)
         level = 2 if group == 7 else 0
-        return Daughter(task=task, name=f"d{i}", kind="sleep", params={"seconds": 0}, status="running", priority=2, ttl_seconds=300,
-                        max_retries=task.max_retries,
-                        dispatched_at=started, started_at=started, expires_at=started + timedelta(seconds=300),
-                        last_heartbeat_at=heartbeat, mutation_level=level)
+        return Daughter(
+            task=task,
+            name=f"d{i}",
+            kind="sleep",
+            params={"seconds": 0},
+            status="running",
+            priority=2,
+            ttl_seconds=300,
+            max_retries=task.max_retries,
+            dispatched_at=started,
+            started_at=started,
+            expires_at=started + timedelta(seconds=300),
+            last_heartbeat_at=heartbeat,
+            mutation_level=level,
+        )
 
     batch = 10_000
     with tqdm(total=total, desc="insert daughters", unit="row", unit_scale=True, file=sys.stderr, leave=False) as bar:
@@ -184,9 +222,16 @@ def main():
     recreate_db()
     tmp = Path(tempfile.mkdtemp(prefix="vx11-bench-daughters-"))
     queue = f"bench-daughters-{os.getpid()}"
-    env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}", "REDIS_URL": REDIS, "VX11_VAR_DIR": str(tmp),
-           "VX11_CELERY_QUEUE": queue, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DEBUG": "0",
-           "VX11_DAUGHTER_MAX_RUNNING": str(args.workers * args.threads)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
+        "REDIS_URL": REDIS,
+        "VX11_VAR_DIR": str(tmp),
+        "VX11_CELERY_QUEUE": queue,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DEBUG": "0",
+        "VX11_DAUGHTER_MAX_RUNNING": str(args.workers * args.threads),
+    }
     os.environ.update(env)
     sys.path.insert(0, str(PROJECT_DIR))
     import django
@@ -213,17 +258,27 @@ def main():
     connections.close_all()
     recreate_db(drop_only=True)
 
-    print(f"\nDaughters on {args.workers} workers x {args.threads} threads, PostgreSQL + Redis, cap {args.workers * args.threads} running")
+    print(
+        f"\nDaughters on {args.workers} workers x {args.threads} threads, PostgreSQL + Redis, cap {args.workers * args.threads} running"
+    )
     print(f"| figure | result | goal |\n|---|---|---|")
     print(f"| baseline: no-op Celery tasks | {base:,.0f} tasks/s | |")
-    print(f"| spawn ({args.singles:,} one-daughter tasks, one by one, workers running) | {run['spawn_per_s']:,.0f} spawns/s | |")
-    print(f"| spawn, run and finish {args.count:,} daughters | {run['seconds']:.1f} s = {run['e2e_per_s']:,.0f} daughters/s "
-          f"({run['e2e_per_s'] / base:.2f}x the no-op baseline) | none set; all {args.count:,} finished |")
+    print(
+        f"| spawn ({args.singles:,} one-daughter tasks, one by one, workers running) | {run['spawn_per_s']:,.0f} spawns/s | |"
+    )
+    print(
+        f"| spawn, run and finish {args.count:,} daughters | {run['seconds']:.1f} s = {run['e2e_per_s']:,.0f} daughters/s "
+        f"({run['e2e_per_s'] / base:.2f}x the no-op baseline) | none set; all {args.count:,} finished |"
+    )
     r = reap["result"]
-    print(f"| reaper, one sweep over {args.reap_rows:,} rows | {reap['seconds']:.2f} s (expired {r['expired']:,}, retried {r['retried']:,}, "
-          f"failed {r['failed']:,}) | set-based |")
-    print(f"| per-row reaper, scaled to {args.reap_rows:,} rows | {reap['naive_scaled_s']:.1f} s "
-          f"({reap['naive_scaled_s'] / reap['seconds']:.1f}x the sweep) | |")
+    print(
+        f"| reaper, one sweep over {args.reap_rows:,} rows | {reap['seconds']:.2f} s (expired {r['expired']:,}, retried {r['retried']:,}, "
+        f"failed {r['failed']:,}) | set-based |"
+    )
+    print(
+        f"| per-row reaper, scaled to {args.reap_rows:,} rows | {reap['naive_scaled_s']:.1f} s "
+        f"({reap['naive_scaled_s'] / reap['seconds']:.1f}x the sweep) | |"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ def nearest_rank(values, q):
 def make_targets(ports, timeout):
     from apps.fleet.probe import Target
 
-    return [Target(i, f"p{port}", f"http://127.0.0.1:{port}/health", timeout, ("ok",), None) for i, (port, _) in enumerate(ports)]
+    return [
+        Target(i, f"p{port}", f"http://127.0.0.1:{port}/health", timeout, ("ok",), None)
+        for i, (port, _) in enumerate(ports)
+    ]
 
 
 async def timed_probe_round(targets):
@@ -72,7 +75,9 @@ async def timed_probe_round(targets):
 
     arrivals = {}
     start = time.perf_counter()
-    results = await probe_targets(targets, on_result=lambda r: arrivals.__setitem__(r.slug, time.perf_counter() - start))
+    results = await probe_targets(
+        targets, on_result=lambda r: arrivals.__setitem__(r.slug, time.perf_counter() - start)
+    )
     return time.perf_counter() - start, results, arrivals
 
 
@@ -126,7 +131,9 @@ def mixed_round(ports, timeout, repeat):
                 "healthy_not_ok": sorted({f"{r.outcome}: {r.error}" for r in healthy if r.outcome != "ok"})[:3],
                 "hanging": len(hanging),
                 "hanging_timeout": sum(r.outcome == "fail" and r.error.startswith("timeout") for r in hanging),
-                "hanging_other": sorted({f"{r.outcome}: {r.error}" for r in hanging if not r.error.startswith("timeout")})[:3],
+                "hanging_other": sorted(
+                    {f"{r.outcome}: {r.error}" for r in hanging if not r.error.startswith("timeout")}
+                )[:3],
                 "results": len(results),
             }
         )
@@ -313,7 +320,10 @@ def measure_stage(client, plain_key, requests):
 
     refresh = [time_call(Rollup.refresh_uptimes, times=1) for _ in range(3)]
     now = timezone.now()
-    windows = {name: time_call(lambda span=span: Rollup.uptimes_since(now - span), times=3) for name, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7)), ("30d", timedelta(days=30)))}
+    windows = {
+        name: time_call(lambda span=span: Rollup.uptimes_since(now - span), times=3)
+        for name, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7)), ("30d", timedelta(days=30)))
+    }
     return {
         "rollups": Rollup.objects.count(),
         "refresh_ms": median(refresh),
@@ -359,14 +369,22 @@ def api_worker(args):
         day_end = Rollup.floor(now, "day")
 
         # (a) one day of hourly rollups per module
-        out["insert_1d_s"] = bulk_insert(lambda: rollup_rows(module_ids, "hour", 0, 24, hour_end), 24 * len(module_ids), "1 day hourly rollups")
+        out["insert_1d_s"] = bulk_insert(
+            lambda: rollup_rows(module_ids, "hour", 0, 24, hour_end), 24 * len(module_ids), "1 day hourly rollups"
+        )
         out["day1"] = measure_stage(client, plain, args.requests)
 
         # (b) the rest of the history: hourly back to `history_days`, plus daily rollups
         days = args.history_days
         hourly_rest = (24 * days - 24) * len(module_ids)
-        out["insert_hourly_s"] = bulk_insert(lambda: rollup_rows(module_ids, "hour", 24, 24 * days, hour_end), hourly_rest, f"{days} days hourly rollups")
-        out["insert_daily_s"] = bulk_insert(lambda: rollup_rows(module_ids, "day", 0, days, day_end), days * len(module_ids), f"{days} days daily rollups")
+        out["insert_hourly_s"] = bulk_insert(
+            lambda: rollup_rows(module_ids, "hour", 24, 24 * days, hour_end), hourly_rest, f"{days} days hourly rollups"
+        )
+        out["insert_daily_s"] = bulk_insert(
+            lambda: rollup_rows(module_ids, "day", 0, days, day_end),
+            days * len(module_ids),
+            f"{days} days daily rollups",
+        )
         if postgres:
             with connection.cursor() as cursor:
                 cursor.execute("ANALYZE")
@@ -390,7 +408,18 @@ def run_part2(args, backend, tmp):
         database_url = f"postgres://postgres@127.0.0.1:5432/{POSTGRES_BENCH_DB}"
     out = var_dir / "figures.json"
     env = {**os.environ, "DATABASE_URL": database_url, "VX11_VAR_DIR": str(var_dir), "DEBUG": "0"}
-    command = [sys.executable, __file__, "--api-worker", str(out), "--requests", str(args.requests), "--history-days", str(args.history_days), "--api-modules", str(args.api_modules)]
+    command = [
+        sys.executable,
+        __file__,
+        "--api-worker",
+        str(out),
+        "--requests",
+        str(args.requests),
+        "--history-days",
+        str(args.history_days),
+        "--api-modules",
+        str(args.api_modules),
+    ]
     print(f"fleet API on {backend} ({database_url}) ...", file=sys.stderr)
     subprocess.run(command, env=env, cwd=PROJECT_DIR, check=True)
     return json.loads(out.read_text())
@@ -412,7 +441,9 @@ def row(label, value, goal="", status=""):
 def print_part1(args, p1):
     mixed, healthy, T = p1["mixed"], p1["healthy"], args.timeout
     n_hang = round(args.endpoints * args.hanging)
-    print(f"\nPart 1 - probe round: {args.endpoints} loopback origins, T = {T:g} s, RLIMIT_NOFILE {p1['fd_limit']}, median of {args.repeat}")
+    print(
+        f"\nPart 1 - probe round: {args.endpoints} loopback origins, T = {T:g} s, RLIMIT_NOFILE {p1['fd_limit']}, median of {args.repeat}"
+    )
     row("figure", "value", "goal", "")
     print("  " + "-" * 92)
     ratio = mixed["wall"] / T
@@ -421,7 +452,12 @@ def print_part1(args, p1):
     row("  all healthy results in after", f"{mixed['healthy_in']:.3f} s", "<= 1 s", verdict(mixed["healthy_in"], 1.0))
     for i, c in enumerate(mixed["checks"], 1):
         good = c["healthy_ok"] == c["healthy"] and c["hanging_timeout"] == c["hanging"]
-        row(f"  round {i}: healthy -> ok / hanging -> fail (timeout)", f"{c['healthy_ok']}/{c['healthy']}  {c['hanging_timeout']}/{c['hanging']}", "all", "met" if good else "MISSED")
+        row(
+            f"  round {i}: healthy -> ok / hanging -> fail (timeout)",
+            f"{c['healthy_ok']}/{c['healthy']}  {c['hanging_timeout']}/{c['hanging']}",
+            "all",
+            "met" if good else "MISSED",
+        )
         for problem in c["healthy_not_ok"] + c["hanging_other"]:
             print(f"      e.g. {problem}")
     ratio = healthy["probe"] / healthy["raw"]
@@ -429,8 +465,12 @@ def print_part1(args, p1):
     row("  raw asyncio baseline (open_connection + gather)", f"{healthy['raw']:.3f} s")
     row("  ratio probe_targets / baseline", f"{ratio:.2f}x", "<= 2x", verdict(ratio, 2.0))
     row("  ok answers (probe / baseline, worst round)", f"{healthy['probe_ok']} / {healthy['raw_ok']}")
-    print(f"      runs: probe {', '.join(f'{w:.3f}' for w in healthy['probe_walls'])} s; baseline {', '.join(f'{w:.3f}' for w in healthy['raw_walls'])} s")
-    print(f"      per-run ratios {min(healthy['pair_ratios']):.2f}x .. {max(healthy['pair_ratios']):.2f}x (client and server share the CPUs: read the spread as noise)")
+    print(
+        f"      runs: probe {', '.join(f'{w:.3f}' for w in healthy['probe_walls'])} s; baseline {', '.join(f'{w:.3f}' for w in healthy['raw_walls'])} s"
+    )
+    print(
+        f"      per-run ratios {min(healthy['pair_ratios']):.2f}x .. {max(healthy['pair_ratios']):.2f}x (client and server share the CPUs: read the spread as noise)"
+    )
     if p1["httpx"] is None:
         row("httpx.AsyncClient, mixed round", "not run", "(--with-httpx)")
     elif p1["httpx"]["wall"] is None:
@@ -444,16 +484,28 @@ def print_part1(args, p1):
 def print_part2(f):
     a, b = f["day1"], f["dayN"]
     days = f["history_days"]
-    print(f"\nPart 2 - fleet API at scale: {f['backend']}, {f['modules']} modules, {f['requests']} requests per figure (django.test.Client)")
-    print(f"  set-up: migrate {f['migrate_s']:.1f} s; rollups 1 day hourly {f['insert_1d_s']:.1f} s, {days} days hourly {f['insert_hourly_s']:.1f} s, daily {f['insert_daily_s']:.1f} s")
-    print(f"  {'history':<34} {'rollup rows':>12} {'/api/modules p50/p95':>22} {'/api/overview p50/p95':>23} {'refresh_uptimes':>16}")
+    print(
+        f"\nPart 2 - fleet API at scale: {f['backend']}, {f['modules']} modules, {f['requests']} requests per figure (django.test.Client)"
+    )
+    print(
+        f"  set-up: migrate {f['migrate_s']:.1f} s; rollups 1 day hourly {f['insert_1d_s']:.1f} s, {days} days hourly {f['insert_hourly_s']:.1f} s, daily {f['insert_daily_s']:.1f} s"
+    )
+    print(
+        f"  {'history':<34} {'rollup rows':>12} {'/api/modules p50/p95':>22} {'/api/overview p50/p95':>23} {'refresh_uptimes':>16}"
+    )
     print("  " + "-" * 112)
     for label, s in (("(a) 1 day hourly", a), (f"(b) {days} d hourly + {days} d daily", b)):
         m, o = s["modules"], s["overview"]
-        print(f"  {label:<34} {s['rollups']:>12,} {m['p50']:>10.1f} / {m['p95']:>5.1f} ms {o['p50']:>11.1f} / {o['p95']:>5.1f} ms {s['refresh_ms']:>10.0f} ms")
+        print(
+            f"  {label:<34} {s['rollups']:>12,} {m['p50']:>10.1f} / {m['p95']:>5.1f} ms {o['p50']:>11.1f} / {o['p95']:>5.1f} ms {s['refresh_ms']:>10.0f} ms"
+        )
     row("/api/modules p50 (b)", f"{b['modules']['p50']:.1f} ms", "<= 20 ms", verdict(b["modules"]["p50"], 20))
     row("/api/overview p50 (b)", f"{b['overview']['p50']:.1f} ms", "<= 20 ms", verdict(b["overview"]["p50"], 20))
-    row("/api/modules?limit=1000 p50 (a), (b)", f"{a['modules_all']['p50']:.1f} ms, {b['modules_all']['p50']:.1f} ms", "for the record (full objects, one page)")
+    row(
+        "/api/modules?limit=1000 p50 (a), (b)",
+        f"{a['modules_all']['p50']:.1f} ms, {b['modules_all']['p50']:.1f} ms",
+        "for the record (full objects, one page)",
+    )
     for name in ("modules", "overview"):
         ratio = b[name]["p50"] / a[name]["p50"]
         row(f"/api/{name} p50 growth (b)/(a)", f"{ratio:.2f}x", "~1.0 (flat)", "met" if ratio <= 1.25 else "MISSED")
@@ -461,27 +513,46 @@ def print_part2(f):
     row("Rollup.refresh_uptimes (b)/(a)", f"{ratio:.2f}x", "for the record")
     for label, s in (("(a)", a), ("(b)", b)):
         w = s["uptimes_since_ms"]
-        print(f"      refresh_uptimes {label}: uptimes_since 24h {w['24h']:.0f} ms, 7d {w['7d']:.0f} ms, 30d {w['30d']:.0f} ms; "
-              f"the rest (Module fetch + bulk_update of 3 fields) ~{s['refresh_ms'] - sum(w.values()):.0f} ms")
-    row("response size /api/modules, /api/overview", f"{b['modules']['bytes'] / 1024:.0f} KB, {b['overview']['bytes'] / 1024:.0f} KB")
+        print(
+            f"      refresh_uptimes {label}: uptimes_since 24h {w['24h']:.0f} ms, 7d {w['7d']:.0f} ms, 30d {w['30d']:.0f} ms; "
+            f"the rest (Module fetch + bulk_update of 3 fields) ~{s['refresh_ms'] - sum(w.values()):.0f} ms"
+        )
+    row(
+        "response size /api/modules, /api/overview",
+        f"{b['modules']['bytes'] / 1024:.0f} KB, {b['overview']['bytes'] / 1024:.0f} KB",
+    )
     k = b["breakdown"]
     print(f"  where /api/modules time goes at (b), outside the request cycle, {k['rows']} rows (medians of 5):")
-    print(f"      API-key auth (SELECT + UPDATE last_used_at) {k['auth_ms']:.1f} ms | ORM fetch {k['orm_ms']:.1f} ms | "
-          f"ModuleOut validate+dump {k['schema_ms']:.1f} ms | json.dumps {k['json_ms']:.1f} ms")
+    print(
+        f"      API-key auth (SELECT + UPDATE last_used_at) {k['auth_ms']:.1f} ms | ORM fetch {k['orm_ms']:.1f} ms | "
+        f"ModuleOut validate+dump {k['schema_ms']:.1f} ms | json.dumps {k['json_ms']:.1f} ms"
+    )
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--endpoints", type=int, default=1000, help="loopback origins per round (default 1000)")
     parser.add_argument("--timeout", type=float, default=3.0, help="probe timeout T in seconds (default 3)")
-    parser.add_argument("--hanging", type=float, default=0.2, help="fraction of hanging endpoints in the mixed round (default 0.2)")
+    parser.add_argument(
+        "--hanging", type=float, default=0.2, help="fraction of hanging endpoints in the mixed round (default 0.2)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="rounds per figure, median reported (default 5)")
-    parser.add_argument("--with-httpx", action="store_true", help="also time httpx.AsyncClient on the mixed round (up to 45 s)")
+    parser.add_argument(
+        "--with-httpx", action="store_true", help="also time httpx.AsyncClient on the mixed round (up to 45 s)"
+    )
     parser.add_argument("--skip-probe", action="store_true", help="skip part 1")
     parser.add_argument("--skip-api", action="store_true", help="skip part 2 (fleet API at scale)")
-    parser.add_argument("--postgres", action="store_true", help="also run part 2 on PostgreSQL at 127.0.0.1:5432 (database vx11_bench, dropped after)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run part 2 on PostgreSQL at 127.0.0.1:5432 (database vx11_bench, dropped after)",
+    )
     parser.add_argument("--requests", type=int, default=40, help="requests per API figure (default 40)")
-    parser.add_argument("--history-days", type=int, default=30, help="history length of part 2's stage (b) (default 30)")
+    parser.add_argument(
+        "--history-days", type=int, default=30, help="history length of part 2's stage (b) (default 30)"
+    )
     parser.add_argument("--api-modules", type=int, default=1000, help="bench modules created in part 2 (default 1000)")
     parser.add_argument("--api-worker", metavar="OUT.json", help=argparse.SUPPRESS)
     return parser.parse_args()

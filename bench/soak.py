@@ -60,12 +60,20 @@ def wait_ready(demo: subprocess.Popen, var_dir: Path, timeout: float = 120) -> d
 
 
 def api_key(var_dir: Path) -> str:
-    code = ("from django.contrib.auth import get_user_model; from apps.accounts.models import ApiKey; "
-            "print(ApiKey.issue(get_user_model().objects.get(username='admin'), 'soak')[1])")
+    code = (
+        "from django.contrib.auth import get_user_model; from apps.accounts.models import ApiKey; "
+        "print(ApiKey.issue(get_user_model().objects.get(username='admin'), 'soak')[1])"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["VX11_VAR_DIR"] = str(var_dir)
-    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -87,8 +95,10 @@ class Tally:
 def admin_session(base: str, password: str) -> httpx.Client:
     client = httpx.Client(base_url=base, timeout=30, follow_redirects=True)
     client.get("/admin/login/")
-    client.post("/admin/login/?next=/admin/", data={"username": "admin", "password": password,
-                                                    "csrfmiddlewaretoken": client.cookies["csrftoken"]})
+    client.post(
+        "/admin/login/?next=/admin/",
+        data={"username": "admin", "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
+    )
     return client
 
 
@@ -97,11 +107,16 @@ def client_loop(base: str, key: str, token: str, password: str, until: float, ta
     api = httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"})
     admin = admin_session(base, password)
     reads = [
-        ("api", api, "/api/modules"), ("api", api, "/api/overview"),
-        ("api", api, "/api/modules/hermes/history?resolution=raw&limit=50"), ("api", api, "/api/flows"),
-        ("api", api, "/api/daughters/tasks?limit=20"), ("health", api, "/health"),
-        ("admin", admin, "/admin/"), ("admin", admin, "/admin/fleet/module/"),
-        ("admin", admin, "/admin/daughters/daughtertask/"), ("admin", admin, "/admin/flows/flowrun/"),
+        ("api", api, "/api/modules"),
+        ("api", api, "/api/overview"),
+        ("api", api, "/api/modules/hermes/history?resolution=raw&limit=50"),
+        ("api", api, "/api/flows"),
+        ("api", api, "/api/daughters/tasks?limit=20"),
+        ("health", api, "/health"),
+        ("admin", admin, "/admin/"),
+        ("admin", admin, "/admin/fleet/module/"),
+        ("admin", admin, "/admin/daughters/daughtertask/"),
+        ("admin", admin, "/admin/flows/flowrun/"),
         ("admin", admin, "/admin/power/servicecontrol/console/"),
     ]
     next_run = time.monotonic() + rng.uniform(0, RUN_EVERY)
@@ -119,8 +134,12 @@ def client_loop(base: str, key: str, token: str, password: str, until: float, ta
             elif started >= next_spawn:
                 next_spawn = started + rng.uniform(0.5, 1.5) * SPAWN_EVERY
                 kind = "spawn"
-                params = rng.choice([{"kind": "sleep", "params": {"seconds": 0.2}},
-                                     {"kind": "http", "params": {"module": "hermes", "path": "/health"}}])
+                params = rng.choice(
+                    [
+                        {"kind": "sleep", "params": {"seconds": 0.2}},
+                        {"kind": "http", "params": {"module": "hermes", "path": "/health"}},
+                    ]
+                )
                 answer = api.post("/api/daughters", json=params)
                 if answer.status_code == 201:
                     with tally.lock:
@@ -152,7 +171,9 @@ def probe_rounds_stored(api: httpx.Client, since: datetime) -> int:
     while True:
         page = api.get(f"/api/modules/madre/history?resolution=raw&limit=1000&offset={offset}").json()
         items = page["items"] if isinstance(page, dict) else page
-        count += sum(datetime.fromisoformat(item["at"] if "at" in item else item["checked_at"]) >= since for item in items)
+        count += sum(
+            datetime.fromisoformat(item["at"] if "at" in item else item["checked_at"]) >= since for item in items
+        )
         if len(items) < 1000:
             return count
         offset += 1000
@@ -182,15 +203,21 @@ def main() -> None:
         since = datetime.now(timezone.utc)
         began = time.monotonic()
         until = began + args.minutes * 60
-        threads = [threading.Thread(target=client_loop, args=(base, key, token, password, until, tally, n))
-                   for n in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(base, key, token, password, until, tally, n))
+            for n in range(args.clients)
+        ]
         for thread in threads:
             thread.start()
         while any(thread.is_alive() for thread in threads):
             time.sleep(10)
             done = min(1.0, (time.monotonic() - began) / (args.minutes * 60))
-            print(f"\r{done:6.1%}  requests {sum(tally.status.values()):>7}  5xx "
-                  f"{sum(n for s, n in tally.status.items() if isinstance(s, int) and s >= 500)}", end="", file=sys.stderr)
+            print(
+                f"\r{done:6.1%}  requests {sum(tally.status.values()):>7}  5xx "
+                f"{sum(n for s, n in tally.status.items() if isinstance(s, int) and s >= 500)}",
+                end="",
+                file=sys.stderr,
+            )
         print(file=sys.stderr)
         elapsed = time.monotonic() - began
         api = httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"})
@@ -217,10 +244,14 @@ def main() -> None:
             "probe_rounds_due": int(elapsed // PROBE_INTERVAL),
             "probe_rounds_stored": stored,
             "worker_unrecoverable_errors": len(re.findall(r"Unrecoverable error", worker_log)),
-            "daughter_task_statuses": dict(Counter(api.get(f"/api/daughters/tasks/{t}").json()["status"] for t in tally.tasks)),
+            "daughter_task_statuses": dict(
+                Counter(api.get(f"/api/daughters/tasks/{t}").json()["status"] for t in tally.tasks)
+            ),
             "flow_run_statuses": dict(Counter(api.get(f"/api/flow-runs/{r}").json()["status"] for r in tally.runs)),
-            "latency_ms p50/p95": {kind: f"{percentile(v, 50) * 1000:.0f} / {percentile(v, 95) * 1000:.0f}"
-                                   for kind, v in sorted(tally.latency.items())},
+            "latency_ms p50/p95": {
+                kind: f"{percentile(v, 50) * 1000:.0f} / {percentile(v, 95) * 1000:.0f}"
+                for kind, v in sorted(tally.latency.items())
+            },
         }
         print(json.dumps(figures, indent=2))
     finally:

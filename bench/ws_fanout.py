@@ -200,7 +200,9 @@ class BenchShim:
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         layer = get_channel_layer()
         if scope["path"] == "/__bench/publish":
-            body = await publish_events(layer, query["run"], int(query["n"]), float(query.get("interval", 0)), int(query["cursor"]))
+            body = await publish_events(
+                layer, query["run"], int(query["n"]), float(query.get("interval", 0)), int(query["cursor"])
+            )
         else:  # /__bench/stats
             body = {
                 "cpu": cpu_seconds(),
@@ -232,7 +234,10 @@ def serve(port: int) -> None:
     if os.environ.get("VX11_BENCH_LAYER") == "pubsub":  # what-if: channels-redis's pub/sub layer, this process only
         from django.conf import settings
 
-        settings.CHANNEL_LAYERS["default"] = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [settings.REDIS_URL]}}
+        settings.CHANNEL_LAYERS["default"] = {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL]},
+        }
     if os.environ.get("VX11_BENCH_DIRECT_EVENTS"):
         # what-if: channels' dispatch() runs close_old_connections in the thread pool before EVERY handler;
         # vx11_event touches no database (with the poller off), so hand it the message directly
@@ -303,7 +308,9 @@ class Fleet:
     async def open(self) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None))
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        )
         gate = asyncio.Semaphore(50)
 
         async def connect(i):
@@ -347,7 +354,9 @@ class Fleet:
         await self.session.close()
 
     async def get(self, path: str, **params) -> dict:
-        async with self.session.get(f"{self.base_url}{path}", params={k: str(v) for k, v in params.items()}) as response:
+        async with self.session.get(
+            f"{self.base_url}{path}", params={k: str(v) for k, v in params.items()}
+        ) as response:
             response.raise_for_status()
             return await response.json()
 
@@ -383,8 +392,19 @@ class Result:
         return self.clients * self.events
 
 
-async def one_run(fleet: Fleet, config: str, name: str, publisher: str, events: int, interval: float, cursor: int,
-                  external_layer=None, external_counters: DropCounters | None = None, idle: float = 3.0, cap: float = 180.0) -> Result:
+async def one_run(
+    fleet: Fleet,
+    config: str,
+    name: str,
+    publisher: str,
+    events: int,
+    interval: float,
+    cursor: int,
+    external_layer=None,
+    external_counters: DropCounters | None = None,
+    idle: float = 3.0,
+    cap: float = 180.0,
+) -> Result:
     run = f"{config}/{name}/{publisher}/{secrets.token_hex(3)}"
     stats = fleet.runs[run] = RunStats(fleet.n, events)
     before = await fleet.get("/__bench/stats")
@@ -410,11 +430,22 @@ async def one_run(fleet: Fleet, config: str, name: str, publisher: str, events: 
             drops[k] += v - external_before[k]
     del fleet.runs[run]
     return Result(
-        config=config, run=name, publisher=publisher, clients=fleet.n, events=events,
-        delivered=stats.delivered, min_per_client=min(stats.counts), duplicates=stats.duplicates,
-        p50=percentile(ordered, 50) * 1000, p99=percentile(ordered, 99) * 1000, max=(ordered[-1] * 1000 if ordered else float("nan")),
-        send_s=sent["seconds"], drain_s=(stats.last_receive - sent["started_at"]) if stats.latencies else float("nan"),
-        server_cpu_s=after["cpu"] - before["cpu"], client_cpu_s=client_cpu, drops=drops,
+        config=config,
+        run=name,
+        publisher=publisher,
+        clients=fleet.n,
+        events=events,
+        delivered=stats.delivered,
+        min_per_client=min(stats.counts),
+        duplicates=stats.duplicates,
+        p50=percentile(ordered, 50) * 1000,
+        p99=percentile(ordered, 99) * 1000,
+        max=(ordered[-1] * 1000 if ordered else float("nan")),
+        send_s=sent["seconds"],
+        drain_s=(stats.last_receive - sent["started_at"]) if stats.latencies else float("nan"),
+        server_cpu_s=after["cpu"] - before["cpu"],
+        client_cpu_s=client_cpu,
+        drops=drops,
     )
 
 
@@ -427,8 +458,13 @@ def free_port() -> int:
 def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log_file = open(log_path, "ab")
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port)], cwd=PROJECT_DIR, env=env,
-                               stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -490,7 +526,9 @@ async def run_config(config: Config, args, base_env: dict, tmp: Path) -> list[Re
         t = time.perf_counter()
         await fleet.open()
         stats = await fleet.get("/__bench/stats")
-        log(f"[{config.name}] {args.clients} clients connected in {time.perf_counter() - t:.1f} s ({stats['layer']}, capacity {stats['capacity']})")
+        log(
+            f"[{config.name}] {args.clients} clients connected in {time.perf_counter() - t:.1f} s ({stats['layer']}, capacity {stats['capacity']})"
+        )
         if any(run.publisher == "bench" for run in config.runs):
             from channels_redis.core import RedisChannelLayer
 
@@ -499,12 +537,22 @@ async def run_config(config: Config, args, base_env: dict, tmp: Path) -> list[Re
         for index, spec in enumerate(config.runs):
             await asyncio.sleep(1.0)  # settle
             external = spec.publisher == "bench"
-            result = await one_run(fleet, config.name, spec.name, spec.publisher, spec.events, spec.interval, cursor=(index + 1) * 10_000_000,
-                                   external_layer=external_layer if external else None,
-                                   external_counters=external_counters if external else None)
-            log(f"[{config.name}] {spec.name:<14} pub={spec.publisher:<6} delivered {result.delivered:>7}/{result.expected} "
+            result = await one_run(
+                fleet,
+                config.name,
+                spec.name,
+                spec.publisher,
+                spec.events,
+                spec.interval,
+                cursor=(index + 1) * 10_000_000,
+                external_layer=external_layer if external else None,
+                external_counters=external_counters if external else None,
+            )
+            log(
+                f"[{config.name}] {spec.name:<14} pub={spec.publisher:<6} delivered {result.delivered:>7}/{result.expected} "
                 f"min/client {result.min_per_client:>5} p50 {result.p50:8.1f} ms p99 {result.p99:8.1f} ms "
-                f"drain {result.drain_s:6.2f} s server CPU {result.server_cpu_s:5.2f} s drops {result.drops}")
+                f"drain {result.drain_s:6.2f} s server CPU {result.server_cpu_s:5.2f} s drops {result.drops}"
+            )
             results.append(result)
         await fleet.close()
         if external_layer is not None:
@@ -519,16 +567,51 @@ def fmt(value: float, digits: int = 1) -> str:
 
 
 def print_table(results: list[Result]) -> None:
-    header = ("layer / config", "run", "pub", "delivered", "of", "min/client", "dup", "p50 ms", "p99 ms", "max ms",
-              "send s", "drain s", "frames/s", "srv CPU s", "us/frame", "cli CPU s", "drops (where)")
+    header = (
+        "layer / config",
+        "run",
+        "pub",
+        "delivered",
+        "of",
+        "min/client",
+        "dup",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "send s",
+        "drain s",
+        "frames/s",
+        "srv CPU s",
+        "us/frame",
+        "cli CPU s",
+        "drops (where)",
+    )
     rows = []
     for r in results:
         where = ", ".join(f"{k}={v:,}" for k, v in r.drops.items() if v) or "0"
         rate = r.delivered / r.drain_s if r.drain_s and r.drain_s == r.drain_s else float("nan")
         per_frame = 1e6 * r.server_cpu_s / r.delivered if r.delivered else float("nan")
-        rows.append((r.config, r.run, r.publisher, f"{r.delivered:,}", f"{r.expected:,}", str(r.min_per_client), str(r.duplicates),
-                     fmt(r.p50), fmt(r.p99), fmt(r.max), fmt(r.send_s, 2), fmt(r.drain_s, 2), fmt(rate, 0),
-                     fmt(r.server_cpu_s, 2), fmt(per_frame, 0), fmt(r.client_cpu_s, 2), where))
+        rows.append(
+            (
+                r.config,
+                r.run,
+                r.publisher,
+                f"{r.delivered:,}",
+                f"{r.expected:,}",
+                str(r.min_per_client),
+                str(r.duplicates),
+                fmt(r.p50),
+                fmt(r.p99),
+                fmt(r.max),
+                fmt(r.send_s, 2),
+                fmt(r.drain_s, 2),
+                fmt(rate, 0),
+                fmt(r.server_cpu_s, 2),
+                fmt(per_frame, 0),
+                fmt(r.client_cpu_s, 2),
+                where,
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = "  ".join("{:<%d}" % w for w in widths)
     print(line.format(*header).rstrip())
@@ -545,9 +628,13 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
         return a.p99 / b.p99 if a and b and b.p99 else float("nan")
 
     print()
-    print(f"Goals: Redis (capacity 5000, publisher inside daphne) delivers all; p99 <= {P99_RATIO_GOAL:g}x the in-memory p99 "
-          f"and <= {P99_GOAL_MS:g} ms.")
-    print(f"Baseline: {BASELINE} (lossless, same capacity as Redis); the app's own in-memory config ({MEMORY_APP}) drops, so")
+    print(
+        f"Goals: Redis (capacity 5000, publisher inside daphne) delivers all; p99 <= {P99_RATIO_GOAL:g}x the in-memory p99 "
+        f"and <= {P99_GOAL_MS:g} ms."
+    )
+    print(
+        f"Baseline: {BASELINE} (lossless, same capacity as Redis); the app's own in-memory config ({MEMORY_APP}) drops, so"
+    )
     print("its p99 covers only the messages it kept and is shown for reference.")
     for run in run_names:
         redis_r, base, app = find(REDIS, run), find(BASELINE, run), find(MEMORY_APP, run)
@@ -555,26 +642,41 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
             continue
         ok_all = redis_r.delivered == redis_r.expected
         x = ratio(redis_r, base)
-        print(f"  {run:<14} delivered {redis_r.delivered:,}/{redis_r.expected:,} (min {redis_r.min_per_client}/client): "
-              f"{'MET' if ok_all else 'NOT MET'}")
-        print(f"  {run:<14} p99 {fmt(redis_r.p99)} ms vs {fmt(base.p99) if base else '-'} ms = {fmt(x, 2)}x: "
-              f"{'MET' if x <= P99_RATIO_GOAL else 'NOT MET'}; <= {P99_GOAL_MS:g} ms: {'MET' if redis_r.p99 <= P99_GOAL_MS else 'NOT MET'}"
-              + (f"   (vs {MEMORY_APP}: {fmt(ratio(redis_r, app), 2)}x, which delivered {app.delivered:,})" if app else ""))
+        print(
+            f"  {run:<14} delivered {redis_r.delivered:,}/{redis_r.expected:,} (min {redis_r.min_per_client}/client): "
+            f"{'MET' if ok_all else 'NOT MET'}"
+        )
+        print(
+            f"  {run:<14} p99 {fmt(redis_r.p99)} ms vs {fmt(base.p99) if base else '-'} ms = {fmt(x, 2)}x: "
+            f"{'MET' if x <= P99_RATIO_GOAL else 'NOT MET'}; <= {P99_GOAL_MS:g} ms: {'MET' if redis_r.p99 <= P99_GOAL_MS else 'NOT MET'}"
+            + (
+                f"   (vs {MEMORY_APP}: {fmt(ratio(redis_r, app), 2)}x, which delivered {app.delivered:,})"
+                if app
+                else ""
+            )
+        )
         ext = find(REDIS, run, "bench")
         if ext:
-            print(f"  {run:<14} publisher outside daphne (as publish() from a Celery worker): delivered {ext.delivered:,}, "
-                  f"p99 {fmt(ext.p99)} ms = {fmt(ratio(ext, base), 2)}x the baseline")
+            print(
+                f"  {run:<14} publisher outside daphne (as publish() from a Celery worker): delivered {ext.delivered:,}, "
+                f"p99 {fmt(ext.p99)} ms = {fmt(ratio(ext, base), 2)}x the baseline"
+            )
     for r in results:
         if r.config == REDIS_SMALL:
-            print(f"  capacity 100, {r.run:<14} delivered {r.delivered:,}/{r.expected:,} ({100 * r.delivered / r.expected:.1f}%), "
-                  f"min {r.min_per_client}/client; " + (", ".join(f"{k}={v:,}" for k, v in r.drops.items() if v) or "no drops"))
+            print(
+                f"  capacity 100, {r.run:<14} delivered {r.delivered:,}/{r.expected:,} ({100 * r.delivered / r.expected:.1f}%), "
+                f"min {r.min_per_client}/client; "
+                + (", ".join(f"{k}={v:,}" for k, v in r.drops.items() if v) or "no drops")
+            )
     for config in (PUBSUB, DIRECT):
         for run in run_names:
             r, redis_r = find(config, run), find(REDIS, run)
             if r and redis_r:
-                print(f"  what-if {config:<22} {run:<14} delivered {r.delivered:,}/{r.expected:,}, p99 {fmt(r.p99)} ms "
-                      f"({fmt(ratio(r, redis_r), 2)}x {REDIS}), server CPU {fmt(1e6 * r.server_cpu_s / max(r.delivered, 1), 0)} us/frame "
-                      f"vs {fmt(1e6 * redis_r.server_cpu_s / max(redis_r.delivered, 1), 0)}")
+                print(
+                    f"  what-if {config:<22} {run:<14} delivered {r.delivered:,}/{r.expected:,}, p99 {fmt(r.p99)} ms "
+                    f"({fmt(ratio(r, redis_r), 2)}x {REDIS}), server CPU {fmt(1e6 * r.server_cpu_s / max(r.delivered, 1), 0)} us/frame "
+                    f"vs {fmt(1e6 * redis_r.server_cpu_s / max(redis_r.delivered, 1), 0)}"
+                )
 
 
 REDIS, REDIS_SMALL = "redis cap 5000", "redis cap 100"
@@ -587,17 +689,27 @@ async def main_async(args) -> None:
     started = time.perf_counter()
     try:
         token = secrets.token_urlsafe(24)
-        drop = ("REDIS_URL", "VX11_CHANNEL_CAPACITY", "VX11_WS_POLL_SECONDS", "VX11_TOKEN_FILE", "VX11_BENCH_MEMORY_CAPACITY")
+        drop = (
+            "REDIS_URL",
+            "VX11_CHANNEL_CAPACITY",
+            "VX11_WS_POLL_SECONDS",
+            "VX11_TOKEN_FILE",
+            "VX11_BENCH_MEMORY_CAPACITY",
+        )
         base_env = {k: v for k, v in os.environ.items() if k not in drop}
-        base_env.update({
-            "VX11_TOKEN": token,
-            "VX11_VAR_DIR": str(tmp),
-            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
-            "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
-            "LOG_LEVEL": "WARNING",
-        })
+        base_env.update(
+            {
+                "VX11_TOKEN": token,
+                "VX11_VAR_DIR": str(tmp),
+                "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+                "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+                "LOG_LEVEL": "WARNING",
+            }
+        )
         log(f"migrating a throwaway SQLite database in {tmp} ...")
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=PROJECT_DIR, env=base_env, check=True)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=PROJECT_DIR, env=base_env, check=True
+        )
         removed = clean_redis(args.redis_url)
         if removed:
             log(f"removed {removed} stale asgi* keys from {args.redis_url}")
@@ -619,7 +731,9 @@ async def main_async(args) -> None:
         if args.what_if:
             configs += [
                 Config(PUBSUB, {**redis_env, "VX11_WS_POLL_SECONDS": "0", "VX11_BENCH_LAYER": "pubsub"}, main_runs),
-                Config(DIRECT, {**redis_env, "VX11_CHANNEL_CAPACITY": "5000", "VX11_BENCH_DIRECT_EVENTS": "1"}, main_runs),
+                Config(
+                    DIRECT, {**redis_env, "VX11_CHANNEL_CAPACITY": "5000", "VX11_BENCH_DIRECT_EVENTS": "1"}, main_runs
+                ),
             ]
         results = []
         for config in configs:
@@ -628,25 +742,45 @@ async def main_async(args) -> None:
                 clean_redis(args.redis_url)
         elapsed = time.perf_counter() - started
         print()
-        print(f"WebSocket fan-out: {args.clients} clients (one session id each) in group {GROUP}; one daphne process per configuration;")
-        print("latency = client receive time - send time embedded in the event (publisher inside daphne unless pub=bench).")
-        print(f"  {BASELINE:<22} InMemoryChannelLayer, capacity 5000 set by this bench in its daphne child (*), VX11_WS_POLL_SECONDS=0")
-        print(f"  {MEMORY_APP:<22} InMemoryChannelLayer as settings.py builds it (no CONFIG: capacity 100), VX11_WS_POLL_SECONDS=0")
+        print(
+            f"WebSocket fan-out: {args.clients} clients (one session id each) in group {GROUP}; one daphne process per configuration;"
+        )
+        print(
+            "latency = client receive time - send time embedded in the event (publisher inside daphne unless pub=bench)."
+        )
+        print(
+            f"  {BASELINE:<22} InMemoryChannelLayer, capacity 5000 set by this bench in its daphne child (*), VX11_WS_POLL_SECONDS=0"
+        )
+        print(
+            f"  {MEMORY_APP:<22} InMemoryChannelLayer as settings.py builds it (no CONFIG: capacity 100), VX11_WS_POLL_SECONDS=0"
+        )
         if not args.skip_extra:
-            print(f"  {MEMORY_POLL:<22} as {MEMORY_APP}, with the app's default DB poll for the in-memory layer (1 s per client)")
+            print(
+                f"  {MEMORY_POLL:<22} as {MEMORY_APP}, with the app's default DB poll for the in-memory layer (1 s per client)"
+            )
         print(f"  {REDIS:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=5000 (the project's default), expiry 60")
         print(f"  {REDIS_SMALL:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=100 (channels-redis's own default)")
         if args.what_if:
-            print(f"  {PUBSUB:<22} what-if (*): channels_redis.pubsub.RedisPubSubChannelLayer set by this bench in its daphne child")
-            print(f"  {DIRECT:<22} what-if (*): as {REDIS}, vx11.event handed to the handler without channels' per-message")
+            print(
+                f"  {PUBSUB:<22} what-if (*): channels_redis.pubsub.RedisPubSubChannelLayer set by this bench in its daphne child"
+            )
+            print(
+                f"  {DIRECT:<22} what-if (*): as {REDIS}, vx11.event handed to the handler without channels' per-message"
+            )
             print(f"  {'':<22} close_old_connections thread hop (EventConsumer.dispatch patched in the daphne child)")
-        print("  drops: redis_over_capacity = group_send skipped a full channel key (one key per daphne process, i.e. one event")
-        print("         for all its clients); redis_buffer_evicted = receive buffer overflow; memory_channel_full = ChannelFull per client")
+        print(
+            "  drops: redis_over_capacity = group_send skipped a full channel key (one key per daphne process, i.e. one event"
+        )
+        print(
+            "         for all its clients); redis_buffer_evicted = receive buffer overflow; memory_channel_full = ChannelFull per client"
+        )
         print()
         print_table(results)
         print_goals(results, [r.name for r in main_runs])
         print()
-        print(f"run time {elapsed:.1f} s; CPUs {os.cpu_count()}; RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+        print(
+            f"run time {elapsed:.1f} s; CPUs {os.cpu_count()}; RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        )
     finally:
         try:
             clean_redis(args.redis_url)
@@ -663,14 +797,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--events", type=int, default=1000, help="events of the burst and paced runs (default 1000)")
     parser.add_argument("--paced-ms", type=float, default=1.0, help="interval of the paced run, ms (default 1)")
-    parser.add_argument("--sustained-ms", type=float, default=100.0,
-                        help="interval of the sustained run, a rate one daphne process keeps up with, ms (default 100)")
-    parser.add_argument("--sustained-events", type=int, default=150, help="events of the sustained run; 0 skips it (default 150)")
+    parser.add_argument(
+        "--sustained-ms",
+        type=float,
+        default=100.0,
+        help="interval of the sustained run, a rate one daphne process keeps up with, ms (default 100)",
+    )
+    parser.add_argument(
+        "--sustained-events", type=int, default=150, help="events of the sustained run; 0 skips it (default 150)"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
-    parser.add_argument("--skip-extra", action="store_true", help="skip the in-memory burst with the app's default DB poll")
-    parser.add_argument("--what-if", action="store_true",
-                        help="also run two candidate fixes, set up in the daphne child only: RedisPubSubChannelLayer, and "
-                             "vx11.event dispatched without the per-message close_old_connections thread hop")
+    parser.add_argument(
+        "--skip-extra", action="store_true", help="skip the in-memory burst with the app's default DB poll"
+    )
+    parser.add_argument(
+        "--what-if",
+        action="store_true",
+        help="also run two candidate fixes, set up in the daphne child only: RedisPubSubChannelLayer, and "
+        "vx11.event dispatched without the per-message close_old_connections thread hop",
+    )
     parser.add_argument("--keep-tmp", action="store_true")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the daphne child
     args = parser.parse_args()

@@ -84,8 +84,15 @@ def admin_user(db, django_user_model):
 
 # what the operator fixture may do: modules, probes, runs, spawns and cancels; not flow definitions
 # (tests/flows' `editor` adds those) nor power (tests/power's `controller` has it)
-OPERATOR_PERMISSIONS = ["fleet.add_module", "fleet.change_module", "fleet.delete_module", "flows.run_flow",
-                        "daughters.spawn_daughter", "daughters.change_daughtertask", "daughters.change_daughter"]
+OPERATOR_PERMISSIONS = [
+    "fleet.add_module",
+    "fleet.change_module",
+    "fleet.delete_module",
+    "flows.run_flow",
+    "daughters.spawn_daughter",
+    "daughters.change_daughtertask",
+    "daughters.change_daughter",
+]
 
 
 def give(user, *perms: str):
@@ -173,11 +180,23 @@ def daphne(transactional_db, tmp_path):
     broker = redis_url()
     port = free_port()
     # no scheduler watchdog: with no beat running it would announce a stall into the events a test reads
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "REDIS_URL": broker, "VX11_TOKEN": TOKEN, "VX11_WATCHDOG_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "REDIS_URL": broker,
+        "VX11_TOKEN": TOKEN,
+        "VX11_WATCHDOG_SECONDS": "0",
+    }
     log = (tmp_path / "daphne.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -252,9 +271,28 @@ class WorkerProcess:
         the worker's start-up (seconds on a loaded machine)."""
         readies = self.log.read_text().count(" ready.") if self.log.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-P", "threads", "-c", str(concurrency), "-l", "INFO",
-             "-n", f"{self.name}-{time.monotonic_ns()}@%h"],
-            cwd=ROOT, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "vx11_site",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-l",
+                "INFO",
+                "-n",
+                f"{self.name}-{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + ready_within
         while self.log.read_text().count(" ready.") <= readies:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -280,11 +318,24 @@ def daughter_worker(transactional_db, tmp_path, settings):
     a given marker file, returns at once after) for worker-loss drills."""
     broker = redis_url()
     queue = f"daughters-test-{os.getpid()}-{time.monotonic_ns()}"
-    commands = {"once-slow": [sys.executable, "-c", "import os,sys,time; p=sys.argv[1]; first=not os.path.exists(p); "
-                                                   "open(p,'a').close(); time.sleep(30 if first else 0)"]}
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker,
-           "VX11_CELERY_QUEUE": queue, "VX11_DAUGHTER_HEARTBEAT_SECONDS": "0.2", "VX11_BROKER_VISIBILITY_TIMEOUT": "5",
-           "VX11_DAUGHTER_COMMANDS": json.dumps(commands)}
+    commands = {
+        "once-slow": [
+            sys.executable,
+            "-c",
+            "import os,sys,time; p=sys.argv[1]; first=not os.path.exists(p); "
+            "open(p,'a').close(); time.sleep(30 if first else 0)",
+        ]
+    }
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "REDIS_URL": broker,
+        "VX11_CELERY_QUEUE": queue,
+        "VX11_DAUGHTER_HEARTBEAT_SECONDS": "0.2",
+        "VX11_BROKER_VISIBILITY_TIMEOUT": "5",
+        "VX11_DAUGHTER_COMMANDS": json.dumps(commands),
+    }
     settings.VX11_DAUGHTER_COMMANDS = {**settings.VX11_DAUGHTER_COMMANDS, **commands}
     worker = WorkerProcess(env, "daughters-test", tmp_path / "worker.log").start()
     with celery_sends_to(broker, queue):
@@ -299,8 +350,11 @@ def redis_server(port: int) -> subprocess.Popen:
     """A private redis-server (no persistence) on `port`, answering; kill its process group to make an outage."""
     import redis
 
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -313,7 +367,9 @@ def redis_server(port: int) -> subprocess.Popen:
 
 def redis_layer(url: str, prefix: str) -> dict:
     """CHANNEL_LAYERS for a channels-redis layer at `url` whose keys start with `prefix` (a test's own groups)."""
-    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": prefix}}}
+    return {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": prefix}}
+    }
 
 
 @contextlib.contextmanager

@@ -22,10 +22,15 @@ from apps.accounts.models import ApiKey
 
 APP = WSGIHandler()
 EXAMPLES = int(os.environ.get("VX11_FUZZ_EXAMPLES", "8"))
-CHECKS = [schemathesis.checks.not_a_server_error, schemathesis.checks.status_code_conformance,
-          schemathesis.checks.content_type_conformance, schemathesis.checks.response_schema_conformance]
-FUZZ = hypothesis_settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                           suppress_health_check=list(HealthCheck))
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
+FUZZ = hypothesis_settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 SEEN: Counter = Counter()
 
 

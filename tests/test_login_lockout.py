@@ -39,7 +39,9 @@ def test_failures_lock_that_username_from_that_address(admin_user, settings):
 
     assert log_in(client, "admin-pass-123").status_code == 429  # the right password too, meanwhile
     assert "_auth_user_id" not in client.session
-    assert log_in(from_address("10.1.1.2"), "admin-pass-123").status_code == 302  # the admin elsewhere is not locked out
+    assert (
+        log_in(from_address("10.1.1.2"), "admin-pass-123").status_code == 302
+    )  # the admin elsewhere is not locked out
     assert log_in(client, "wrong", username="someone-else").status_code == 200  # nor another name from here
 
 

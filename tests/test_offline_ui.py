@@ -99,8 +99,11 @@ def body(response) -> bytes:
 
 
 # every NinjaAPI the portal mounts (its /api/, madre's /madre/, any later one): the namespaces with a docs page
-NINJA_NAMESPACES = [r.namespace for r in get_resolver().url_patterns
-                    if isinstance(r, URLResolver) and r.namespace and "openapi-view" in r.reverse_dict]
+NINJA_NAMESPACES = [
+    r.namespace
+    for r in get_resolver().url_patterns
+    if isinstance(r, URLResolver) and r.namespace and "openapi-view" in r.reverse_dict
+]
 
 
 def docs_urls() -> list[str]:
@@ -123,8 +126,9 @@ def sample_rows(admin_user, settings, tmp_path):
     modules = [Module.objects.update_or_create(slug=row["slug"], defaults=row)[0] for row in reference_rows()]
     now = timezone.now()
     StateChange.objects.create(module=modules[0], at=now, from_state=State.UNKNOWN, to_state=State.UP, reason="sample")
-    window = MaintenanceWindow.objects.create(starts_at=now, ends_at=now + timedelta(hours=1), created_by=admin_user,
-                                              reason="sample")
+    window = MaintenanceWindow.objects.create(
+        starts_at=now, ends_at=now + timedelta(hours=1), created_by=admin_user, reason="sample"
+    )
     window.modules.add(modules[0])
     Group.objects.create(name="operators")
     ApiKey.issue(admin_user, "sample")
@@ -174,8 +178,11 @@ def foreign_urls(page: str, html: str) -> list[str]:
 def test_no_page_loads_anything_from_another_host(superuser_client, admin_user, sample_rows):
     pages = admin_pages(admin_user) + [reverse("operator:operator-console"), *docs_urls()]
     # guard against a crawl that silently shrank: the admin's own views and change pages are in it
-    for expected in (reverse("admin:power_console"), reverse("admin:flows_flow_load"),
-                     reverse("admin:fleet_module_change", args=[sample_rows[0].pk])):
+    for expected in (
+        reverse("admin:power_console"),
+        reverse("admin:flows_flow_load"),
+        reverse("admin:fleet_module_change", args=[sample_rows[0].pk]),
+    ):
         assert expected in pages
     problems, missing_icon = [], []
     fetched = {reverse("admin:login"): Client().get(reverse("admin:login"))}
@@ -242,7 +249,7 @@ def test_favicon_is_a_real_icon(client, superuser_client):
     assert (reserved, kind, count) == (0, 1, 1)  # an ICO file with one image
     width, height, _, _, _, _, size, offset = struct.unpack("<BBBBHHII", icon[6:22])
     assert (width, height) == (32, 32)
-    image = icon[offset:offset + size]
+    image = icon[offset : offset + size]
     assert image.startswith(b"\x89PNG\r\n\x1a\n") and struct.unpack(">II", image[16:24]) == (32, 32)
     assert client.head("/favicon.ico").status_code == 200
 

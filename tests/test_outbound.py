@@ -50,29 +50,44 @@ def point(slug: str, url: str) -> Module:
 # -- the policy ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url,reason", [
-    (METADATA, "169.254.169.254 is in VX11_OUTBOUND_DENY (169.254.0.0/16)"),
-    ("http://[fe80::1]:8080/", "fe80::1 is in VX11_OUTBOUND_DENY (fe80::/10)"),
-    ("http://[::ffff:169.254.169.254]/", "is in VX11_OUTBOUND_DENY (169.254.0.0/16)"),
-    ("http://8.8.8.8/", "8.8.8.8 is not in VX11_OUTBOUND_ALLOW"),
-    ("http://0.0.0.0:5432/", "0.0.0.0 is not in VX11_OUTBOUND_ALLOW"),
-    ("ftp://127.0.0.1/", "scheme 'ftp' is not http or https"),
-    ("file:///etc/passwd", "scheme 'file' is not http or https"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        (METADATA, "169.254.169.254 is in VX11_OUTBOUND_DENY (169.254.0.0/16)"),
+        ("http://[fe80::1]:8080/", "fe80::1 is in VX11_OUTBOUND_DENY (fe80::/10)"),
+        ("http://[::ffff:169.254.169.254]/", "is in VX11_OUTBOUND_DENY (169.254.0.0/16)"),
+        ("http://8.8.8.8/", "8.8.8.8 is not in VX11_OUTBOUND_ALLOW"),
+        ("http://0.0.0.0:5432/", "0.0.0.0 is not in VX11_OUTBOUND_ALLOW"),
+        ("ftp://127.0.0.1/", "scheme 'ftp' is not http or https"),
+        ("file:///etc/passwd", "scheme 'file' is not http or https"),
+    ],
+)
 def test_refused_urls(url, reason):
     with pytest.raises(outbound.Refused, match=re.escape(reason)):
         outbound.check_url(url)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "http://[::1]:8001/", "http://10.1.2.3", "https://192.168.1.5:443",
-                                 "http://172.20.0.2:8002", "http://[fd00::2]:80", "http://localhost:8003"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000",
+        "http://[::1]:8001/",
+        "http://10.1.2.3",
+        "https://192.168.1.5:443",
+        "http://172.20.0.2:8002",
+        "http://[fd00::2]:80",
+        "http://localhost:8003",
+    ],
+)
 def test_the_fleet_ranges_are_allowed_by_default(url):
     outbound.check_url(url)
 
 
 def test_a_host_name_is_checked_by_every_address_it_resolves_to(settings):
     settings.VX11_OUTBOUND_DENY = ["127.0.0.0/8"]
-    with pytest.raises(outbound.Refused, match=r"localhost \(127\.0\.0\.1\) is in VX11_OUTBOUND_DENY \(127\.0\.0\.0/8\)"):
+    with pytest.raises(
+        outbound.Refused, match=r"localhost \(127\.0\.0\.1\) is in VX11_OUTBOUND_DENY \(127\.0\.0\.0/8\)"
+    ):
         outbound.check_url("http://localhost:8000/")
 
 
@@ -93,7 +108,9 @@ def test_a_bad_entry_is_a_configuration_error(settings):
     from django.core.exceptions import ImproperlyConfigured
 
     settings.VX11_OUTBOUND_DENY = ["169.254.0.0/16", "not a host!"]
-    with pytest.raises(ImproperlyConfigured, match="VX11_OUTBOUND_DENY: 'not a host!' is neither a CIDR nor a host name"):
+    with pytest.raises(
+        ImproperlyConfigured, match="VX11_OUTBOUND_DENY: 'not a host!' is neither a CIDR nor a host name"
+    ):
         outbound.rules()
 
 
@@ -101,13 +118,18 @@ def test_a_bad_entry_is_a_configuration_error(settings):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("base_url,needle", [
-    (METADATA.rstrip("/"), "169.254.169.254 is in VX11_OUTBOUND_DENY"),
-    ("http://[fe80::1]:5432", "fe80::1 is in VX11_OUTBOUND_DENY"),
-    ("http://8.8.8.8:80", "8.8.8.8 is not in VX11_OUTBOUND_ALLOW"),
-])
+@pytest.mark.parametrize(
+    "base_url,needle",
+    [
+        (METADATA.rstrip("/"), "169.254.169.254 is in VX11_OUTBOUND_DENY"),
+        ("http://[fe80::1]:5432", "fe80::1 is in VX11_OUTBOUND_DENY"),
+        ("http://8.8.8.8:80", "8.8.8.8 is not in VX11_OUTBOUND_ALLOW"),
+    ],
+)
 def test_the_api_refuses_a_module_the_portal_may_not_call(api, base_url, needle):
-    response = api.post("/api/modules", {"slug": "probe-me", "name": "x", "base_url": base_url}, content_type="application/json")
+    response = api.post(
+        "/api/modules", {"slug": "probe-me", "name": "x", "base_url": base_url}, content_type="application/json"
+    )
     assert response.status_code == 422 and needle in response.json()["detail"]
     assert not Module.objects.filter(slug="probe-me").exists()
     response = api.patch("/api/modules/hermes", {"base_url": base_url}, content_type="application/json")
@@ -117,7 +139,11 @@ def test_the_api_refuses_a_module_the_portal_may_not_call(api, base_url, needle)
 
 @pytest.mark.django_db
 def test_the_api_refuses_a_name_resolving_into_a_denied_range(api, deny_loopback):
-    response = api.post("/api/modules", {"slug": "local", "name": "x", "base_url": "http://localhost:5432"}, content_type="application/json")
+    response = api.post(
+        "/api/modules",
+        {"slug": "local", "name": "x", "base_url": "http://localhost:5432"},
+        content_type="application/json",
+    )
     assert response.status_code == 422
     assert "localhost (127.0.0.1) is in VX11_OUTBOUND_DENY (127.0.0.0/8)" in response.json()["detail"]
 
@@ -126,8 +152,17 @@ def test_the_api_refuses_a_name_resolving_into_a_denied_range(api, deny_loopback
 def test_the_admin_form_refuses_it(admin_user):
     client = Client()
     client.force_login(admin_user)
-    form = {"slug": "meta", "name": "meta", "base_url": METADATA.rstrip("/"), "health_path": "/health", "accepted_statuses": '["ok"]',
-            "timeout": "3", "down_after": "3", "up_after": "2", "owned_tables": "[]"}
+    form = {
+        "slug": "meta",
+        "name": "meta",
+        "base_url": METADATA.rstrip("/"),
+        "health_path": "/health",
+        "accepted_statuses": '["ok"]',
+        "timeout": "3",
+        "down_after": "3",
+        "up_after": "2",
+        "owned_tables": "[]",
+    }
     response = client.post("/admin/fleet/module/add/", form)
     assert response.status_code == 200 and "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
     assert not Module.objects.filter(slug="meta").exists()
@@ -140,7 +175,10 @@ def test_a_webhook_into_a_denied_range_is_refused(admin_user):
         channel.full_clean()
     client = Client()
     client.force_login(admin_user)
-    response = client.post("/admin/fleet/notificationchannel/add/", {"name": "meta", "kind": "webhook", "target": METADATA, "enabled": "on"})
+    response = client.post(
+        "/admin/fleet/notificationchannel/add/",
+        {"name": "meta", "kind": "webhook", "target": METADATA, "enabled": "on"},
+    )
     assert response.status_code == 200 and "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
     assert not NotificationChannel.objects.exists()
 
@@ -193,7 +231,10 @@ def test_a_flow_step_fails_with_the_reason_and_stores_no_answer(fleet, deny_loop
     run = flow.run()
     step = run.steps.get()
     assert run.status == "failed" and step.status == "failed"
-    assert step.reason == f"hermes at {fleet['hermes'].base_url}/tools: outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
+    assert (
+        step.reason
+        == f"hermes at {fleet['hermes'].base_url}/tools: outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
+    )
     assert step.response_excerpt == "" and step.response_status is None
 
 
@@ -201,7 +242,10 @@ def test_a_flow_step_fails_with_the_reason_and_stores_no_answer(fleet, deny_loop
 def test_an_operator_upstream_gives_its_offline_shape_with_the_reason(fleet, settings, deny_loopback):
     body = upstream.hermes_resources()
     assert body["status"] == "offline"
-    assert body["error"] == "hermes GET /health: outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
+    assert (
+        body["error"]
+        == "hermes GET /health: outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
+    )
 
 
 @pytest.mark.django_db
@@ -209,8 +253,12 @@ def test_a_webhook_delivery_fails_with_the_reason(deny_loopback):
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     threading.Thread(target=receiver.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        NotificationChannel.objects.create(name="hook", kind="webhook", target=f"http://127.0.0.1:{receiver.server_port}/hook")
-        StateChange.objects.create(module=Module.objects.get(slug="madre"), at=timezone.now(), from_state="up", to_state="down", reason="test")
+        NotificationChannel.objects.create(
+            name="hook", kind="webhook", target=f"http://127.0.0.1:{receiver.server_port}/hook"
+        )
+        StateChange.objects.create(
+            module=Module.objects.get(slug="madre"), at=timezone.now(), from_state="up", to_state="down", reason="test"
+        )
         notify.sweep()
     finally:
         receiver.shutdown()
@@ -311,7 +359,12 @@ def test_httpx_connects_to_the_address_it_checked(rebinding_name):
     try:
         with outbound.client(timeout=2) as client:
             assert client.get(f"http://{rebinding_name}:{server.server.server_port}/secret").text == "secret"
-        with outbound.client(timeout=2) as client, pytest.raises(httpx.ConnectError, match=re.escape("rebind.test (169.254.169.254) is in VX11_OUTBOUND_DENY")):
+        with (
+            outbound.client(timeout=2) as client,
+            pytest.raises(
+                httpx.ConnectError, match=re.escape("rebind.test (169.254.169.254) is in VX11_OUTBOUND_DENY")
+            ),
+        ):
             client.get(f"http://{rebinding_name}:{server.server.server_port}/secret")  # the next lookup: refused
     finally:
         server.close()
@@ -336,8 +389,10 @@ def test_aiohttp_connects_to_the_address_it_checked(rebinding_name):
 
 # -- no call site can forget ---------------------------------------------------------------------
 
-UNGUARDED = re.compile(r"\bhttpx\.(get|post|put|patch|delete|head|options|request|stream|Client|AsyncClient)\(|"
-                       r"\baiohttp\.(ClientSession|TCPConnector)\(|\burllib\.request\b|\burlopen\(|\brequests\.")
+UNGUARDED = re.compile(
+    r"\bhttpx\.(get|post|put|patch|delete|head|options|request|stream|Client|AsyncClient)\(|"
+    r"\baiohttp\.(ClientSession|TCPConnector)\(|\burllib\.request\b|\burlopen\(|\brequests\."
+)
 
 
 def test_every_outbound_request_of_the_portal_goes_through_the_guard():
@@ -347,5 +402,7 @@ def test_every_outbound_request_of_the_portal_goes_through_the_guard():
         relative = path.relative_to(ROOT).as_posix()
         if relative == "vx11_site/outbound.py" or relative.startswith("apps/simfleet/"):
             continue
-        offenders += [f"{relative}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if UNGUARDED.search(line)]
+        offenders += [
+            f"{relative}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if UNGUARDED.search(line)
+        ]
     assert offenders == []

@@ -19,14 +19,20 @@ def test_portal_health_reports_database_channel_layer_beat_and_probe_rounds(sche
     assert r.status_code == 200
     body = r.json()
     assert {k: body[k] for k in ("status", "module", "database", "channel_layer")} == {
-        "status": "ok", "module": "portal", "database": "ok", "channel_layer": "ok"}
+        "status": "ok",
+        "module": "portal",
+        "database": "ok",
+        "channel_layer": "ok",
+    }
     assert body["beat"]["status"] == body["probe_rounds"]["status"] == "ok"
     assert body["beat"]["age_seconds"] < 60 and body["probe_rounds"]["interval_seconds"] == 15
     assert "detail" not in body
 
 
 def test_portal_health_is_503_when_the_channel_layer_is_unreachable(settings, scheduler_running, caplog):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()

@@ -56,14 +56,18 @@ def policy(response) -> dict[str, list[str]]:
 
 def test_every_page_has_the_policy_and_needs_nothing_it_forbids(superuser_client, admin_user, sample_rows):  # noqa: F811
     pages = admin_pages(admin_user) + [reverse("operator:operator-console"), *docs_urls()]
-    assert reverse("admin:power_console") in pages and reverse("admin:flows_flow_load") in pages and "/api/docs" in pages
+    assert (
+        reverse("admin:power_console") in pages and reverse("admin:flows_flow_load") in pages and "/api/docs" in pages
+    )
     fetched = {reverse("admin:login"): Client().get(reverse("admin:login"))}
     fetched.update((page, superuser_client.get(page)) for page in pages)
     problems = []
     for page, response in fetched.items():
         assert response.status_code == 200, f"{page}: {response.status_code}"
         csp = policy(response)
-        assert csp["script-src"] == ["'self'"] and csp["object-src"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"], page
+        assert (
+            csp["script-src"] == ["'self'"] and csp["object-src"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"]
+        ), page
         problems += [f"{page}: {found}" for found in inline_code(response.content.decode())]
     assert not problems, "code a strict script-src blocks:\n" + "\n".join(problems)
 
@@ -76,13 +80,29 @@ def test_json_answers_carry_the_policy_too(client):
 def settings_process(env: dict, code: str = "", *args: str) -> subprocess.CompletedProcess:
     """manage.py (or a snippet) in a fresh interpreter: settings are read from the environment at start-up."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VX11_", "ALLOWED_HOSTS", "SECRET_KEY", "DEBUG"))}
-    command = [sys.executable, "-c", f"import django; django.setup(); {code}"] if code else [sys.executable, "manage.py", *args]
-    return subprocess.run(command, check=False, cwd=ROOT, env={**base, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", **env},
-                          capture_output=True, text=True, timeout=120)
+    command = (
+        [sys.executable, "-c", f"import django; django.setup(); {code}"]
+        if code
+        else [sys.executable, "manage.py", *args]
+    )
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=ROOT,
+        env={**base, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-BEHIND_TLS = {"VX11_SECURE_COOKIES": "1", "VX11_HSTS_SECONDS": "31536000", "VX11_HSTS_PRELOAD": "1", "VX11_SSL_REDIRECT": "1",
-              "VX11_PROXY_SSL_HEADER": "1"}
+BEHIND_TLS = {
+    "VX11_SECURE_COOKIES": "1",
+    "VX11_HSTS_SECONDS": "31536000",
+    "VX11_HSTS_PRELOAD": "1",
+    "VX11_SSL_REDIRECT": "1",
+    "VX11_PROXY_SSL_HEADER": "1",
+}
 
 
 def test_deploy_check_is_clean_behind_tls(tmp_path):
@@ -97,12 +117,16 @@ def test_deploy_check_is_clean_behind_tls(tmp_path):
 
 
 def test_security_settings_come_from_the_environment(tmp_path):
-    show = ("from django.conf import settings as s; print(s.ALLOWED_HOSTS, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, "
-            "s.SECURE_HSTS_SECONDS, s.SECURE_SSL_REDIRECT, s.SECURE_PROXY_SSL_HEADER)")
+    show = (
+        "from django.conf import settings as s; print(s.ALLOWED_HOSTS, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, "
+        "s.SECURE_HSTS_SECONDS, s.SECURE_SSL_REDIRECT, s.SECURE_PROXY_SSL_HEADER)"
+    )
     default = settings_process({"VX11_VAR_DIR": str(tmp_path)}, show)
     assert default.stdout.strip() == "['127.0.0.1', 'localhost'] False False 0 False None", default.stderr
     on = settings_process({"VX11_VAR_DIR": str(tmp_path), **BEHIND_TLS}, show)
-    assert on.stdout.strip() == "['127.0.0.1', 'localhost'] True True 31536000 True ('HTTP_X_FORWARDED_PROTO', 'https')", on.stderr
+    assert (
+        on.stdout.strip() == "['127.0.0.1', 'localhost'] True True 31536000 True ('HTTP_X_FORWARDED_PROTO', 'https')"
+    ), on.stderr
 
 
 def test_behind_the_proxy_a_forwarded_https_request_is_secure(client, settings):

@@ -23,7 +23,14 @@ def test_typed_helpers(monkeypatch, tmp_path):
     assert envsecret("X_SECRET") == "s3cret"
 
 
-@pytest.mark.parametrize("fn, value, message", [(envbool, "maybe", "is not a boolean"), (envint, "12a", "is not an integer"), (envfloat, "fast", "is not a number")])
+@pytest.mark.parametrize(
+    "fn, value, message",
+    [
+        (envbool, "maybe", "is not a boolean"),
+        (envint, "12a", "is not an integer"),
+        (envfloat, "fast", "is not a number"),
+    ],
+)
 def test_unclear_values_fail_loudly(monkeypatch, fn, value, message):
     monkeypatch.setenv("X_BAD", value)
     with pytest.raises(ImproperlyConfigured, match=message):
@@ -34,9 +41,27 @@ def test_redis_url_switches_broker_and_channel_layer():
     code = "from django.conf import settings as s; print(s.CELERY_BROKER_URL, s.CHANNEL_LAYERS['default']['BACKEND'], s.DATABASES['default']['ENGINE'])"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["DJANGO_SETTINGS_MODULE"] = "vx11_site.settings"
-    embedded = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    embedded = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); " + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert embedded.stdout.split()[0].startswith("vx11sqla+sqlite:///")
     assert embedded.stdout.split()[1:] == ["channels.layers.InMemoryChannelLayer", "django.db.backends.sqlite3"]
     env.update(REDIS_URL="redis://127.0.0.1:6379/9", DATABASE_URL="postgres://postgres@127.0.0.1:5432/x")
-    served = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert served.stdout.split() == ["redis://127.0.0.1:6379/9", "channels_redis.core.RedisChannelLayer", "django.db.backends.postgresql"]
+    served = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); " + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.stdout.split() == [
+        "redis://127.0.0.1:6379/9",
+        "channels_redis.core.RedisChannelLayer",
+        "django.db.backends.postgresql",
+    ]

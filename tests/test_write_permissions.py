@@ -54,8 +54,13 @@ def writes(task) -> list[tuple]:
         ("post", "/api/daughters", SLEEP, "spawning a daughter", "daughters.spawn_daughter"),
         ("post", f"/api/daughters/tasks/{task.pk}/cancel", None, "cancelling a task", "daughters.change_daughtertask"),
         ("post", f"/api/daughters/{daughter.pk}/cancel", None, "killing a daughter", "daughters.change_daughter"),
-        ("post", "/madre/power/window/open", {"services": ["switch"], "ttl_sec": 60}, "opening a power window",
-         "power.control_services"),
+        (
+            "post",
+            "/madre/power/window/open",
+            {"services": ["switch"], "ttl_sec": 60},
+            "opening a power window",
+            "power.control_services",
+        ),
         ("post", "/api/power/service/switch/stop", {}, "planning stop switch", "power.control_services"),
     ]
 
@@ -68,9 +73,14 @@ def send(client, method, path, body=None):
 
 def world() -> dict:
     """What a refused write must leave as it was."""
-    return {"modules": sorted(Module.objects.values_list("slug", "name")), "checks": HealthCheck.objects.count(),
-            "flows": sorted(Flow.objects.values_list("name", "updated")), "runs": FlowRun.objects.count(),
-            "tasks": DaughterTask.objects.count(), "daughters": sorted(Daughter.objects.values_list("id", "status"))}
+    return {
+        "modules": sorted(Module.objects.values_list("slug", "name")),
+        "checks": HealthCheck.objects.count(),
+        "flows": sorted(Flow.objects.values_list("name", "updated")),
+        "runs": FlowRun.objects.count(),
+        "tasks": DaughterTask.objects.count(),
+        "daughters": sorted(Daughter.objects.values_list("id", "status")),
+    }
 
 
 def test_a_plain_users_read_write_key_is_refused_every_write_and_changes_nothing(plain, task):
@@ -229,10 +239,12 @@ def cli(*argv, **options):
 def test_the_cli_acts_as_a_named_user_and_needs_its_permissions(plain_key, grant, django_user_model, tmp_path):
     definition = tmp_path / "d.yaml"
     definition.write_text("name: D\nsteps:\n  - {module: madre, path: /health}\n")
-    cases = [(("vx11_spawn", "sleep", "seconds:=1"), "spawning a daughter", "daughters.spawn_daughter"),
-             (("vx11_spawn", "flow", "flow=A"), "spawning a flow daughter", "daughters.spawn_daughter"),
-             (("vx11_flow", "run", "A"), "running a flow", "flows.run_flow"),
-             (("vx11_flow", "load", str(definition)), "loading a flow", "flows.add_flow")]
+    cases = [
+        (("vx11_spawn", "sleep", "seconds:=1"), "spawning a daughter", "daughters.spawn_daughter"),
+        (("vx11_spawn", "flow", "flow=A"), "spawning a flow daughter", "daughters.spawn_daughter"),
+        (("vx11_flow", "run", "A"), "running a flow", "flows.run_flow"),
+        (("vx11_flow", "load", str(definition)), "loading a flow", "flows.add_flow"),
+    ]
     for argv, what, perm in cases:
         with pytest.raises(CommandError) as refused:
             cli(*argv, "--as", "plain")

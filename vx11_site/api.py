@@ -48,13 +48,21 @@ class ApiKeyAuth:
         address = request.META.get("REMOTE_ADDR", "")
         wait = BadKeyWindow.wait(address)
         if wait:  # before the key is looked at: a good guess must not be told apart from a bad one
-            self.refuse(request, None, 429, f"too many invalid API keys from {address}; retry in {wait} s", retry_after=wait)
+            self.refuse(
+                request, None, 429, f"too many invalid API keys from {address}; retry in {wait} s", retry_after=wait
+            )
         key = ApiKey.authenticate(plain)
         if key is None:
             BadKeyWindow.note(address)
             self.refuse(request, None, 401, "invalid or revoked API key")
         if key.read_only and request.method not in SAFE_METHODS:
-            self.refuse(request, key.user, 403, f"API key '{key.name}' is read-only; {request.method} needs a read-write key", api_key=key.name)
+            self.refuse(
+                request,
+                key.user,
+                403,
+                f"API key '{key.name}' is read-only; {request.method} needs a read-write key",
+                api_key=key.name,
+            )
         request.user = key.user
         return key
 
@@ -93,8 +101,11 @@ class StaffSession(SessionAuthIsStaff):
         try:
             return super().__call__(request)
         except HttpError as exc:
-            raise HttpError(exc.status_code, "CSRF check failed: a write in a staff session needs the X-CSRFToken "
-                                             "header (API clients send an API key instead)") from None
+            raise HttpError(
+                exc.status_code,
+                "CSRF check failed: a write in a staff session needs the X-CSRFToken "
+                "header (API clients send an API key instead)",
+            ) from None
 
 
 class Error(Schema):
@@ -150,27 +161,46 @@ def validation_detail(exc) -> str:
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "a portal API key: `Authorization: Bearer <key>`"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-               "description": "the same API key in its own header"},
-    "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME,
-                "description": "a staff user's admin session; its writes also need the X-CSRFToken header"},
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "the same API key in its own header",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": settings.SESSION_COOKIE_NAME,
+        "description": "a staff user's admin session; its writes also need the X-CSRFToken header",
+    },
 }
 # (status, which operations can answer it, why): the errors every route shares; a route declares its own
 # (409, 503, ...) in `response=` with the Error schema
 SHARED_ERRORS = [
     (400, lambda op, method: True, "malformed request: a NUL character anywhere, or a body that is not JSON"),
     (401, lambda op, method: "security" in op, "no credentials, or an invalid or revoked API key"),
-    (403, lambda op, method: "security" in op and method != "get",
-     "a read-only key's write, a session's write without its CSRF token, or a missing permission"),
-    (404, lambda op, method: any(p["in"] == "path" for p in op.get("parameters", ())),
-     "no such object; the message names it"),
+    (
+        403,
+        lambda op, method: "security" in op and method != "get",
+        "a read-only key's write, a session's write without its CSRF token, or a missing permission",
+    ),
+    (
+        404,
+        lambda op, method: any(p["in"] == "path" for p in op.get("parameters", ())),
+        "no such object; the message names it",
+    ),
     (413, lambda op, method: "requestBody" in op, "the body is over DATA_UPLOAD_MAX_MEMORY_SIZE"),
-    (422, lambda op, method: bool(op.get("parameters") or op.get("requestBody")),
-     "invalid input: `detail` says what, `errors` lists each problem"),
+    (
+        422,
+        lambda op, method: bool(op.get("parameters") or op.get("requestBody")),
+        "invalid input: `detail` says what, `errors` lists each problem",
+    ),
     (429, lambda op, method: "security" in op, "too many invalid API keys from this address; see Retry-After"),
 ]
-ERROR_DESCRIPTIONS = {409: "conflicts with the current state; the message says with what",
-                      503: "something the request needs is down for now; see Retry-After"}
+ERROR_DESCRIPTIONS = {
+    409: "conflicts with the current state; the message says with what",
+    503: "something the request needs is down for now; see Retry-After",
+}
 
 
 def document_errors(schema: dict) -> dict:
@@ -231,7 +261,9 @@ api = PortalAPI(
 def on_auth_error(request, exc):
     return api.create_response(
         request,
-        {"detail": "authentication required: send 'Authorization: Bearer <api key>' or 'X-API-Key', or log in as staff"},
+        {
+            "detail": "authentication required: send 'Authorization: Bearer <api key>' or 'X-API-Key', or log in as staff"
+        },
         status=401,
     )
 
@@ -254,8 +286,9 @@ def on_unavailable(request, exc):
 def on_broker_unreachable(request, exc):
     """A Celery publish that failed where no view expected it (kombu's OperationalError): a 503, never a 500."""
     log.warning("%s %s: the Celery broker is unreachable: %s", request.method, request.path, exc)
-    return on_unavailable(request, Unavailable(f"the task queue (Celery broker) is unreachable; try again in "
-                                               f"{BROKER_RETRY_AFTER} s"))
+    return on_unavailable(
+        request, Unavailable(f"the task queue (Celery broker) is unreachable; try again in {BROKER_RETRY_AFTER} s")
+    )
 
 
 @api.exception_handler(ValidationError)

@@ -9,11 +9,25 @@ from django.utils.html import format_html, format_html_join
 
 # one colour per status word, whichever app it comes from (modules, daughters, tasks, flow runs, attempts)
 STATUS_COLOURS = {
-    "up": "#1a7f37", "degraded": "#b58105", "down": "#cf222e", "unknown": "#6e7781",
-    "finished": "#1a7f37", "completed": "#1a7f37", "passed": "#1a7f37", "success": "#1a7f37",
-    "running": "#0969da", "queued": "#8250df", "retrying": "#b58105", "mutated": "#b58105",
-    "failed": "#cf222e", "expired": "#cf222e", "error": "#cf222e", "timeout": "#cf222e",
-    "killed": "#6e7781", "cancelled": "#6e7781", "skipped": "#6e7781",
+    "up": "#1a7f37",
+    "degraded": "#b58105",
+    "down": "#cf222e",
+    "unknown": "#6e7781",
+    "finished": "#1a7f37",
+    "completed": "#1a7f37",
+    "passed": "#1a7f37",
+    "success": "#1a7f37",
+    "running": "#0969da",
+    "queued": "#8250df",
+    "retrying": "#b58105",
+    "mutated": "#b58105",
+    "failed": "#cf222e",
+    "expired": "#cf222e",
+    "error": "#cf222e",
+    "timeout": "#cf222e",
+    "killed": "#6e7781",
+    "cancelled": "#6e7781",
+    "skipped": "#6e7781",
 }
 NEUTRAL = "#8c959f"
 
@@ -21,8 +35,13 @@ NEUTRAL = "#8c959f"
 def badge(status: str, /, css_class: str = "vx11-badge", **data) -> str:
     """A coloured status pill; `data` become data-* attributes (live.js finds badges by them)."""
     attrs = format_html_join("", ' data-{}="{}"', ((name.replace("_", "-"), value) for name, value in data.items()))
-    return format_html('<span class="{}"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
-                       css_class, attrs, STATUS_COLOURS.get(status, NEUTRAL), status)
+    return format_html(
+        '<span class="{}"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+        css_class,
+        attrs,
+        STATUS_COLOURS.get(status, NEUTRAL),
+        status,
+    )
 
 
 def tail(text: str | bytes | None, limit: int) -> str:
@@ -30,10 +49,12 @@ def tail(text: str | bytes | None, limit: int) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     text = text or ""
-    return text if len(text) <= limit else "…" + text[-(limit - 1):]
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
-def svg_chart(series: dict[str, list[tuple]], width: int = 720, height: int = 180, unit: str = "ms", title: str = "chart") -> str:
+def svg_chart(
+    series: dict[str, list[tuple]], width: int = 720, height: int = 180, unit: str = "ms", title: str = "chart"
+) -> str:
     """A small inline SVG line chart: {label: [(datetime, value), ...]}; no JavaScript, no CDN."""
     points = [(t, v) for s in series.values() for t, v in s if v is not None]
     if not points:

@@ -223,7 +223,9 @@ class GuardedTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme not in SCHEMES:
-            raise httpx.UnsupportedProtocol(f"{PREFIX}: scheme {request.url.scheme!r} is not http or https", request=request)
+            raise httpx.UnsupportedProtocol(
+                f"{PREFIX}: scheme {request.url.scheme!r} is not http or https", request=request
+            )
         return super().handle_request(request)
 
 

@@ -46,9 +46,13 @@ REFUSED = 2  # a verb refused before doing anything exits 2, as for a bad argume
 
 
 def add_as_argument(parser) -> None:
-    parser.add_argument("--as", dest="as_user", metavar="USER",
-                        help="the portal user this command acts as and whose permissions it needs "
-                             "(default: VX11_CLI_USER, else your OS login name)")
+    parser.add_argument(
+        "--as",
+        dest="as_user",
+        metavar="USER",
+        help="the portal user this command acts as and whose permissions it needs "
+        "(default: VX11_CLI_USER, else your OS login name)",
+    )
 
 
 def cli_user(name: str | None):
@@ -59,12 +63,14 @@ def cli_user(name: str | None):
         try:
             name = getpass.getuser()
         except (KeyError, OSError):  # no login name (a container without a passwd entry)
-            raise CommandError("no portal user to act as: pass --as USER or set VX11_CLI_USER",
-                               returncode=REFUSED) from None
+            raise CommandError(
+                "no portal user to act as: pass --as USER or set VX11_CLI_USER", returncode=REFUSED
+            ) from None
     user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: name}, is_active=True).first()
     if user is None:
-        raise CommandError(f"no active portal user '{name}': pass --as USER (a portal user) or set VX11_CLI_USER",
-                           returncode=REFUSED)
+        raise CommandError(
+            f"no active portal user '{name}': pass --as USER (a portal user) or set VX11_CLI_USER", returncode=REFUSED
+        )
     return user
 
 

@@ -144,7 +144,9 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 _sqlite_path = VAR_DIR / "vx11.sqlite3"
-DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{_sqlite_path}"), conn_max_age=0)}
+DATABASES = {
+    "default": dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{_sqlite_path}"), conn_max_age=0)
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # daphne, the worker and beat all write: WAL plus IMMEDIATE transactions avoid "database is locked".
     DATABASES["default"]["OPTIONS"] = {
@@ -169,7 +171,9 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = envint("VX11_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=envfloat("VX11_LOGIN_COOLOFF_MINUTES", 15))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a guesser locks out only itself, never the real admin elsewhere
+AXES_LOCKOUT_PARAMETERS = [
+    ["username", "ip_address"]
+]  # a guesser locks out only itself, never the real admin elsewhere
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "apps.accounts.views.login_locked_out"
 AXES_DISABLE_ACCESS_LOG = True  # a row per successful login, never pruned; the failures are what matters here
@@ -181,7 +185,9 @@ VX11_API_KEY_FAILURES_PER_MIN = envint("VX11_API_KEY_FAILURES_PER_MIN", 10)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool("VX11_SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = envint("VX11_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("VX11_HSTS_INCLUDE_SUBDOMAINS", True)
-SECURE_HSTS_PRELOAD = envbool("VX11_HSTS_PRELOAD", False)  # asks browsers' preload lists to take the domain: on purpose only
+SECURE_HSTS_PRELOAD = envbool(
+    "VX11_HSTS_PRELOAD", False
+)  # asks browsers' preload lists to take the domain: on purpose only
 SECURE_SSL_REDIRECT = envbool("VX11_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^health$"]  # a load balancer's plain-http health check
 # A TLS-terminating proxy that sets X-Forwarded-Proto (and strips any the client sent): requests it marks
@@ -197,7 +203,9 @@ CONTENT_SECURITY_POLICY = {
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'", "data:"],
-        "connect-src": ["'self'"],  # fetch of the API docs and the WebSocket (CSP3: 'self' covers ws/wss to the same host)
+        "connect-src": [
+            "'self'"
+        ],  # fetch of the API docs and the WebSocket (CSP3: 'self' covers ws/wss to the same host)
         "object-src": ["'none'"],
         "base-uri": ["'self'"],
         "form-action": ["'self'"],
@@ -238,7 +246,12 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("VX11_BROKER_VISIBILITY_TIMEOUT", 600)}
 else:
     # sized like the Redis layer: the default capacity of 100 dropped half of a burst silently
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": envint("VX11_CHANNEL_CAPACITY", 5000)}}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": envint("VX11_CHANNEL_CAPACITY", 5000)},
+        }
+    }
     # kombu's SQLAlchemy transport on an SQLite file: transactional, and part of Python (see vx11_site.broker)
     CELERY_BROKER_URL = f"vx11sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
     # how long a publish waits for SQLite's write lock before it fails (and Celery retries it)
@@ -270,9 +283,16 @@ VX11_PROBE_DEFAULT_TIMEOUT = envfloat("VX11_PROBE_DEFAULT_TIMEOUT", 3.0)
 VX11_PROBE_CONCURRENCY = envint("VX11_PROBE_CONCURRENCY", 2000)
 # Every outbound request (probes, flows, daughters, upstreams, webhooks) goes through vx11_site.outbound:
 # each address a host resolves to must be in ALLOW and not in DENY (deny wins). CIDRs or host names, comma-separated.
-VX11_OUTBOUND_ALLOW = [e.strip() for e in os.environ.get(
-    "VX11_OUTBOUND_ALLOW", "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7").split(",") if e.strip()]
-VX11_OUTBOUND_DENY = [e.strip() for e in os.environ.get("VX11_OUTBOUND_DENY", "169.254.0.0/16,fe80::/10").split(",") if e.strip()]
+VX11_OUTBOUND_ALLOW = [
+    e.strip()
+    for e in os.environ.get(
+        "VX11_OUTBOUND_ALLOW", "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+    ).split(",")
+    if e.strip()
+]
+VX11_OUTBOUND_DENY = [
+    e.strip() for e in os.environ.get("VX11_OUTBOUND_DENY", "169.254.0.0/16,fe80::/10").split(",") if e.strip()
+]
 VX11_RAW_RETENTION_HOURS = envint("VX11_RAW_RETENTION_HOURS", 24)
 VX11_MINUTE_RETENTION_DAYS = envint("VX11_MINUTE_RETENTION_DAYS", 7)
 VX11_HOUR_RETENTION_DAYS = envint("VX11_HOUR_RETENTION_DAYS", 90)
@@ -280,7 +300,12 @@ VX11_DAY_RETENTION_DAYS = envint("VX11_DAY_RETENTION_DAYS", 730)
 VX11_PRUNE_CHUNK = envint("VX11_PRUNE_CHUNK", 5000)
 VX11_WINDOW_RETENTION_DAYS = envint("VX11_WINDOW_RETENTION_DAYS", 365)  # ended maintenance/power windows kept
 # Notifications by e-mail: Django's mail settings; a hung SMTP server must not outlive the retry backoff.
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if os.environ.get("EMAIL_HOST") else "django.core.mail.backends.console.EmailBackend")
+EMAIL_BACKEND = os.environ.get(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if os.environ.get("EMAIL_HOST")
+    else "django.core.mail.backends.console.EmailBackend",
+)
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
 EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
@@ -318,16 +343,26 @@ VX11_DAUGHTER_TTL_SECONDS = envint("VX11_DAUGHTER_TTL_SECONDS", 300)
 VX11_DAUGHTER_MAX_RETRIES = envint("VX11_DAUGHTER_MAX_RETRIES", 2)
 VX11_DAUGHTER_HEARTBEAT_SECONDS = envfloat("VX11_DAUGHTER_HEARTBEAT_SECONDS", 5.0)
 VX11_DAUGHTER_STALE_SECONDS = envint("VX11_DAUGHTER_STALE_SECONDS", 60)  # no heartbeat for this long = stale
-VX11_DAUGHTER_START_TIMEOUT = envint("VX11_DAUGHTER_START_TIMEOUT", 120)  # queued to a worker but never started: queue again
+VX11_DAUGHTER_START_TIMEOUT = envint(
+    "VX11_DAUGHTER_START_TIMEOUT", 120
+)  # queued to a worker but never started: queue again
 VX11_DAUGHTER_REAP_INTERVAL = envint("VX11_DAUGHTER_REAP_INTERVAL", 15)
 VX11_DAUGHTER_RETENTION_DAYS = envint("VX11_DAUGHTER_RETENTION_DAYS", 30)
-VX11_DAUGHTER_IDEMPOTENCY_HOURS = envint("VX11_DAUGHTER_IDEMPOTENCY_HOURS", 24)  # a spawn's Idempotency-Key is honoured this long
+VX11_DAUGHTER_IDEMPOTENCY_HOURS = envint(
+    "VX11_DAUGHTER_IDEMPOTENCY_HOURS", 24
+)  # a spawn's Idempotency-Key is honoured this long
 VX11_DAUGHTER_OUTPUT_CHARS = envint("VX11_DAUGHTER_OUTPUT_CHARS", 4000)
 # The commands a daughter may run: {"name": ["argv", ...]}, or {"name": {"argv": [...], "env": ["NAME", ...]}} for one
 # that needs variables of the worker's environment; a daughter's own args are appended. Never run through a shell;
 # a command sees PATH, LANG, VX11_DAUGHTER_ATTEMPT and its entry's "env" names, never the rest (secrets, database URLs).
 # Replace or extend with VX11_DAUGHTER_COMMANDS='{"name": [...]}' (JSON).
-VX11_DAUGHTER_COMMANDS = {"true": ["true"], "false": ["false"], "sleep": ["sleep"], "uptime": ["uptime"], "df": ["df", "-h"]}
+VX11_DAUGHTER_COMMANDS = {
+    "true": ["true"],
+    "false": ["false"],
+    "sleep": ["sleep"],
+    "uptime": ["uptime"],
+    "df": ["df", "-h"],
+}
 try:
     import json as _json
 
@@ -338,45 +373,89 @@ try:
         return isinstance(v, list) and all(isinstance(n, str) and n.isascii() and n.isidentifier() for n in v)
 
     VX11_DAUGHTER_COMMANDS.update(_json.loads(os.environ.get("VX11_DAUGHTER_COMMANDS", "{}")))
-    assert all(_argv_ok(v) or (isinstance(v, dict) and set(v) <= {"argv", "env"} and _argv_ok(v.get("argv")) and _env_ok(v.get("env", [])))
-               for v in VX11_DAUGHTER_COMMANDS.values())
+    assert all(
+        _argv_ok(v)
+        or (isinstance(v, dict) and set(v) <= {"argv", "env"} and _argv_ok(v.get("argv")) and _env_ok(v.get("env", [])))
+        for v in VX11_DAUGHTER_COMMANDS.values()
+    )
 except (ValueError, AssertionError, AttributeError) as _exc:
-    raise ImproperlyConfigured('VX11_DAUGHTER_COMMANDS must be a JSON object of name -> argument list or {"argv": [...], "env": [names]}, '
-                               'e.g. {"ls": ["ls", "-l"], "dump": {"argv": ["pg_dump"], "env": ["PGPASSWORD"]}}') from _exc
+    raise ImproperlyConfigured(
+        'VX11_DAUGHTER_COMMANDS must be a JSON object of name -> argument list or {"argv": [...], "env": [names]}, '
+        'e.g. {"ls": ["ls", "-l"], "dump": {"argv": ["pg_dump"], "env": ["PGPASSWORD"]}}'
+    ) from _exc
 
 # --- power (apps.power) -------------------------------------------------------------------
 # Guards of the power manager (apps.power); see README "Power manager".
-VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", False)  # off: every start/stop/restart is refused (403)
-VX11_MAINTENANCE_WINDOW_ENABLED = envbool("VX11_MAINTENANCE_WINDOW_ENABLED", True)  # on: applying needs a window covering the service
+VX11_ALLOW_SERVICE_CONTROL = envbool(
+    "VX11_ALLOW_SERVICE_CONTROL", False
+)  # off: every start/stop/restart is refused (403)
+VX11_MAINTENANCE_WINDOW_ENABLED = envbool(
+    "VX11_MAINTENANCE_WINDOW_ENABLED", True
+)  # on: applying needs a window covering the service
 VX11_POWER_RATE_LIMIT_PER_MIN = envint("VX11_POWER_RATE_LIMIT_PER_MIN", 6)  # applied requests per user per minute
-VX11_POWER_REFUSAL_AUDIT_PER_MIN = envint("VX11_POWER_REFUSAL_AUDIT_PER_MIN", 30)  # a user's refused requests audited per minute; beyond, only logged
+VX11_POWER_REFUSAL_AUDIT_PER_MIN = envint(
+    "VX11_POWER_REFUSAL_AUDIT_PER_MIN", 30
+)  # a user's refused requests audited per minute; beyond, only logged
 VX11_POWER_COMMAND_TIMEOUT = envfloat("VX11_POWER_COMMAND_TIMEOUT", 30.0)  # seconds for docker compose / systemctl
 VX11_POWER_HEALTH_TIMEOUT = envfloat("VX11_POWER_HEALTH_TIMEOUT", 15.0)  # process backend: wait for /health up or gone
-VX11_POWER_STOP_GRACE = envfloat("VX11_POWER_STOP_GRACE", 5.0)  # default SIGTERM -> SIGKILL grace of a new ServiceControl
+VX11_POWER_STOP_GRACE = envfloat(
+    "VX11_POWER_STOP_GRACE", 5.0
+)  # default SIGTERM -> SIGKILL grace of a new ServiceControl
 VX11_POWER_WINDOW_MAX_TTL = envint("VX11_POWER_WINDOW_MAX_TTL", 86400)  # longest power window, seconds
 VX11_POWER_WINDOW_CHECK_SECONDS = envint("VX11_POWER_WINDOW_CHECK_SECONDS", 2)  # beat interval of the expiry checker
 VX11_POWER_ACTION_RETENTION_DAYS = envint("VX11_POWER_ACTION_RETENTION_DAYS", 180)
-VX11_POWER_CLAIM_STALE_SECONDS = envint("VX11_POWER_CLAIM_STALE_SECONDS", 600)  # a claim older than this (crashed worker) is taken over
-VX11_POWER_WINDOW_STOP_ATTEMPTS = envint("VX11_POWER_WINDOW_STOP_ATTEMPTS", 10)  # tries to stop a module at ttl expiry before giving up
-VX11_POWER_WINDOW_RETRY_SECONDS = envint("VX11_POWER_WINDOW_RETRY_SECONDS", 10)  # wait between those tries (a busy module's action ends)
-VX11_POWER_LOG_MAX_BYTES = envint("VX11_POWER_LOG_MAX_BYTES", 1_000_000)  # process backend: var/power/<slug>.log is cut to its last half beyond this
+VX11_POWER_CLAIM_STALE_SECONDS = envint(
+    "VX11_POWER_CLAIM_STALE_SECONDS", 600
+)  # a claim older than this (crashed worker) is taken over
+VX11_POWER_WINDOW_STOP_ATTEMPTS = envint(
+    "VX11_POWER_WINDOW_STOP_ATTEMPTS", 10
+)  # tries to stop a module at ttl expiry before giving up
+VX11_POWER_WINDOW_RETRY_SECONDS = envint(
+    "VX11_POWER_WINDOW_RETRY_SECONDS", 10
+)  # wait between those tries (a busy module's action ends)
+VX11_POWER_LOG_MAX_BYTES = envint(
+    "VX11_POWER_LOG_MAX_BYTES", 1_000_000
+)  # process backend: var/power/<slug>.log is cut to its last half beyond this
 VX11_COMPOSE_PROJECT = os.environ.get("VX11_COMPOSE_PROJECT", "vx11")
 
 # --- flows (apps.flows) -------------------------------------------------------------------
-VX11_FLOW_HTTP_TIMEOUT = envfloat("VX11_FLOW_HTTP_TIMEOUT", 5.0)  # seconds for a step's HTTP call when the step sets none
-VX11_FLOW_MAX_WAIT_SECONDS = envint("VX11_FLOW_MAX_WAIT_SECONDS", 900)  # the longest a step may wait (HTTP timeout, DB "within")
+VX11_FLOW_HTTP_TIMEOUT = envfloat(
+    "VX11_FLOW_HTTP_TIMEOUT", 5.0
+)  # seconds for a step's HTTP call when the step sets none
+VX11_FLOW_MAX_WAIT_SECONDS = envint(
+    "VX11_FLOW_MAX_WAIT_SECONDS", 900
+)  # the longest a step may wait (HTTP timeout, DB "within")
 VX11_FLOW_DB_POLL_SECONDS = envfloat("VX11_FLOW_DB_POLL_SECONDS", 0.2)  # how often a DB step looks for its rows
-VX11_FLOW_EXCERPT_CHARS = envint("VX11_FLOW_EXCERPT_CHARS", 2000)  # stored excerpt of each step's request and response body
-VX11_FLOW_INTERVAL_SECONDS = envint("VX11_FLOW_INTERVAL_SECONDS", 300)  # beat schedule the data migration creates (editable in the admin)
-VX11_FLOW_RUN_RETENTION_DAYS = envint("VX11_FLOW_RUN_RETENTION_DAYS", 30)  # runs (and their step results) older than this are pruned
-VX11_FLOW_RUN_STALE_SECONDS = envint("VX11_FLOW_RUN_STALE_SECONDS", 1800)  # an unfinished run older than this (or 2x its longest wait) was interrupted
-VX11_FLOW_RUN_HEARTBEAT_SECONDS = envfloat("VX11_FLOW_RUN_HEARTBEAT_SECONDS", 10.0)  # a running run says it is alive this often
-VX11_FLOW_RUN_SILENT_SECONDS = envint("VX11_FLOW_RUN_SILENT_SECONDS", 60)  # a running run without a heartbeat this long: its process is gone
-VX11_FLOW_SYNC_MAX_SECONDS = envint("VX11_FLOW_SYNC_MAX_SECONDS", 60)  # API run with wait=true refused (409) when the flow's longest wait is over this
+VX11_FLOW_EXCERPT_CHARS = envint(
+    "VX11_FLOW_EXCERPT_CHARS", 2000
+)  # stored excerpt of each step's request and response body
+VX11_FLOW_INTERVAL_SECONDS = envint(
+    "VX11_FLOW_INTERVAL_SECONDS", 300
+)  # beat schedule the data migration creates (editable in the admin)
+VX11_FLOW_RUN_RETENTION_DAYS = envint(
+    "VX11_FLOW_RUN_RETENTION_DAYS", 30
+)  # runs (and their step results) older than this are pruned
+VX11_FLOW_RUN_STALE_SECONDS = envint(
+    "VX11_FLOW_RUN_STALE_SECONDS", 1800
+)  # an unfinished run older than this (or 2x its longest wait) was interrupted
+VX11_FLOW_RUN_HEARTBEAT_SECONDS = envfloat(
+    "VX11_FLOW_RUN_HEARTBEAT_SECONDS", 10.0
+)  # a running run says it is alive this often
+VX11_FLOW_RUN_SILENT_SECONDS = envint(
+    "VX11_FLOW_RUN_SILENT_SECONDS", 60
+)  # a running run without a heartbeat this long: its process is gone
+VX11_FLOW_SYNC_MAX_SECONDS = envint(
+    "VX11_FLOW_SYNC_MAX_SECONDS", 60
+)  # API run with wait=true refused (409) when the flow's longest wait is over this
 # models a flow's db step may query ("app.Model" or "app.*"); auth, sessions, accounts, admin are refused even if listed
-VX11_FLOW_DB_MODELS = [m.strip() for m in os.environ.get(
-    "VX11_FLOW_DB_MODELS",
-    "daughters.Daughter,daughters.DaughterTask,flows.*,fleet.Module,fleet.StateChange,power.PowerAction").split(",") if m.strip()]
+VX11_FLOW_DB_MODELS = [
+    m.strip()
+    for m in os.environ.get(
+        "VX11_FLOW_DB_MODELS",
+        "daughters.Daughter,daughters.DaughterTask,flows.*,fleet.Module,fleet.StateChange,power.PowerAction",
+    ).split(",")
+    if m.strip()
+]
 # environment variables a flow may read as {{ env.NAME }}, besides every VX11_FLOW_* name (VX11_TOKEN never)
 VX11_FLOW_ENV_NAMES = [n.strip() for n in os.environ.get("VX11_FLOW_ENV_NAMES", "").split(",") if n.strip()]
 

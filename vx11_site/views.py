@@ -15,8 +15,11 @@ from apps.fleet import watchdog
 log = logging.getLogger(__name__)
 
 # /health answers anyone: it says what failed, never how (the exception goes to the log)
-FAILED = {"database": "the database did not answer", "channel_layer": "the channel layer did not answer",
-          "scheduler": "the scheduler's records could not be read"}
+FAILED = {
+    "database": "the database did not answer",
+    "channel_layer": "the channel layer did not answer",
+    "scheduler": "the scheduler's records could not be read",
+}
 
 
 def _check_database() -> str:

@@ -47,7 +47,9 @@ class ApiKey(models.Model):
         """Make a key; return the row and the plain key (shown once, never stored)."""
         prefix = secrets.token_hex(4)
         plain = f"vx11_{prefix}_{secrets.token_urlsafe(32)}"
-        return cls.objects.create(user=user, name=name, prefix=prefix, key_hash=_digest(plain), read_only=read_only), plain
+        return cls.objects.create(
+            user=user, name=name, prefix=prefix, key_hash=_digest(plain), read_only=read_only
+        ), plain
 
     @classmethod
     def authenticate(cls, plain: str | None) -> ApiKey | None:
@@ -83,7 +85,9 @@ class BadKeyWindow(models.Model):
 
     WINDOW = timedelta(minutes=1)
 
-    address = models.CharField(max_length=64, unique=True, help_text="REMOTE_ADDR (daphne --proxy-headers sets it behind a proxy)")
+    address = models.CharField(
+        max_length=64, unique=True, help_text="REMOTE_ADDR (daphne --proxy-headers sets it behind a proxy)"
+    )
     window_start = models.DateTimeField(db_index=True)
     failures = models.PositiveIntegerField(default=0)
 
@@ -110,5 +114,7 @@ class BadKeyWindow(models.Model):
         if cls.objects.filter(address=address, window_start__gt=now - cls.WINDOW).update(failures=F("failures") + 1):
             return
         with transaction.atomic():
-            cls.objects.filter(window_start__lte=now - cls.WINDOW).delete()  # every ended minute, so the table stays small
+            cls.objects.filter(
+                window_start__lte=now - cls.WINDOW
+            ).delete()  # every ended minute, so the table stays small
             cls.objects.update_or_create(address=address, defaults={"window_start": now, "failures": 1})

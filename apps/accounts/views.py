@@ -14,8 +14,13 @@ def login_locked_out(request, *args):
     credentials = next((a for a in args if isinstance(a, dict)), None)
     cool_off = get_cool_off(request)
     minutes = round(cool_off.total_seconds() / 60)
-    context = {**admin.site.each_context(request), "title": "Login locked", "username": get_client_username(request, credentials),
-               "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes}
+    context = {
+        **admin.site.each_context(request),
+        "title": "Login locked",
+        "username": get_client_username(request, credentials),
+        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "minutes": minutes,
+    }
     response = TemplateResponse(request, "admin/login_locked_out.html", context, status=429)
     # each failed try during the lockout starts the cool-off again, so it is the whole of it from now
     response["Retry-After"] = str(int(cool_off.total_seconds()))

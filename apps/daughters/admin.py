@@ -13,6 +13,7 @@ from vx11_site.permissions import MissingPermission, missing
 
 from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
 
+
 class AgeFilter(admin.SimpleListFilter):
     title = "age"
     parameter_name = "age"
@@ -34,8 +35,11 @@ class SpawnForm(forms.ModelForm):
 
     user = None  # the admin sets the request's user (get_form), whose permissions the kind needs
     kind = forms.ChoiceField(choices=[])
-    params = forms.JSONField(initial=dict, help_text='e.g. {"module": "hermes", "path": "/tools"} for http, '
-                                                   '{"command": "uptime"} for command, {"seconds": 2} for sleep')
+    params = forms.JSONField(
+        initial=dict,
+        help_text='e.g. {"module": "hermes", "path": "/tools"} for http, '
+        '{"command": "uptime"} for command, {"seconds": 2} for sleep',
+    )
     name = forms.CharField(required=False, max_length=80)
     ttl_seconds = forms.IntegerField(min_value=1, max_value=86400, required=False, help_text="default 300")
     count = forms.IntegerField(min_value=1, max_value=1000, initial=1)
@@ -59,7 +63,9 @@ class SpawnForm(forms.ModelForm):
             try:
                 data["params"] = validate_params(data["kind"], data["params"])
             except ValidationError as exc:
-                raise ValidationError((exc.message_dict.get("params") if hasattr(exc, "error_dict") else None) or exc.messages) from None
+                raise ValidationError(
+                    (exc.message_dict.get("params") if hasattr(exc, "error_dict") else None) or exc.messages
+                ) from None
         return data
 
 
@@ -68,7 +74,16 @@ class DaughterInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ["name", "kind", "status_badge", "mutation_level", "started_at", "last_heartbeat_at", "ended_at", "error_last"]
+    fields = [
+        "name",
+        "kind",
+        "status_badge",
+        "mutation_level",
+        "started_at",
+        "last_heartbeat_at",
+        "ended_at",
+        "error_last",
+    ]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -87,12 +102,33 @@ def cancel_tasks(modeladmin, request, queryset):
 
 @admin.register(DaughterTask)
 class DaughterTaskAdmin(admin.ModelAdmin):
-    list_display = ["id", "description", "source", "priority", "status_badge", "daughters_summary", "created", "updated"]
+    list_display = [
+        "id",
+        "description",
+        "source",
+        "priority",
+        "status_badge",
+        "daughters_summary",
+        "created",
+        "updated",
+    ]
     list_filter = ["status", "source", AgeFilter]
     search_fields = ["description", "intent_id"]
     actions = [cancel_tasks]
-    readonly_fields = ["intent_id", "source", "priority", "task_type", "description", "max_retries", "status_badge", "plan_json",
-                       "created_by", "created", "updated", "attempts_table"]
+    readonly_fields = [
+        "intent_id",
+        "source",
+        "priority",
+        "task_type",
+        "description",
+        "max_retries",
+        "status_badge",
+        "plan_json",
+        "created_by",
+        "created",
+        "updated",
+        "attempts_table",
+    ]
     exclude = ["plan"]
 
     def get_form(self, request, obj=None, **kwargs):
@@ -112,10 +148,21 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return [(None, {"fields": SpawnForm.Meta.fields})]
-        return [(None, {"fields": [("status_badge", "source", "priority"), "description", ("max_retries", "task_type", "intent_id"),
-                                   ("created", "updated", "created_by")]}),
-                ("Attempts of every daughter", {"fields": ["attempts_table"]}),
-                ("Plan (as spawned)", {"fields": ["plan_json"], "classes": ["collapse"]})]
+        return [
+            (
+                None,
+                {
+                    "fields": [
+                        ("status_badge", "source", "priority"),
+                        "description",
+                        ("max_retries", "task_type", "intent_id"),
+                        ("created", "updated", "created_by"),
+                    ]
+                },
+            ),
+            ("Attempts of every daughter", {"fields": ["attempts_table"]}),
+            ("Plan (as spawned)", {"fields": ["plan_json"], "classes": ["collapse"]}),
+        ]
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
@@ -126,8 +173,17 @@ class DaughterTaskAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         """Adding is spawning (a task is never edited: has_change_permission)."""
         d = form.cleaned_data
-        task = DaughterTask.spawn(d["kind"], d["params"], source=d["source"], description=d["description"], name=d["name"],
-                                  ttl_seconds=d["ttl_seconds"], max_retries=d["max_retries"], count=d["count"], user=request.user)
+        task = DaughterTask.spawn(
+            d["kind"],
+            d["params"],
+            source=d["source"],
+            description=d["description"],
+            name=d["name"],
+            ttl_seconds=d["ttl_seconds"],
+            max_retries=d["max_retries"],
+            count=d["count"],
+            user=request.user,
+        )
         obj.pk = task.pk  # the admin's "added" message and redirect point at the spawned task
 
     def save_related(self, request, form, formsets, change):
@@ -138,7 +194,9 @@ class DaughterTaskAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         """Per-status daughter counts in the list's one query (a task may have 1,000 daughters)."""
-        counts = {f"n_{status}": Count("daughters", filter=Q(daughters__status=status)) for status in Daughter.Status.values}
+        counts = {
+            f"n_{status}": Count("daughters", filter=Q(daughters__status=status)) for status in Daughter.Status.values
+        }
         return super().get_queryset(request).annotate(**counts)
 
     @admin.display(description="status", ordering="status")
@@ -156,13 +214,36 @@ class DaughterTaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="attempts")
     def attempts_table(self, obj):
-        attempts = DaughterAttempt.objects.filter(daughter__task=obj).select_related("daughter").order_by("daughter_id", "attempt_number")
-        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
-                                ((a.daughter.name, a.attempt_number, badge(a.status), a.worker, f"{a.started_at:%Y-%m-%d %H:%M:%S}",
-                                  f"{a.ended_at:%H:%M:%S}" if a.ended_at else "-",
-                                  (a.error or a.output)[:800]) for a in attempts))
-        return format_html('<table><tr><th>daughter</th><th>#</th><th>status</th><th>worker</th><th>started</th><th>ended</th>'
-                           '<th>output / error</th></tr>{}</table>', rows) if attempts else "none yet"
+        attempts = (
+            DaughterAttempt.objects.filter(daughter__task=obj)
+            .select_related("daughter")
+            .order_by("daughter_id", "attempt_number")
+        )
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            (
+                (
+                    a.daughter.name,
+                    a.attempt_number,
+                    badge(a.status),
+                    a.worker,
+                    f"{a.started_at:%Y-%m-%d %H:%M:%S}",
+                    f"{a.ended_at:%H:%M:%S}" if a.ended_at else "-",
+                    (a.error or a.output)[:800],
+                )
+                for a in attempts
+            ),
+        )
+        return (
+            format_html(
+                "<table><tr><th>daughter</th><th>#</th><th>status</th><th>worker</th><th>started</th><th>ended</th>"
+                "<th>output / error</th></tr>{}</table>",
+                rows,
+            )
+            if attempts
+            else "none yet"
+        )
 
 
 class AttemptInline(admin.TabularInline):
@@ -178,12 +259,25 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Kill the selected daughters", permissions=["kill"])
 def kill_daughters(modeladmin, request, queryset):
-    modeladmin.message_user(request, f"Killed {Daughter.kill(queryset, user=request.user)} live daughter(s).", messages.SUCCESS)
+    modeladmin.message_user(
+        request, f"Killed {Daughter.kill(queryset, user=request.user)} live daughter(s).", messages.SUCCESS
+    )
 
 
 @admin.register(Daughter)
 class DaughterAdmin(RecordAdmin):
-    list_display = ["id", "name", "task", "kind", "status_badge", "priority", "mutation_level", "started_at", "last_heartbeat_at", "ended_at"]
+    list_display = [
+        "id",
+        "name",
+        "task",
+        "kind",
+        "status_badge",
+        "priority",
+        "mutation_level",
+        "started_at",
+        "last_heartbeat_at",
+        "ended_at",
+    ]
     list_filter = ["status", "kind", "priority", AgeFilter]
     search_fields = ["name", "purpose", "spawn_uuid"]
     actions = [kill_daughters]

@@ -104,16 +104,24 @@ class CancelOut(Schema):
 
 
 IDEMPOTENCY_KEY = Header(
-    None, alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+    None,
+    alias="Idempotency-Key",
+    min_length=1,
+    max_length=255,
+    pattern=r"^[\x20-\x7e]+$",
     description="1-255 printable ASCII characters, e.g. a UUID: a retry with the same key and body gets the task the "
-                "first request made (200, `Idempotent-Replayed: true`) for VX11_DAUGHTER_IDEMPOTENCY_HOURS (24 h); "
-                "the same key with another body is a 422")
+    "first request made (200, `Idempotent-Replayed: true`) for VX11_DAUGHTER_IDEMPOTENCY_HOURS (24 h); "
+    "the same key with another body is a 422",
+)
 
 
-@router.post("/daughters", response={200: TaskDetail, 201: TaskDetail},
-             summary="Spawn a task with its daughter(s); they run on the Celery workers (permission "
-                     "daughters.spawn_daughter; kind flow also flows.run_flow). 201: made now; 200: the task an "
-                     "earlier request with the same Idempotency-Key made")
+@router.post(
+    "/daughters",
+    response={200: TaskDetail, 201: TaskDetail},
+    summary="Spawn a task with its daughter(s); they run on the Celery workers (permission "
+    "daughters.spawn_daughter; kind flow also flows.run_flow). 201: made now; 200: the task an "
+    "earlier request with the same Idempotency-Key made",
+)
 def spawn(request, response: HttpResponse, payload: SpawnIn, idempotency_key: str | None = IDEMPOTENCY_KEY):
     """The task is stored before the workers are asked: with the Celery broker down it still answers 201, and
     its daughters wait as `spawned` until a later dispatch (each spawn, each ended daughter, the reaper's beat)."""
@@ -142,13 +150,18 @@ def list_tasks(request, status: TaskStatus | None = None, source: Literal[tuple(
     return tasks
 
 
-@router.get("/daughters/tasks/{int:task_id}", response=TaskDetail, summary="A task with its daughters and their attempts")
+@router.get(
+    "/daughters/tasks/{int:task_id}", response=TaskDetail, summary="A task with its daughters and their attempts"
+)
 def get_task(request, task_id: Id):
     return get_or_404(DaughterTask, pk=task_id)
 
 
-@router.post("/daughters/tasks/{int:task_id}/cancel", response=CancelOut,
-             summary="Kill every live daughter of the task (permission daughters.change_daughtertask)")
+@router.post(
+    "/daughters/tasks/{int:task_id}/cancel",
+    response=CancelOut,
+    summary="Kill every live daughter of the task (permission daughters.change_daughtertask)",
+)
 def cancel_task(request, task_id: Id):
     require(request.user, "cancelling a task", "daughters.change_daughtertask")
     task = get_or_404(DaughterTask, pk=task_id)
@@ -173,8 +186,11 @@ def get_daughter(request, daughter_id: Id):
     return get_or_404(Daughter.objects.prefetch_related("attempts"), pk=daughter_id)
 
 
-@router.post("/daughters/{int:daughter_id}/cancel", response={200: CancelOut, 409: Error},
-             summary="Kill a daughter, madre's DELETE /kill/{id} (permission daughters.change_daughter)")
+@router.post(
+    "/daughters/{int:daughter_id}/cancel",
+    response={200: CancelOut, 409: Error},
+    summary="Kill a daughter, madre's DELETE /kill/{id} (permission daughters.change_daughter)",
+)
 def cancel_daughter(request, daughter_id: Id):
     require(request.user, "killing a daughter", "daughters.change_daughter")
     daughter = get_or_404(Daughter, pk=daughter_id)

@@ -118,10 +118,16 @@ def run_http(daughter: Daughter, params: dict) -> dict:
         if refused:
             raise RuntimeError(f"{params['method']} {url}: {refused}") from None
         raise
-    result = {"url": url, "status_code": response.status_code, "latency_ms": round((time.monotonic() - started) * 1000, 2),
-              "body": tail(response.text, 2000)}
+    result = {
+        "url": url,
+        "status_code": response.status_code,
+        "latency_ms": round((time.monotonic() - started) * 1000, 2),
+        "body": tail(response.text, 2000),
+    }
     if response.status_code != params["expect_status"]:
-        raise RuntimeError(f"{params['method']} {url} answered {response.status_code}, expected {params['expect_status']}")
+        raise RuntimeError(
+            f"{params['method']} {url} answered {response.status_code}, expected {params['expect_status']}"
+        )
     return result
 
 
@@ -131,8 +137,12 @@ def validate_command(params: dict) -> dict:
         raise ValidationError({"params": f"unknown command params: {', '.join(sorted(unknown))}"})
     name = params.get("command")
     if not isinstance(name, str) or name not in settings.VX11_DAUGHTER_COMMANDS:  # a list is no name (nor hashable)
-        raise ValidationError({"params": f"command {name!r} is not in the allow-list (VX11_DAUGHTER_COMMANDS): "
-                                         f"{', '.join(sorted(settings.VX11_DAUGHTER_COMMANDS))}"})
+        raise ValidationError(
+            {
+                "params": f"command {name!r} is not in the allow-list (VX11_DAUGHTER_COMMANDS): "
+                f"{', '.join(sorted(settings.VX11_DAUGHTER_COMMANDS))}"
+            }
+        )
     args = params.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) <= 1024 for a in args):
         raise ValidationError({"params": "args must be a list of strings"})
@@ -190,7 +200,9 @@ def run_command(daughter: Daughter, params: dict) -> dict:
                     output = kill_group()
                     if daughter.stop.is_set():
                         raise RuntimeError("stopped: the daughter was killed or reaped") from None
-                    raise TimeoutError(f"{argv[0]} timed out after {params['timeout']:g} s; output: {tail(output, 500)}") from None
+                    raise TimeoutError(
+                        f"{argv[0]} timed out after {params['timeout']:g} s; output: {tail(output, 500)}"
+                    ) from None
     finally:
         if proc.poll() is None:
             kill_group()
@@ -227,6 +239,7 @@ register_kind("sleep", run_sleep, validate_sleep)
 
 # --- the task and its daughters -----------------------------------------------------------------
 
+
 class DaughterTask(models.Model):
     """What madre was asked to do; its daughters do the work. Status follows the daughters."""
 
@@ -256,14 +269,21 @@ class DaughterTask(models.Model):
     max_retries = models.PositiveSmallIntegerField(default=2)
     plan = models.JSONField(default=dict, blank=True, help_text="the daughters asked for, as spawned")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created = models.DateTimeField(default=timezone.now, editable=False)
     updated = models.DateTimeField(default=timezone.now)
-    idempotency_key = models.CharField(max_length=255, blank=True, editable=False,
-                                       help_text="the spawning client's Idempotency-Key: its retries get this task (cleared after "
-                                                 "VX11_DAUGHTER_IDEMPOTENCY_HOURS)")
-    request_fingerprint = models.CharField(max_length=64, blank=True, editable=False,
-                                           help_text="SHA-256 of the spawn request the key came with")
+    idempotency_key = models.CharField(
+        max_length=255,
+        blank=True,
+        editable=False,
+        help_text="the spawning client's Idempotency-Key: its retries get this task (cleared after "
+        "VX11_DAUGHTER_IDEMPOTENCY_HOURS)",
+    )
+    request_fingerprint = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="SHA-256 of the spawn request the key came with"
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -275,8 +295,9 @@ class DaughterTask(models.Model):
         ]
         constraints = [
             # one task per user and key, whatever the number of concurrent requests carrying it
-            models.UniqueConstraint(fields=["created_by", "idempotency_key"], condition=~Q(idempotency_key=""),
-                                    name="dtask_idempotency_key"),
+            models.UniqueConstraint(
+                fields=["created_by", "idempotency_key"], condition=~Q(idempotency_key=""), name="dtask_idempotency_key"
+            ),
         ]
         permissions = [("spawn_daughter", "Can spawn daughters (API, admin, CLI)")]
 
@@ -284,10 +305,25 @@ class DaughterTask(models.Model):
         return f"task #{self.pk} {self.description or self.source} ({self.status})"
 
     @classmethod
-    def spawn(cls, kind: str, params: dict, *, source: str = "madre", description: str = "", ttl_seconds: int | None = None,
-              max_retries: int | None = None, name: str = "", purpose: str = "", count: int = 1, user=None,
-              intent_id: str = "", priority: int | None = None, parent_id: int | None = None, idempotency_key: str = "",
-              request_fingerprint: str = "") -> DaughterTask:
+    def spawn(
+        cls,
+        kind: str,
+        params: dict,
+        *,
+        source: str = "madre",
+        description: str = "",
+        ttl_seconds: int | None = None,
+        max_retries: int | None = None,
+        name: str = "",
+        purpose: str = "",
+        count: int = 1,
+        user=None,
+        intent_id: str = "",
+        priority: int | None = None,
+        parent_id: int | None = None,
+        idempotency_key: str = "",
+        request_fingerprint: str = "",
+    ) -> DaughterTask:
         """Create a task with `count` daughters of one kind and queue them (after commit); its plan_updated event is
         stored with it. `parent_id`: the daughter that asked for these (a daughter spawning daughters).
         `idempotency_key`: see spawn_once(); a second task with the user's key raises IntegrityError."""
@@ -308,14 +344,30 @@ class DaughterTask(models.Model):
         name = name or kind
         with transaction.atomic():
             task = cls.objects.create(
-                intent_id=intent_id, source=source, priority=priority, description=description[:500], max_retries=retries,
-                plan={"daughters": [{"name": name, "kind": kind, "params": params, "ttl_seconds": ttl, "count": count}]},
-                created_by=user if getattr(user, "pk", None) else None, idempotency_key=idempotency_key,
+                intent_id=intent_id,
+                source=source,
+                priority=priority,
+                description=description[:500],
+                max_retries=retries,
+                plan={
+                    "daughters": [{"name": name, "kind": kind, "params": params, "ttl_seconds": ttl, "count": count}]
+                },
+                created_by=user if getattr(user, "pk", None) else None,
+                idempotency_key=idempotency_key,
                 request_fingerprint=request_fingerprint,
             )
             Daughter.objects.bulk_create(
-                Daughter(task=task, name=name if count == 1 else f"{name}-{i + 1}", purpose=purpose[:300] or description[:300],
-                         kind=kind, params=params, ttl_seconds=ttl, max_retries=retries, priority=priority, parent_id=parent_id)
+                Daughter(
+                    task=task,
+                    name=name if count == 1 else f"{name}-{i + 1}",
+                    purpose=purpose[:300] or description[:300],
+                    kind=kind,
+                    params=params,
+                    ttl_seconds=ttl,
+                    max_retries=retries,
+                    priority=priority,
+                    parent_id=parent_id,
+                )
                 for i in range(count)
             )
             transaction.on_commit(Daughter.dispatch)
@@ -340,15 +392,26 @@ class DaughterTask(models.Model):
                 with transaction.atomic():  # SQLite: an IMMEDIATE transaction, so look-up and insert are one step
                     task = mine.first()
                     if task is None:
-                        task = cls.spawn(kind, params, user=user, idempotency_key=idempotency_key,
-                                         request_fingerprint=fingerprint, **options)
+                        task = cls.spawn(
+                            kind,
+                            params,
+                            user=user,
+                            idempotency_key=idempotency_key,
+                            request_fingerprint=fingerprint,
+                            **options,
+                        )
                         return task, True
             except IntegrityError:  # PostgreSQL: a concurrent request with the key committed its task first
                 continue
             if task.request_fingerprint != fingerprint:
-                raise ValidationError({"idempotency_key": (
-                    f"Idempotency-Key {idempotency_key!r} was already used for a different request "
-                    f"(task #{task.pk}); use a new key for a new request")})
+                raise ValidationError(
+                    {
+                        "idempotency_key": (
+                            f"Idempotency-Key {idempotency_key!r} was already used for a different request "
+                            f"(task #{task.pk}); use a new key for a new request"
+                        )
+                    }
+                )
             return task, False
         raise ValidationError({"idempotency_key": f"Idempotency-Key {idempotency_key!r} is in use by another request"})
 
@@ -382,13 +445,18 @@ class DaughterTask(models.Model):
         task_ids = sorted(set(task_ids))
         changed = []
         for lo in range(0, len(task_ids), chunk):
-            ids = task_ids[lo:lo + chunk]
+            ids = task_ids[lo : lo + chunk]
             counts: dict[int, dict[str, int]] = {}
             with transaction.atomic():  # the tasks' rows are locked before their daughters are counted,
                 # so two processes refreshing one task write in turn, the later with the later counts
                 # (PostgreSQL: FOR UPDATE; SQLite: the IMMEDIATE transaction)
                 locked = list(cls.objects.select_for_update().filter(id__in=ids).order_by("id").only("id", "status"))
-                for task_id, status, n in Daughter.objects.filter(task_id__in=ids).values_list("task_id", "status").annotate(n=Count("id")).order_by():
+                for task_id, status, n in (
+                    Daughter.objects.filter(task_id__in=ids)
+                    .values_list("task_id", "status")
+                    .annotate(n=Count("id"))
+                    .order_by()
+                ):
                     counts.setdefault(task_id, {})[status] = n
                 now = timezone.now()
                 tasks = []
@@ -423,9 +491,17 @@ class DaughterTask(models.Model):
         elif task_ids:
             counts: dict[str, int] = {}
             for lo in range(0, len(task_ids), 5000):
-                for status, n in cls.objects.filter(id__in=task_ids[lo:lo + 5000]).values_list("status").annotate(n=Count("id")).order_by():
+                for status, n in (
+                    cls.objects.filter(id__in=task_ids[lo : lo + 5000])
+                    .values_list("status")
+                    .annotate(n=Count("id"))
+                    .order_by()
+                ):
                     counts[status] = counts.get(status, 0) + n
-            publish("plan_updated", {"tasks_changed": len(task_ids), "task_ids": sorted(task_ids)[:EVENT_ID_LIMIT], "statuses": counts})
+            publish(
+                "plan_updated",
+                {"tasks_changed": len(task_ids), "task_ids": sorted(task_ids)[:EVENT_ID_LIMIT], "statuses": counts},
+            )
 
     @classmethod
     def prune(cls, now=None) -> int:
@@ -463,7 +539,9 @@ class Daughter(models.Model):
     spawn_uuid = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     priority = models.PositiveSmallIntegerField(default=2, help_text="copied from the task; lower runs first")
     ttl_seconds = models.PositiveIntegerField(default=300)
-    max_retries = models.PositiveSmallIntegerField(default=2, help_text="copied from the task, so the reaper's UPDATE needs no join")
+    max_retries = models.PositiveSmallIntegerField(
+        default=2, help_text="copied from the task, so the reaper's UPDATE needs no join"
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.SPAWNED)
     mutation_level = models.PositiveSmallIntegerField(default=0, help_text="retries so far")
     error_last = models.TextField(blank=True)
@@ -474,7 +552,9 @@ class Daughter(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    reaped_at = models.DateTimeField(null=True, blank=True, help_text="the reaper's last touch (marks one sweep's rows)")
+    reaped_at = models.DateTimeField(
+        null=True, blank=True, help_text="the reaper's last touch (marks one sweep's rows)"
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -493,8 +573,16 @@ class Daughter(models.Model):
         return f"daughter #{self.pk} {self.name} ({self.status})"
 
     def event_data(self, previous: str | None = None) -> dict:
-        return {"daughter_id": self.pk, "task_id": self.task_id, "name": self.name, "kind": self.kind, "status": self.status,
-                "previous": previous, "mutation_level": self.mutation_level, "error": self.error_last[:500] or None}
+        return {
+            "daughter_id": self.pk,
+            "task_id": self.task_id,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "previous": previous,
+            "mutation_level": self.mutation_level,
+            "error": self.error_last[:500] or None,
+        }
 
     def announce(self, previous: str | None, tasks_changed: list[int]) -> None:
         publish("status_changed", self.event_data(previous))
@@ -513,8 +601,11 @@ class Daughter(models.Model):
             free = settings.VX11_DAUGHTER_MAX_RUNNING - busy
             if free <= 0:
                 return 0
-            picked = list(cls.objects.filter(status__in=cls.QUEUED, dispatched_at__isnull=True)
-                          .order_by("priority", "id").values_list("id", "mutation_level")[:free])
+            picked = list(
+                cls.objects.filter(status__in=cls.QUEUED, dispatched_at__isnull=True)
+                .order_by("priority", "id")
+                .values_list("id", "mutation_level")[:free]
+            )
             if not picked:
                 return 0
             cls.objects.filter(id__in=[i for i, _ in picked]).update(dispatched_at=timezone.now())
@@ -532,7 +623,9 @@ class Daughter(models.Model):
             except Exception as exc:  # broker unreachable: the rows wait for the next dispatch (reaper, next spawn)
                 unsent = [i for i, _ in picked[n:]]
                 log.warning("could not hand %d daughter(s) to the broker: %s", len(unsent), exc)
-                cls.objects.filter(id__in=unsent, dispatched_at__isnull=False, status__in=cls.QUEUED).update(dispatched_at=None)
+                cls.objects.filter(id__in=unsent, dispatched_at__isnull=False, status__in=cls.QUEUED).update(
+                    dispatched_at=None
+                )
                 return
 
     # --- running on a worker --------------------------------------------------------------------
@@ -545,14 +638,20 @@ class Daughter(models.Model):
         if daughter is None:
             return "gone"
         previous = daughter.status
-        claim = {"status": cls.Status.RUNNING, "last_heartbeat_at": now, "started_at": daughter.started_at or now,
-                 "expires_at": daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds)}
+        claim = {
+            "status": cls.Status.RUNNING,
+            "last_heartbeat_at": now,
+            "started_at": daughter.started_at or now,
+            "expires_at": daughter.expires_at or now + timedelta(seconds=daughter.ttl_seconds),
+        }
         with transaction.atomic():  # the claim, its attempt and the task's status are seen together or not at all
             if not cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(**claim):
                 return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
             for field, value in claim.items():
                 setattr(daughter, field, value)
-            attempt = DaughterAttempt.objects.create(daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200])
+            attempt = DaughterAttempt.objects.create(
+                daughter=daughter, attempt_number=level + 1, started_at=now, worker=worker[:200]
+            )
             daughter.attempt = attempt
             daughter.announce(previous, DaughterTask.refresh_statuses([daughter.task_id]))
         try:
@@ -598,7 +697,9 @@ class Daughter(models.Model):
             setattr(self, field, value)
         return True
 
-    def _settle(self, level: int, attempt: DaughterAttempt, fields: dict, attempt_status: str, output: str = "", error: str = "") -> bool:
+    def _settle(
+        self, level: int, attempt: DaughterAttempt, fields: dict, attempt_status: str, output: str = "", error: str = ""
+    ) -> bool:
         """End the attempt and move the daughter (if the row is still this attempt's) and refresh its task,
         and their events, in one transaction: nobody reads a failed daughter beside a running attempt or task."""
         with transaction.atomic():
@@ -607,30 +708,52 @@ class Daughter(models.Model):
                 attempt.end(attempt_status, output=output, error=error)
                 self.announce(self.Status.RUNNING, DaughterTask.refresh_statuses([self.task_id]))
             else:
-                attempt.end(DaughterAttempt.Status.CANCELLED, output=output,
-                            error=error or "ended after the daughter was killed, expired or retried")
+                attempt.end(
+                    DaughterAttempt.Status.CANCELLED,
+                    output=output,
+                    error=error or "ended after the daughter was killed, expired or retried",
+                )
         Daughter.dispatch()
         return moved
 
     def _finish(self, level: int, attempt: DaughterAttempt, result) -> str:
-        done = self._settle(level, attempt, {"status": self.Status.FINISHED, "ended_at": timezone.now(), "result": result, "error_last": ""},
-                            DaughterAttempt.Status.SUCCESS, output=str(result))
+        done = self._settle(
+            level,
+            attempt,
+            {"status": self.Status.FINISHED, "ended_at": timezone.now(), "result": result, "error_last": ""},
+            DaughterAttempt.Status.SUCCESS,
+            output=str(result),
+        )
         return "finished" if done else "superseded"
 
     def _fail(self, level: int, attempt: DaughterAttempt, exc: Exception) -> str:
         if isinstance(exc, Superseded):
             self.refresh_from_db()
-            attempt.end(DaughterAttempt.Status.TIMEOUT if self.status == self.Status.EXPIRED else DaughterAttempt.Status.CANCELLED,
-                        error=f"stopped: the daughter is now {self.status}")
+            attempt.end(
+                DaughterAttempt.Status.TIMEOUT
+                if self.status == self.Status.EXPIRED
+                else DaughterAttempt.Status.CANCELLED,
+                error=f"stopped: the daughter is now {self.status}",
+            )
             Daughter.dispatch()
             return "stopped"
         error = f"{type(exc).__name__}: {exc}"[:2000]
         if level < self.max_retries:
-            fields = {"status": self.Status.MUTATED, "mutation_level": level + 1, "dispatched_at": None, "error_last": error}
+            fields = {
+                "status": self.Status.MUTATED,
+                "mutation_level": level + 1,
+                "dispatched_at": None,
+                "error_last": error,
+            }
         else:
             fields = {"status": self.Status.FAILED, "ended_at": timezone.now(), "error_last": error}
-        self._settle(level, attempt, fields, DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR,
-                     error=error)
+        self._settle(
+            level,
+            attempt,
+            fields,
+            DaughterAttempt.Status.TIMEOUT if isinstance(exc, TimeoutError) else DaughterAttempt.Status.ERROR,
+            error=error,
+        )
         return self.status
 
     # --- cancel and reap (set-based) ------------------------------------------------------------
@@ -641,13 +764,18 @@ class Daughter(models.Model):
         now = timezone.now()
         why = f"killed (cancelled by {user.get_username()})" if getattr(user, "pk", None) else "killed (cancelled)"
         with transaction.atomic():
-            n = queryset.filter(status__in=cls.LIVE).update(status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last=why)
-            DaughterAttempt.objects.filter(daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING).update(
-                status=DaughterAttempt.Status.CANCELLED, ended_at=now, error=why)
+            n = queryset.filter(status__in=cls.LIVE).update(
+                status=cls.Status.KILLED, ended_at=now, reaped_at=now, error_last=why
+            )
+            DaughterAttempt.objects.filter(
+                daughter__reaped_at=now, daughter__status=cls.Status.KILLED, status=DaughterAttempt.Status.RUNNING
+            ).update(status=DaughterAttempt.Status.CANCELLED, ended_at=now, error=why)
             if n:
                 cls._announce_sweep(now, "killed", cls._refresh_swept_tasks(now))
         if n:
-            DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.CANCELLED))
+            DaughterAttempt.kill_orphans(
+                DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.CANCELLED)
+            )
         cls.dispatch()
         return n
 
@@ -659,23 +787,36 @@ class Daughter(models.Model):
         S = cls.Status
         with transaction.atomic():
             expired = cls.objects.filter(status__in=cls.LIVE, expires_at__lt=now).update(
-                status=S.EXPIRED, ended_at=now, reaped_at=now, error_last="TTL passed (expired)")
+                status=S.EXPIRED, ended_at=now, reaped_at=now, error_last="TTL passed (expired)"
+            )
             stale = cls.objects.filter(status=S.RUNNING, last_heartbeat_at__lt=stale_before)
             # no join here: Django would turn a joined filter into `id IN (subquery)` and the UPDATE
             # would no longer re-check status and heartbeat under the row lock
             retried = stale.filter(mutation_level__lt=F("max_retries")).update(
-                status=S.MUTATED, mutation_level=F("mutation_level") + 1, dispatched_at=None, reaped_at=now,
-                error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s (worker lost?); retrying")
-            failed = stale.update(status=S.FAILED, ended_at=now, reaped_at=now,
-                                  error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s; retries exhausted")
-            requeued = cls.objects.filter(status__in=cls.QUEUED, dispatched_at__lt=now - timedelta(seconds=settings.VX11_DAUGHTER_START_TIMEOUT)).update(
-                dispatched_at=None)
+                status=S.MUTATED,
+                mutation_level=F("mutation_level") + 1,
+                dispatched_at=None,
+                reaped_at=now,
+                error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s (worker lost?); retrying",
+            )
+            failed = stale.update(
+                status=S.FAILED,
+                ended_at=now,
+                reaped_at=now,
+                error_last=f"no heartbeat for {settings.VX11_DAUGHTER_STALE_SECONDS} s; retries exhausted",
+            )
+            requeued = cls.objects.filter(
+                status__in=cls.QUEUED, dispatched_at__lt=now - timedelta(seconds=settings.VX11_DAUGHTER_START_TIMEOUT)
+            ).update(dispatched_at=None)
             DaughterAttempt.objects.filter(status=DaughterAttempt.Status.RUNNING, daughter__reaped_at=now).update(
-                status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat")
+                status=DaughterAttempt.Status.TIMEOUT, ended_at=now, error="reaped: TTL passed or no heartbeat"
+            )
             if expired or retried or failed:
                 cls._announce_sweep(now, "reaped", cls._refresh_swept_tasks(now))
         if expired or retried or failed:
-            DaughterAttempt.kill_orphans(DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.TIMEOUT))
+            DaughterAttempt.kill_orphans(
+                DaughterAttempt.objects.filter(ended_at=now, status=DaughterAttempt.Status.TIMEOUT)
+            )
         cls.dispatch()
         return {"expired": expired, "retried": retried, "failed": failed, "requeued": requeued}
 
@@ -729,7 +870,8 @@ class DaughterAttempt(models.Model):
 
     def end(self, status: str, output: str = "", error: str = "") -> None:
         DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error), pid=None)
+            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error), pid=None
+        )
 
     @classmethod
     def kill_orphans(cls, attempts) -> int:
@@ -743,7 +885,9 @@ class DaughterAttempt(models.Model):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
                     killed += 1
-                    log.warning("killed the orphaned command of daughter attempt %s (process group %s)", attempt_id, pid)
+                    log.warning(
+                        "killed the orphaned command of daughter attempt %s (process group %s)", attempt_id, pid
+                    )
         attempts.filter(pid__isnull=False).update(pid=None)
         return killed
 
@@ -759,5 +903,5 @@ def attempt_of_process(pid: int) -> int | None:
     for entry in environ:
         if entry.startswith(prefix):
             with contextlib.suppress(ValueError):
-                return int(entry[len(prefix):])
+                return int(entry[len(prefix) :])
     return None

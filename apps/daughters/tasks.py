@@ -5,7 +5,9 @@ from celery import shared_task
 from .models import Daughter, DaughterTask
 
 
-@shared_task(name="apps.daughters.tasks.run_daughter", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(
+    name="apps.daughters.tasks.run_daughter", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def run_daughter(self, daughter_id: int, level: int) -> str:
     """Acknowledged late: a worker that dies mid-run leaves the message to be delivered again; the
     claim on (status, mutation_level) makes a second delivery of the same attempt a no-op."""

@@ -132,8 +132,13 @@ def _store(event_type: str, data: dict | None, session_id: str | None) -> Event:
     if session_id is not None and not SESSION_ID.match(session_id):
         raise ValueError(f"invalid session id {session_id!r}: 1-64 of A-Z a-z 0-9 _ . -")
     now = timezone.now()
-    return Event.objects.create(type=event_type, session_id=session_id or "", data=data or {}, timestamp=now,
-                                sent_at=None if _outboxed(get_channel_layer()) else now)
+    return Event.objects.create(
+        type=event_type,
+        session_id=session_id or "",
+        data=data or {},
+        timestamp=now,
+        sent_at=None if _outboxed(get_channel_layer()) else now,
+    )
 
 
 def _groups(session_id: str | None) -> list[str]:

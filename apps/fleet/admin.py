@@ -10,6 +10,7 @@ from vx11_site.display import ConflictWhenProtected, RecordAdmin, badge, svg_cha
 from .models import HealthCheck, Module, Rollup, StateChange
 from .probe import run_round
 
+
 @admin.action(description="Probe now", permissions=["change"])  # fleet.change_module, as the API's probe
 def probe_now(modeladmin, request, queryset):
     results, changes = run_round(list(queryset))
@@ -23,17 +24,58 @@ def probe_now(modeladmin, request, queryset):
 
 @admin.register(Module)
 class ModuleAdmin(ConflictWhenProtected, admin.ModelAdmin):
-    list_display = ["slug", "status_badge", "latency", "uptime", "last_change", "core", "enabled", "simulated", "base_url", "last_error"]
+    list_display = [
+        "slug",
+        "status_badge",
+        "latency",
+        "uptime",
+        "last_change",
+        "core",
+        "enabled",
+        "simulated",
+        "base_url",
+        "last_error",
+    ]
     list_display_links = ["slug"]
     list_filter = ["state", "core", "enabled", "simulated"]
     search_fields = ["slug", "name", "base_url", "role"]
     actions = [probe_now]
-    readonly_fields = ["port", "state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]
+    readonly_fields = [
+        "port",
+        "state",
+        "state_since",
+        "last_checked_at",
+        "last_outcome",
+        "last_status_code",
+        "last_latency_ms",
+        "last_status_value",
+        "last_error",
+        "uptime_24h",
+        "uptime_7d",
+        "uptime_30d",
+    ]
     fieldsets = [
         (None, {"fields": ["slug", "name", "role", "core", "enabled", "simulated", "owned_tables"]}),
         ("Address", {"fields": ["base_url", "health_path", "port"]}),
         ("Probe", {"fields": ["accepted_statuses", "timeout", "degraded_latency_ms", "down_after", "up_after"]}),
-        ("Current state", {"fields": ["state", "state_since", "last_checked_at", "last_outcome", "last_status_code", "last_latency_ms", "last_status_value", "last_error", "uptime_24h", "uptime_7d", "uptime_30d"]}),
+        (
+            "Current state",
+            {
+                "fields": [
+                    "state",
+                    "state_since",
+                    "last_checked_at",
+                    "last_outcome",
+                    "last_status_code",
+                    "last_latency_ms",
+                    "last_status_value",
+                    "last_error",
+                    "uptime_24h",
+                    "uptime_7d",
+                    "uptime_30d",
+                ]
+            },
+        ),
     ]
     change_list_template = "admin/fleet/module/change_list.html"
     change_form_template = "admin/fleet/module/change_form.html"
@@ -66,12 +108,21 @@ class ModuleAdmin(ConflictWhenProtected, admin.ModelAdmin):
         module = self.get_object(request, object_id)
         if module is not None:
             since = timezone.now() - timedelta(hours=24)
-            minutes = list(Rollup.objects.filter(module=module, period=Rollup.Period.MINUTE, bucket_start__gte=since).order_by("bucket_start"))
+            minutes = list(
+                Rollup.objects.filter(module=module, period=Rollup.Period.MINUTE, bucket_start__gte=since).order_by(
+                    "bucket_start"
+                )
+            )
             recent = list(HealthCheck.objects.filter(module=module).order_by("-checked_at")[:60])[::-1]
             extra_context["rollup_chart"] = svg_chart(
-                {"avg": [(r.bucket_start, r.latency_avg) for r in minutes], "p95": [(r.bucket_start, r.latency_p95) for r in minutes]}
+                {
+                    "avg": [(r.bucket_start, r.latency_avg) for r in minutes],
+                    "p95": [(r.bucket_start, r.latency_p95) for r in minutes],
+                }
             )
-            extra_context["recent_chart"] = svg_chart({"latency": [(c.checked_at, c.latency_ms) for c in recent]}, title="latency of the latest checks")
+            extra_context["recent_chart"] = svg_chart(
+                {"latency": [(c.checked_at, c.latency_ms) for c in recent]}, title="latency of the latest checks"
+            )
             extra_context["recent_failures"] = sum(c.outcome == "fail" for c in recent)
             extra_context["recent_count"] = len(recent)
             extra_context["state_changes"] = module.state_changes.order_by("-at")[:50]
@@ -113,7 +164,17 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(RecordAdmin):
-    list_display = ["created", "module", "change", "channel", "status", "attempts", "next_attempt_at", "sent_at", "last_error"]
+    list_display = [
+        "created",
+        "module",
+        "change",
+        "channel",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+    ]
     list_filter = ["status", "channel", "state_change__module"]
     list_select_related = ["channel", "state_change__module"]
     date_hierarchy = "created"
@@ -129,11 +190,32 @@ class DeliveryAdmin(RecordAdmin):
 
 @admin.register(MaintenanceWindow)
 class MaintenanceWindowAdmin(admin.ModelAdmin):
-    list_display = ["starts_at", "ends_at", "covered", "reason", "source", "mode", "closed_at", "active_now", "created_by"]
+    list_display = [
+        "starts_at",
+        "ends_at",
+        "covered",
+        "reason",
+        "source",
+        "mode",
+        "closed_at",
+        "active_now",
+        "created_by",
+    ]
     list_filter = ["source", "mode", "modules"]
     search_fields = ["reason"]
     filter_horizontal = ["modules"]
-    fields = ["modules", "starts_at", "ends_at", "reason", "source", "mode", "closed_at", "expired_handled_at", "created_by", "created"]
+    fields = [
+        "modules",
+        "starts_at",
+        "ends_at",
+        "reason",
+        "source",
+        "mode",
+        "closed_at",
+        "expired_handled_at",
+        "created_by",
+        "created",
+    ]
     readonly_fields = ["created_by", "created", "source", "expired_handled_at"]
     date_hierarchy = "starts_at"
 

@@ -177,9 +177,13 @@ def _save(module: Module) -> Module:
     return module
 
 
-@router.get("/overview", response=OverviewOut, summary="Fleet summary, every enabled module's state (compact), and the problems")
+@router.get(
+    "/overview", response=OverviewOut, summary="Fleet summary, every enabled module's state (compact), and the problems"
+)
 def overview(request):
-    rows = list(Module.objects.filter(enabled=True).values(*OverviewModule.model_fields, *Problem.model_fields, "simulated"))
+    rows = list(
+        Module.objects.filter(enabled=True).values(*OverviewModule.model_fields, *Problem.model_fields, "simulated")
+    )
     return {"summary": Module.fleet_summary(rows), "modules": rows, "problems": [r for r in rows if r["state"] != "up"]}
 
 
@@ -210,8 +214,11 @@ def read_module(request, slug: str):
     return _module(slug)
 
 
-@router.patch("/modules/{slug}", response=ModuleOut,
-               summary="Change a module, only the fields sent (permission fleet.change_module)")
+@router.patch(
+    "/modules/{slug}",
+    response=ModuleOut,
+    summary="Change a module, only the fields sent (permission fleet.change_module)",
+)
 def update_module(request, slug: str, payload: ModulePatch):
     require(request.user, "changing a module", "fleet.change_module")
     module = _module(slug)
@@ -225,14 +232,21 @@ def update_module(request, slug: str, payload: ModulePatch):
     return _save(module)
 
 
-@router.delete("/modules/{slug}", response={204: None, 409: Error},
-                summary="Delete a module and its history (permission fleet.delete_module)")
+@router.delete(
+    "/modules/{slug}",
+    response={204: None, 409: Error},
+    summary="Delete a module and its history (permission fleet.delete_module)",
+)
 def delete_module(request, slug: str):
     require(request.user, "deleting a module", "fleet.delete_module")
     try:
         _module(slug).delete()
     except ProtectedError as exc:  # a row that depends on the module refuses (apps.power: the process it runs)
-        why = "; ".join(sorted(getattr(o, "in_use", None) or f"{o._meta.verbose_name} {o} depends on it" for o in exc.protected_objects))
+        why = "; ".join(
+            sorted(
+                getattr(o, "in_use", None) or f"{o._meta.verbose_name} {o} depends on it" for o in exc.protected_objects
+            )
+        )
         raise HttpError(409, f"module '{slug}' was not deleted: {why}") from None
     return Status(204, None)
 
@@ -260,8 +274,9 @@ def module_changes(request, slug: str):
     return StateChange.objects.filter(module=_module(slug))
 
 
-@router.post("/modules/{slug}/probe", response=ProbeOut,
-             summary="Probe one module now (permission fleet.change_module)")
+@router.post(
+    "/modules/{slug}/probe", response=ProbeOut, summary="Probe one module now (permission fleet.change_module)"
+)
 def probe_module(request, slug: str):
     require(request.user, "probing a module", "fleet.change_module")
     module = _module(slug)

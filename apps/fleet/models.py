@@ -74,7 +74,7 @@ class ProbeResult:
 
 def validate_statuses(value) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValidationError("accepted statuses must be a non-empty list of strings, e.g. [\"ok\"]")
+        raise ValidationError('accepted statuses must be a non-empty list of strings, e.g. ["ok"]')
 
 
 def validate_http_url(value: str) -> None:
@@ -102,15 +102,29 @@ class Module(models.Model):
     health_path = models.CharField(max_length=200, default="/health")
     port = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="taken from the base URL")
     role = models.CharField(max_length=200, blank=True)
-    core = models.BooleanField(default=False, help_text="one of the five core modules; a core module down fails `vx11 probe`")
+    core = models.BooleanField(
+        default=False, help_text="one of the five core modules; a core module down fails `vx11 probe`"
+    )
     enabled = models.BooleanField(default=True)
     accepted_statuses = models.JSONField(default=default_accepted_statuses, validators=[validate_statuses])
-    timeout = models.FloatField(default=default_timeout, validators=[MinValueValidator(0.05), MaxValueValidator(60)], help_text="seconds")
-    degraded_latency_ms = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)], help_text="slower than this counts as degraded")
-    down_after = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)], help_text="failures in a row before down")
-    up_after = models.PositiveSmallIntegerField(default=2, validators=[MinValueValidator(1)], help_text="successes in a row before up")
-    owned_tables = models.JSONField(default=list, blank=True, help_text="DB tables (or prefixes with *) this module owns")
-    simulated = models.BooleanField(default=False, help_text="served by the demo fleet's simulator (apps.simfleet), not the real module")
+    timeout = models.FloatField(
+        default=default_timeout, validators=[MinValueValidator(0.05), MaxValueValidator(60)], help_text="seconds"
+    )
+    degraded_latency_ms = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0)], help_text="slower than this counts as degraded"
+    )
+    down_after = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1)], help_text="failures in a row before down"
+    )
+    up_after = models.PositiveSmallIntegerField(
+        default=2, validators=[MinValueValidator(1)], help_text="successes in a row before up"
+    )
+    owned_tables = models.JSONField(
+        default=list, blank=True, help_text="DB tables (or prefixes with *) this module owns"
+    )
+    simulated = models.BooleanField(
+        default=False, help_text="served by the demo fleet's simulator (apps.simfleet), not the real module"
+    )
 
     state = models.CharField(max_length=10, choices=State.choices, default=State.UNKNOWN)
     state_since = models.DateTimeField(null=True, blank=True)
@@ -171,7 +185,9 @@ class Module(models.Model):
             if self.outcome_streak < self.up_after:
                 return None
             reason = f"{self.outcome_streak} {result.outcome} results in a row: {self._describe(result)}"
-        change = StateChange(module=self, at=result.checked_at, from_state=self.state, to_state=target, reason=reason[:500])
+        change = StateChange(
+            module=self, at=result.checked_at, from_state=self.state, to_state=target, reason=reason[:500]
+        )
         self.state = target
         self.state_since = result.checked_at
         return change
@@ -284,16 +300,27 @@ PORTAL = "portal"
 class StateChange(models.Model):
     """Every state transition of a module, or with no module of the portal's own scheduler: when, from, to and why."""
 
-    module = models.ForeignKey(Module, on_delete=models.CASCADE, null=True, blank=True, related_name="state_changes",
-                               help_text="empty: the portal itself (scheduler stalled or recovered)")
+    module = models.ForeignKey(
+        Module,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="state_changes",
+        help_text="empty: the portal itself (scheduler stalled or recovered)",
+    )
     at = models.DateTimeField()
     from_state = models.CharField(max_length=10, choices=State.choices)
     to_state = models.CharField(max_length=10, choices=State.choices)
     reason = models.CharField(max_length=500)
     # set once, by the notification sweep's conditional UPDATE (apps.fleet.notify.claim_state_changes);
     # indexed for that sweep's "claimed_at IS NULL" scan
-    claimed_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False,
-                                      help_text="when the notification sweep took this change (null = not yet)")
+    claimed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        db_index=True,
+        editable=False,
+        help_text="when the notification sweep took this change (null = not yet)",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -320,7 +347,13 @@ class StateChange(models.Model):
     @property
     def event_data(self) -> dict:
         """What a listener is told of this change (the bus event, webhooks)."""
-        return {"module": self.slug, "from": self.from_state, "to": self.to_state, "reason": self.reason, "at": self.at.isoformat()}
+        return {
+            "module": self.slug,
+            "from": self.from_state,
+            "to": self.to_state,
+            "reason": self.reason,
+            "at": self.at.isoformat(),
+        }
 
     def announce(self) -> None:
         """Tell every listener (WebSocket clients, the live admin) as a canonical status_changed event."""
@@ -403,7 +436,9 @@ class Rollup(models.Model):
         return written
 
     @classmethod
-    def _window(cls, period: str, now: datetime, first_source_time: datetime | None) -> tuple[datetime, datetime] | None:
+    def _window(
+        cls, period: str, now: datetime, first_source_time: datetime | None
+    ) -> tuple[datetime, datetime] | None:
         end = cls.floor(now - cls.GRACE, period)
         start = cls.watermark(period)
         if start is None:
@@ -420,7 +455,9 @@ class Rollup(models.Model):
             return 0
         start, end = window
         buckets: dict[tuple[int, datetime], list] = {}
-        rows = HealthCheck.objects.filter(checked_at__gte=start, checked_at__lt=end).values_list("module_id", "checked_at", "outcome", "latency_ms")
+        rows = HealthCheck.objects.filter(checked_at__gte=start, checked_at__lt=end).values_list(
+            "module_id", "checked_at", "outcome", "latency_ms"
+        )
         for module_id, checked_at, outcome, latency in rows.iterator(chunk_size=5000):
             bucket = buckets.setdefault((module_id, cls.floor(checked_at, period)), [0, 0, []])
             bucket[0] += 1
@@ -461,7 +498,9 @@ class Rollup(models.Model):
             return 0
         buckets: dict[tuple[int, datetime], list] = {}
         for r in hours.filter(bucket_start__gte=start, bucket_start__lt=end).iterator(chunk_size=5000):
-            b = buckets.setdefault((r.module_id, cls.floor(r.bucket_start, cls.Period.DAY)), [0, 0, 0, [], [], 0.0, 0.0])
+            b = buckets.setdefault(
+                (r.module_id, cls.floor(r.bucket_start, cls.Period.DAY)), [0, 0, 0, [], [], 0.0, 0.0]
+            )
             b[0] += r.count
             b[1] += r.failures
             b[2] += r.latency_samples
@@ -495,7 +534,15 @@ class Rollup(models.Model):
             batch_size=1000,
             update_conflicts=True,
             unique_fields=["module", "period", "bucket_start"],
-            update_fields=["count", "failures", "latency_samples", "latency_min", "latency_avg", "latency_p95", "latency_max"],
+            update_fields=[
+                "count",
+                "failures",
+                "latency_samples",
+                "latency_min",
+                "latency_avg",
+                "latency_p95",
+                "latency_max",
+            ],
         )
 
     @classmethod
@@ -547,10 +594,14 @@ class Rollup(models.Model):
             cls.Period.HOUR: timedelta(days=settings.VX11_HOUR_RETENTION_DAYS),
             cls.Period.DAY: timedelta(days=settings.VX11_DAY_RETENTION_DAYS),
         }
-        return sum(prune_in_chunks(cls.objects.filter(period=p, bucket_start__lt=now - span)) for p, span in keep.items())
+        return sum(
+            prune_in_chunks(cls.objects.filter(period=p, bucket_start__lt=now - span)) for p, span in keep.items()
+        )
 
 
-def _uncovered(start: datetime, end: datetime, covered: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+def _uncovered(
+    start: datetime, end: datetime, covered: list[tuple[datetime, datetime]]
+) -> list[tuple[datetime, datetime]]:
     """The parts of [start, end) outside every covered interval."""
     parts = [(start, end)]
     for a, b in covered:
@@ -567,8 +618,13 @@ def maintain_history(now: datetime | None = None) -> dict:
     pruned_rollups = Rollup.prune(now)
     pruned_changes = StateChange.prune(now)
     pruned_windows = MaintenanceWindow.prune(now)
-    return {"rolled_up": written, "pruned_raw": pruned_raw, "pruned_rollups": pruned_rollups,
-            "pruned_changes": pruned_changes, "pruned_windows": pruned_windows}
+    return {
+        "rolled_up": written,
+        "pruned_raw": pruned_raw,
+        "pruned_rollups": pruned_rollups,
+        "pruned_changes": pruned_changes,
+        "pruned_windows": pruned_windows,
+    }
 
 
 __all__ = ["Module", "HealthCheck", "StateChange", "Rollup", "ProbeResult", "Outcome", "State", "maintain_history"]
@@ -596,8 +652,12 @@ class NotificationChannel(models.Model):
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=7, choices=Kind.choices, default=Kind.WEBHOOK)
     target = models.CharField(max_length=1000, help_text="webhook: the URL; e-mail: comma-separated addresses")
-    secret = models.CharField(max_length=200, blank=True, help_text="webhook HMAC-SHA256 key, stored as given; empty = unsigned")
-    modules = models.ManyToManyField(Module, blank=True, related_name="notification_channels", help_text="none selected = every module")
+    secret = models.CharField(
+        max_length=200, blank=True, help_text="webhook HMAC-SHA256 key, stored as given; empty = unsigned"
+    )
+    modules = models.ManyToManyField(
+        Module, blank=True, related_name="notification_channels", help_text="none selected = every module"
+    )
     enabled = models.BooleanField(default=True)
     created = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -718,17 +778,26 @@ class MaintenanceWindow(models.Model):
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     reason = models.CharField(max_length=500, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created = models.DateTimeField(default=timezone.now, editable=False)
     source = models.CharField(max_length=5, choices=Source.choices, default=Source.ADMIN)
     mode = models.CharField(max_length=4, choices=Mode.choices, blank=True, help_text="power windows only")
-    closed_at = models.DateTimeField(null=True, blank=True, help_text="closed early (or by the expiry checker); no longer covers after this")
-    expired_handled_at = models.DateTimeField(null=True, blank=True, editable=False,
-                                              help_text="when the power checker claimed this window at its expiry")
+    closed_at = models.DateTimeField(
+        null=True, blank=True, help_text="closed early (or by the expiry checker); no longer covers after this"
+    )
+    expired_handled_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="when the power checker claimed this window at its expiry"
+    )
 
     class Meta:
         ordering = ["-starts_at"]
-        constraints = [models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")), name="window_ends_after_start")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")), name="window_ends_after_start"
+            )
+        ]
         indexes = [
             # covering(): windows that have not ended by the moment asked about
             models.Index(fields=["ends_at", "starts_at"], name="window_time"),
@@ -804,14 +873,22 @@ class SchedulerWatch(models.Model):
             if problem:
                 if rows.filter(stalled_since__isnull=True).update(stalled_since=now, reason=problem[:500]) != 1:
                     return None
-                change = StateChange(at=now, from_state=State.UP, to_state=State.DOWN,
-                                     reason=f"portal: scheduler stalled: {problem}"[:500])
+                change = StateChange(
+                    at=now,
+                    from_state=State.UP,
+                    to_state=State.DOWN,
+                    reason=f"portal: scheduler stalled: {problem}"[:500],
+                )
             else:
                 if rows.filter(stalled_since=watch.stalled_since).update(stalled_since=None, reason="") != 1:
                     return None
                 lasted = round((now - watch.stalled_since).total_seconds())
-                change = StateChange(at=now, from_state=State.DOWN, to_state=State.UP,
-                                     reason=f"portal: scheduler recovered after {lasted} s (was: {watch.reason})"[:500])
+                change = StateChange(
+                    at=now,
+                    from_state=State.DOWN,
+                    to_state=State.UP,
+                    reason=f"portal: scheduler recovered after {lasted} s (was: {watch.reason})"[:500],
+                )
             change.save()
             transaction.on_commit(change.announce)
         return change

@@ -82,7 +82,13 @@ def claim_state_changes(now: datetime | None = None, limit: int = 500) -> dict:
             status = Delivery.Status.MUTED if muted else Delivery.Status.PENDING
             Delivery.objects.bulk_create(
                 [
-                    Delivery(state_change=change, channel=channel, status=status, next_attempt_at=None if muted else now, created=now)
+                    Delivery(
+                        state_change=change,
+                        channel=channel,
+                        status=status,
+                        next_attempt_at=None if muted else now,
+                        created=now,
+                    )
                     for channel in targets
                 ],
                 ignore_conflicts=True,  # the unique (change, channel) constraint is the last line of defence
@@ -94,7 +100,9 @@ def claim_state_changes(now: datetime | None = None, limit: int = 500) -> dict:
 # --- 2. send due deliveries -------------------------------------------------------------------
 
 
-def send_webhook(channel: NotificationChannel, change: StateChange, client: httpx.Client, delivery_id: int | None = None) -> None:
+def send_webhook(
+    channel: NotificationChannel, change: StateChange, client: httpx.Client, delivery_id: int | None = None
+) -> None:
     body = json.dumps(payload(change), separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "VX11-Ops-Portal"}
     if channel.secret:
@@ -146,7 +154,9 @@ def send_due(now: datetime | None = None, limit: int = 100) -> dict:
         status=Delivery.Status.FAILED, next_attempt_at=None, last_error="channel disabled before sending"
     )
 
-    due = list(pending.filter(next_attempt_at__lte=now).order_by("next_attempt_at", "id").values_list("id", "attempts")[:limit])
+    due = list(
+        pending.filter(next_attempt_at__lte=now).order_by("next_attempt_at", "id").values_list("id", "attempts")[:limit]
+    )
     with outbound.client() as client:
         for delivery_id, attempts in due:
             attempt = attempts + 1

@@ -37,11 +37,22 @@ class Target:
 
     @classmethod
     def of(cls, module: Module) -> Target:
-        return cls(module.id, module.slug, module.health_url, module.timeout, tuple(module.accepted_statuses), module.degraded_latency_ms)
+        return cls(
+            module.id,
+            module.slug,
+            module.health_url,
+            module.timeout,
+            tuple(module.accepted_statuses),
+            module.degraded_latency_ms,
+        )
 
 
-def _fail(target: Target, error: str, status_code: int | None = None, latency_ms: float | None = None, status_value: str = "") -> ProbeResult:
-    return ProbeResult(target.module_id, target.slug, timezone.now(), Outcome.FAIL, status_code, latency_ms, status_value, error)
+def _fail(
+    target: Target, error: str, status_code: int | None = None, latency_ms: float | None = None, status_value: str = ""
+) -> ProbeResult:
+    return ProbeResult(
+        target.module_id, target.slug, timezone.now(), Outcome.FAIL, status_code, latency_ms, status_value, error
+    )
 
 
 async def probe_one(session: aiohttp.ClientSession, target: Target) -> ProbeResult:
@@ -71,13 +82,23 @@ async def probe_one(session: aiohttp.ClientSession, target: Target) -> ProbeResu
         return _fail(target, "no string 'status' field in /health answer", status_code, latency_ms)
     status_value = payload["status"]
     if status_value not in target.accepted:
-        return _fail(target, f"status {status_value!r} not in accepted {list(target.accepted)}", status_code, latency_ms, status_value)
+        return _fail(
+            target,
+            f"status {status_value!r} not in accepted {list(target.accepted)}",
+            status_code,
+            latency_ms,
+            status_value,
+        )
     slow = target.degraded_latency_ms is not None and latency_ms > target.degraded_latency_ms
     outcome = Outcome.SLOW if slow else Outcome.OK
-    return ProbeResult(target.module_id, target.slug, timezone.now(), outcome, status_code, latency_ms, status_value, "")
+    return ProbeResult(
+        target.module_id, target.slug, timezone.now(), outcome, status_code, latency_ms, status_value, ""
+    )
 
 
-async def probe_targets(targets: Iterable[Target], on_result: Callable[[ProbeResult], None] | None = None, concurrency: int | None = None) -> list[ProbeResult]:
+async def probe_targets(
+    targets: Iterable[Target], on_result: Callable[[ProbeResult], None] | None = None, concurrency: int | None = None
+) -> list[ProbeResult]:
     """Probe all targets at once (up to `concurrency` connections), results in completion order."""
     targets = list(targets)
     if not targets:
@@ -94,7 +115,9 @@ async def probe_targets(targets: Iterable[Target], on_result: Callable[[ProbeRes
     return results
 
 
-def run_round(modules=None, on_result: Callable[[ProbeResult], None] | None = None) -> tuple[list[ProbeResult], list[StateChange]]:
+def run_round(
+    modules=None, on_result: Callable[[ProbeResult], None] | None = None
+) -> tuple[list[ProbeResult], list[StateChange]]:
     """Probe the given modules (default: every enabled one), store the round, return results and changes."""
     if modules is None:
         modules = Module.objects.filter(enabled=True)

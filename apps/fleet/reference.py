@@ -19,7 +19,15 @@ REFERENCE_MODULES = [
         "name": "Madre",
         "port": 8001,
         "role": "Orchestrator, power manager, daughter requests",
-        "owned_tables": ["tasks", "intents_log", "module_status", "power_events", "canonical_docs", "canonical_kv", "canonical_registry"],
+        "owned_tables": [
+            "tasks",
+            "intents_log",
+            "module_status",
+            "power_events",
+            "canonical_docs",
+            "canonical_kv",
+            "canonical_registry",
+        ],
     },
     {
         "slug": "switch",

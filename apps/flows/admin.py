@@ -15,6 +15,7 @@ from vx11_site.permissions import MissingPermission, missing, require
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
 
+
 def badge(status: str) -> str:
     return display.badge(status, status=status)
 
@@ -25,13 +26,25 @@ def history_strip(flow: Flow, limit: int = 20) -> str:
     if not runs:
         return "—"
     return format_html_join(
-        "", '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
-        ((reverse("admin:flows_flowrun_change", args=[r.id]), r.id, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-          display.STATUS_COLOURS.get(r.status, display.NEUTRAL)) for r in runs))
+        "",
+        '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
+        (
+            (
+                reverse("admin:flows_flowrun_change", args=[r.id]),
+                r.id,
+                r.status,
+                r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                display.STATUS_COLOURS.get(r.status, display.NEUTRAL),
+            )
+            for r in runs
+        ),
+    )
 
 
 class FlowFileForm(forms.Form):
-    file = forms.FileField(help_text="a YAML or JSON definition: name, title, description, enabled, steps (the shape of definition.yaml)")
+    file = forms.FileField(
+        help_text="a YAML or JSON definition: name, title, description, enabled, steps (the shape of definition.yaml)"
+    )
     replace = forms.BooleanField(required=False, help_text="overwrite the flow of the same name, steps and all")
 
 
@@ -47,7 +60,9 @@ class StepFormSet(BaseInlineFormSet):
         forms.sort(key=lambda f: f.cleaned_data.get("position") or 0)
         positions = [f.cleaned_data.get("position") for f in forms]
         if positions != list(range(1, len(forms) + 1)):
-            raise ValidationError(f"steps must be numbered 1 to {len(forms)} without gaps or repeats (got {', '.join(map(str, positions)) or 'none'})")
+            raise ValidationError(
+                f"steps must be numbered 1 to {len(forms)} without gaps or repeats (got {', '.join(map(str, positions)) or 'none'})"
+            )
         spec = {"name": self.instance.name or "new", "steps": [f.instance.to_spec() for f in forms]}
         try:
             clean = check_spec(spec)
@@ -66,22 +81,38 @@ class StepInline(admin.StackedInline):
     ordering = ["position"]
     fieldsets = [
         (None, {"fields": [("position", "name", "kind")]}),
-        ("HTTP call", {"fields": [("module", "method", "path"), ("timeout", "expect_status", "max_latency_ms"), "headers", "body", "checks"]}),
+        (
+            "HTTP call",
+            {
+                "fields": [
+                    ("module", "method", "path"),
+                    ("timeout", "expect_status", "max_latency_ms"),
+                    "headers",
+                    "body",
+                    "checks",
+                ]
+            },
+        ),
         ("Database / spawn", {"fields": ["db", "spawn"]}),
         ("Captures for later steps", {"fields": ["capture"]}),
     ]
 
 
 def run_link(run: FlowRun) -> str:
-    return format_html('<a href="{}">{} #{}</a>', reverse("admin:flows_flowrun_change", args=[run.id]), run.flow.name, run.id)
+    return format_html(
+        '<a href="{}">{} #{}</a>', reverse("admin:flows_flowrun_change", args=[run.id]), run.flow.name, run.id
+    )
 
 
 @admin.action(description="Run selected flows now (queued)", permissions=["run"])
 def run_now(modeladmin, request, queryset):
     """Queues one run per flow for a Celery worker, so the request never waits for a flow."""
     runs = [flow.queue(trigger="admin", user=request.user) for flow in queryset]
-    modeladmin.message_user(request, format_html("Queued {} run(s): {}.", len(runs), format_html_join(", ", "{}", ((run_link(r),) for r in runs))),
-                            messages.SUCCESS)
+    modeladmin.message_user(
+        request,
+        format_html("Queued {} run(s): {}.", len(runs), format_html_join(", ", "{}", ((run_link(r),) for r in runs))),
+        messages.SUCCESS,
+    )
 
 
 @admin.register(Flow)
@@ -123,12 +154,15 @@ class FlowAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         view = self.admin_site.admin_view
-        return [path("<int:flow_id>/run/", view(self.run_view), name="flows_flow_run"),
-                path("<int:flow_id>/definition.yaml", view(self.definition_view), name="flows_flow_definition"),
-                path("load/", view(self.load_view), name="flows_flow_load"), *super().get_urls()]
+        return [
+            path("<int:flow_id>/run/", view(self.run_view), name="flows_flow_run"),
+            path("<int:flow_id>/definition.yaml", view(self.definition_view), name="flows_flow_definition"),
+            path("load/", view(self.load_view), name="flows_flow_load"),
+            *super().get_urls(),
+        ]
 
     def load_view(self, request):
-        """"Load from file": a YAML or JSON definition (as `vx11 flow load`); replacing an existing flow is
+        """ "Load from file": a YAML or JSON definition (as `vx11 flow load`); replacing an existing flow is
         asked for explicitly and needs the change permission. A bad file stores nothing and says why."""
         require(request.user, "loading a flow", "flows.add_flow")
         form = FlowFileForm(request.POST or None, request.FILES or None)
@@ -143,11 +177,23 @@ class FlowAdmin(admin.ModelAdmin):
                 except ValidationError as exc:
                     form.add_error("file", exc.messages)
                 else:
-                    self.log_addition(request, flow, [{"added": {"name": "definition file", "object": form.cleaned_data["file"].name}}])
-                    self.message_user(request, f"Flow {flow.name} loaded from {form.cleaned_data['file'].name} ({flow.step_count()} steps).",
-                                      messages.SUCCESS)
+                    self.log_addition(
+                        request,
+                        flow,
+                        [{"added": {"name": "definition file", "object": form.cleaned_data["file"].name}}],
+                    )
+                    self.message_user(
+                        request,
+                        f"Flow {flow.name} loaded from {form.cleaned_data['file'].name} ({flow.step_count()} steps).",
+                        messages.SUCCESS,
+                    )
                     return redirect("admin:flows_flow_change", flow.pk)
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form, "title": "Load a flow from a file"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "title": "Load a flow from a file",
+        }
         return TemplateResponse(request, "admin/flows/flow/load.html", context)
 
     def definition_view(self, request, flow_id):
@@ -167,7 +213,11 @@ class FlowAdmin(admin.ModelAdmin):
         require(request.user, "running a flow", "flows.run_flow")
         flow = get_object_or_404(Flow, id=flow_id)
         run = flow.queue(trigger="admin", user=request.user)
-        self.message_user(request, format_html("Flow {} queued as run {}; this page shows it as it goes.", flow.name, run_link(run)), messages.SUCCESS)
+        self.message_user(
+            request,
+            format_html("Flow {} queued as run {}; this page shows it as it goes.", flow.name, run_link(run)),
+            messages.SUCCESS,
+        )
         return redirect("admin:flows_flowrun_change", run.id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -178,9 +228,13 @@ class FlowAdmin(admin.ModelAdmin):
             extra_context["history_strip"] = history_strip(flow, 50)
             extra_context["recent_runs"] = flow.runs.all()[:20]
             finished = [r for r in flow.runs.exclude(duration_ms=None)[:100]][::-1]
-            extra_context["duration_chart"] = svg_chart({"run duration": [(r.started_at, r.duration_ms) for r in finished]},
-                                                        title=f"duration of flow {flow.name}'s latest runs")
-            extra_context["schedule"] = PeriodicTask.objects.filter(task="apps.flows.tasks.run_flow", kwargs__contains=f'"{flow.name}"').first()
+            extra_context["duration_chart"] = svg_chart(
+                {"run duration": [(r.started_at, r.duration_ms) for r in finished]},
+                title=f"duration of flow {flow.name}'s latest runs",
+            )
+            extra_context["schedule"] = PeriodicTask.objects.filter(
+                task="apps.flows.tasks.run_flow", kwargs__contains=f'"{flow.name}"'
+            ).first()
         return super().change_view(request, object_id, form_url, extra_context)
 
 
@@ -190,7 +244,18 @@ class FlowRunAdmin(RecordAdmin):
     list_filter = ["status", "flow", "trigger"]
     list_select_related = ["flow"]
     date_hierarchy = "started_at"
-    fields = ["flow", "status", "trigger", "triggered_by", "started_at", "finished_at", "duration_ms", "failed_step", "reason", "captured"]
+    fields = [
+        "flow",
+        "status",
+        "trigger",
+        "triggered_by",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "failed_step",
+        "reason",
+        "captured",
+    ]
     readonly_fields = fields
     change_form_template = "admin/flows/flowrun/change_form.html"
 
@@ -218,5 +283,9 @@ class ContractCoherenceAdmin(RecordAdmin):
 
     def changelist_view(self, request, extra_context=None):
         rows = list(ContractCoherence.objects.exclude(pct=None).order_by("-computed_at")[:500])[::-1]
-        chart = svg_chart({"contract_coherence_pct": [(r.computed_at, r.pct) for r in rows]}, unit="%", title="contract coherence over time")
+        chart = svg_chart(
+            {"contract_coherence_pct": [(r.computed_at, r.pct) for r in rows]},
+            unit="%",
+            title="contract coherence over time",
+        )
         return super().changelist_view(request, {**(extra_context or {}), "coherence_chart": chart})

@@ -115,8 +115,11 @@ def list_flows(request, enabled: bool | None = None):
     return flows
 
 
-@router.post("/flows", response={201: FlowDetailOut, 409: Error},
-             summary="Create a flow from a definition, the YAML/JSON file shape (permission flows.add_flow)")
+@router.post(
+    "/flows",
+    response={201: FlowDetailOut, 409: Error},
+    summary="Create a flow from a definition, the YAML/JSON file shape (permission flows.add_flow)",
+)
 def create_flow(request, definition: dict[str, Any] = Body(..., description='{"name": "D", "steps": [...]}')):
     require(request.user, "creating a flow", "flows.add_flow")
     name = definition.get("name")
@@ -125,13 +128,22 @@ def create_flow(request, definition: dict[str, Any] = Body(..., description='{"n
     return Status(201, _save(definition, replace=False))
 
 
-@router.get("/flows/coherence", response=CoherenceOut, summary="contract_coherence_pct: passed / total over the latest run of each enabled flow")
+@router.get(
+    "/flows/coherence",
+    response=CoherenceOut,
+    summary="contract_coherence_pct: passed / total over the latest run of each enabled flow",
+)
 def coherence(request):
     row = ContractCoherence.objects.first()
     if row is None:
         return {"contract_coherence_pct": "NV", "passed": None, "total": None, "computed_at": None, "detail": {}}
-    return {"contract_coherence_pct": "NV" if row.pct is None else row.pct, "passed": row.passed, "total": row.total,
-            "computed_at": row.computed_at, "detail": row.detail}
+    return {
+        "contract_coherence_pct": "NV" if row.pct is None else row.pct,
+        "passed": row.passed,
+        "total": row.total,
+        "computed_at": row.computed_at,
+        "detail": row.detail,
+    }
 
 
 @router.get("/flows/{name}", response=FlowDetailOut, summary="Read a flow: its definition and last run")
@@ -139,8 +151,11 @@ def read_flow(request, name: str):
     return _flow(name)
 
 
-@router.put("/flows/{name}", response=FlowDetailOut,
-            summary="Replace a flow's definition, steps and all (permission flows.change_flow)")
+@router.put(
+    "/flows/{name}",
+    response=FlowDetailOut,
+    summary="Replace a flow's definition, steps and all (permission flows.change_flow)",
+)
 def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
     require(request.user, "replacing a flow", "flows.change_flow")
     _flow(name)
@@ -149,18 +164,24 @@ def replace_flow(request, name: str, definition: dict[str, Any] = Body(...)):
     return _save({**definition, "name": name}, replace=True)
 
 
-@router.post("/flows/{name}/run", response={200: RunDetailOut, 202: QueuedOut, 409: Error, 503: Error},
-             summary="Run a flow (permission flows.run_flow): wait for the end (200, the run with its steps; 409 if "
-                     "the flow may take longer than VX11_FLOW_SYNC_MAX_SECONDS) or, with ?wait=false, queue it "
-                     "(202, poll its url; 503 with Retry-After if the Celery broker is unreachable)")
+@router.post(
+    "/flows/{name}/run",
+    response={200: RunDetailOut, 202: QueuedOut, 409: Error, 503: Error},
+    summary="Run a flow (permission flows.run_flow): wait for the end (200, the run with its steps; 409 if "
+    "the flow may take longer than VX11_FLOW_SYNC_MAX_SECONDS) or, with ?wait=false, queue it "
+    "(202, poll its url; 503 with Retry-After if the Celery broker is unreachable)",
+)
 def run_flow(request, name: str, wait: bool = True):
     require(request.user, "running a flow", "flows.run_flow")
     flow = _flow(name)
     if wait:
         longest, bound = flow.longest_seconds(), settings.VX11_FLOW_SYNC_MAX_SECONDS
         if longest > bound:  # a request thread must not wait that long
-            raise HttpError(409, f"flow {flow.name} may take up to {longest:g} s, over the {bound:g} s a request may wait "
-                                 f"(VX11_FLOW_SYNC_MAX_SECONDS); run it with ?wait=false and poll the run's url")
+            raise HttpError(
+                409,
+                f"flow {flow.name} may take up to {longest:g} s, over the {bound:g} s a request may wait "
+                f"(VX11_FLOW_SYNC_MAX_SECONDS); run it with ?wait=false and poll the run's url",
+            )
         return flow.run(trigger="api", user=request.user)
     run = flow.queue(trigger="api", user=request.user)
     if run.status == FlowRun.Status.FAILED:  # the broker refused it: nothing will run, the client may try again
@@ -177,6 +198,10 @@ def flow_runs(request, name: str, status: Literal["queued", "running", "passed",
     return runs
 
 
-@router.get("/flow-runs/{run_id}", response=RunDetailOut, summary="One run with its steps: request, response excerpt, duration, pass/fail and why")
+@router.get(
+    "/flow-runs/{run_id}",
+    response=RunDetailOut,
+    summary="One run with its steps: request, response excerpt, duration, pass/fail and why",
+)
 def read_run(request, run_id: Id):
     return get_or_404(FlowRun.objects.select_related("flow"), id=run_id)

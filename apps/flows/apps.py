@@ -9,7 +9,7 @@ def run_flow_daughter(daughter, params: dict) -> dict:
     name = params.get("flow") if isinstance(params, dict) else None
     flow = Flow.objects.filter(name=name).first() if isinstance(name, str) else None
     if flow is None:
-        raise ValueError(f"unknown flow {name!r}; params must be like {{\"flow\": \"A\"}}")
+        raise ValueError(f'unknown flow {name!r}; params must be like {{"flow": "A"}}')
     run = flow.run(trigger="daughter")
     if not run.passed:
         raise RuntimeError(f"flow {flow.name} failed: {run.reason}")
@@ -22,7 +22,11 @@ def validate_flow_params(params: dict) -> dict:
 
     from .models import Flow
 
-    if set(params) != {"flow"} or not isinstance(params["flow"], str) or not Flow.objects.filter(name=params["flow"]).exists():
+    if (
+        set(params) != {"flow"}
+        or not isinstance(params["flow"], str)
+        or not Flow.objects.filter(name=params["flow"]).exists()
+    ):
         known = ", ".join(Flow.objects.values_list("name", flat=True)) or "none"
         raise ValidationError({"params": f'params must be {{"flow": <name>}} naming an existing flow (known: {known})'})
     return params

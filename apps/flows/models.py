@@ -80,8 +80,10 @@ def flow_model(label: str):
     except (LookupError, ValueError):
         raise ValueError(f"unknown model {label!r}") from None
     if not model_allowed(model):
-        raise ValueError(f"model {label!r} is not one a flow may read; allowed (setting VX11_FLOW_DB_MODELS): "
-                         f"{', '.join(settings.VX11_FLOW_DB_MODELS) or 'none'}")
+        raise ValueError(
+            f"model {label!r} is not one a flow may read; allowed (setting VX11_FLOW_DB_MODELS): "
+            f"{', '.join(settings.VX11_FLOW_DB_MODELS) or 'none'}"
+        )
     return model
 
 
@@ -121,8 +123,10 @@ def env_allowed(name: str) -> bool:
 
 
 def env_refused(name: str) -> str:
-    return (f"{name} is not an environment variable a flow may read (names starting VX11_FLOW_, or listed in "
-            f"VX11_FLOW_ENV_NAMES; never VX11_TOKEN)")
+    return (
+        f"{name} is not an environment variable a flow may read (names starting VX11_FLOW_, or listed in "
+        f"VX11_FLOW_ENV_NAMES; never VX11_TOKEN)"
+    )
 
 
 # -- the definition: one validating function for every way in ---------------------------------
@@ -155,9 +159,17 @@ def _jsonpath(expr, what: str) -> None:
 
 def _number(value, what: str, low: float = 0, high: float | None = None, integer: bool = False):
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not math.isfinite(value)
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f" and at most {high:g}" if high is not None else ""
-        raise ValueError(f"{what} must be a{'n integer' if integer else ' number'} of at least {low:g}{bound}, not {value!r}")
+        raise ValueError(
+            f"{what} must be a{'n integer' if integer else ' number'} of at least {low:g}{bound}, not {value!r}"
+        )
     return value
 
 
@@ -239,9 +251,17 @@ def _http_step(raw: dict) -> dict:
     checks = expect.get("json") or []
     if not isinstance(checks, list):
         raise ValueError("expect.json must be a list of checks")
-    return {"module": module, "method": method, "path": path, "headers": headers, "body": raw.get("body"),
-            "timeout": timeout, "expect_status": status, "max_latency_ms": latency,
-            "checks": [_check(c, i) for i, c in enumerate(checks)]}
+    return {
+        "module": module,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": raw.get("body"),
+        "timeout": timeout,
+        "expect_status": status,
+        "max_latency_ms": latency,
+        "checks": [_check(c, i) for i, c in enumerate(checks)],
+    }
 
 
 def _db_step(raw: dict) -> dict:
@@ -259,8 +279,16 @@ def _db_step(raw: dict) -> dict:
         raise ValueError("db.filter is required (which rows to watch)")
     _number(db.get("within", 0), "db.within", 0, settings.VX11_FLOW_MAX_WAIT_SECONDS)
     _number(db.get("min_count", 1), "db.min_count", 1, integer=True)
-    return {"db": {"model": label, "filter": db["filter"], "expect": db.get("expect") or {}, "fail_on": db.get("fail_on") or {},
-                   "within": db.get("within", 0), "min_count": db.get("min_count", 1)}}
+    return {
+        "db": {
+            "model": label,
+            "filter": db["filter"],
+            "expect": db.get("expect") or {},
+            "fail_on": db.get("fail_on") or {},
+            "within": db.get("within", 0),
+            "min_count": db.get("min_count", 1),
+        }
+    }
 
 
 def _spawn_step(raw: dict) -> dict:
@@ -271,8 +299,10 @@ def _spawn_step(raw: dict) -> dict:
     if not isinstance(spawn.get("kind"), str) or not spawn["kind"]:
         raise ValueError("spawn.kind is required (http, command, ...)")
     if spawn["kind"].strip().lower() == "flow":
-        raise ValueError("spawn.kind 'flow' is refused: a flow may not start flows (one naming itself, or A -> B -> A, "
-                         "would spawn forever); run the other flow on its own")
+        raise ValueError(
+            "spawn.kind 'flow' is refused: a flow may not start flows (one naming itself, or A -> B -> A, "
+            "would spawn forever); run the other flow on its own"
+        )
     if not isinstance(spawn.get("params", {}), dict):
         raise ValueError("spawn.params must be an object")
     if "ttl_seconds" in spawn:
@@ -311,7 +341,9 @@ def _step(raw, number: int, captured: dict[int, set]) -> dict:
         if ref >= number:
             raise ValueError(f"template {match[0]} refers to step {ref}, which does not run before step {number}")
         if key not in captured.get(ref, set()):
-            raise ValueError(f"template {match[0]}: step {ref} captures no {key!r} (it captures: {', '.join(sorted(captured.get(ref, ()))) or 'nothing'})")
+            raise ValueError(
+                f"template {match[0]}: step {ref} captures no {key!r} (it captures: {', '.join(sorted(captured.get(ref, ()))) or 'nothing'})"
+            )
     captured[number] = set(capture) | (set(SPAWN_CAPTURES) if kind == "spawn" else set())
     return {"position": number, "name": name, "kind": kind, "capture": capture, **fields}
 
@@ -339,8 +371,13 @@ def check_spec(spec) -> dict:
         except ValueError as exc:
             label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else ""
             raise ValidationError(f"{where(name, number, label)}: {exc}") from None
-    return {"name": name, "title": str(spec.get("title") or name)[:200], "description": str(spec.get("description") or ""),
-            "enabled": bool(spec.get("enabled", True)), "steps": normalised}
+    return {
+        "name": name,
+        "title": str(spec.get("title") or name)[:200],
+        "description": str(spec.get("description") or ""),
+        "enabled": bool(spec.get("enabled", True)),
+        "steps": normalised,
+    }
 
 
 def where(flow_name: str, number: int, step_name: str = "") -> str:
@@ -408,8 +445,13 @@ class Flow(models.Model):
     # definitions in and out
 
     def to_spec(self) -> dict:
-        return {"name": self.name, "title": self.title, "description": self.description, "enabled": self.enabled,
-                "steps": [step.to_spec() for step in self.steps.all()]}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "enabled": self.enabled,
+            "steps": [step.to_spec() for step in self.steps.all()],
+        }
 
     @classmethod
     def save_spec(cls, spec, replace: bool = False) -> Flow:
@@ -457,7 +499,11 @@ class Flow(models.Model):
     @classmethod
     def load_canonical(cls) -> list[Flow]:
         """The canonical flows A, B, C from apps/flows/definitions/, where they are missing."""
-        return [cls.load_file(DEFINITIONS / f"{name}.yaml") for name in CANONICAL if not cls.objects.filter(name=name).exists()]
+        return [
+            cls.load_file(DEFINITIONS / f"{name}.yaml")
+            for name in CANONICAL
+            if not cls.objects.filter(name=name).exists()
+        ]
 
     # runs
 
@@ -483,8 +529,11 @@ class Flow(models.Model):
         queries however many flows a page holds (the admin list, the API list); last_run(), history() and
         step_count() read them."""
         finished = FlowRun.objects.exclude(status__in=FlowRun.UNFINISHED).order_by("-started_at", "-id")
-        return queryset.annotate(step_total=Count("steps")).prefetch_related(
-            Prefetch("runs", queryset=finished[:cls.HISTORY], to_attr="recent_runs")).order_by(*cls._meta.ordering)  # GROUP BY drops Meta.ordering
+        return (
+            queryset.annotate(step_total=Count("steps"))
+            .prefetch_related(Prefetch("runs", queryset=finished[: cls.HISTORY], to_attr="recent_runs"))
+            .order_by(*cls._meta.ordering)
+        )  # GROUP BY drops Meta.ordering
 
     def run(self, trigger: str = "api", user=None, on_step=None) -> FlowRun:
         """Run now, in this process; see apps.flows.runner."""
@@ -496,15 +545,23 @@ class Flow(models.Model):
         """Store a queued run at once and hand it to a Celery worker (after commit); callers poll the row."""
         from .tasks import run_queued_flow
 
-        run = FlowRun.objects.create(flow=self, status=FlowRun.Status.QUEUED, trigger=trigger,
-                                     triggered_by=user if getattr(user, "pk", None) else None)
+        run = FlowRun.objects.create(
+            flow=self,
+            status=FlowRun.Status.QUEUED,
+            trigger=trigger,
+            triggered_by=user if getattr(user, "pk", None) else None,
+        )
+
         def send():
             try:
                 run_queued_flow.delay(run.id)
             except Exception as exc:  # the broker is unreachable: say so on the run now, not after the sweep
                 log.warning("flow %s run %s could not be queued: %s", self.name, run.id, exc)
                 FlowRun.objects.filter(pk=run.id, status=FlowRun.Status.QUEUED).update(
-                    status=FlowRun.Status.FAILED, finished_at=timezone.now(), reason=f"could not be queued: the Celery broker is unreachable ({exc})"[:1000])
+                    status=FlowRun.Status.FAILED,
+                    finished_at=timezone.now(),
+                    reason=f"could not be queued: the Celery broker is unreachable ({exc})"[:1000],
+                )
                 run.refresh_from_db()
 
         transaction.on_commit(send)
@@ -549,12 +606,26 @@ class Step(models.Model):
     headers = models.JSONField(default=dict, blank=True)
     body = models.JSONField(null=True, blank=True, help_text="http: JSON body (templates allowed in strings)")
     timeout = models.FloatField(null=True, blank=True, help_text="http: seconds; empty = VX11_FLOW_HTTP_TIMEOUT")
-    expect_status = models.PositiveSmallIntegerField(null=True, blank=True, default=200, help_text="http: empty = any status")
+    expect_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, default=200, help_text="http: empty = any status"
+    )
     max_latency_ms = models.FloatField(null=True, blank=True)
-    checks = models.JSONField(default=list, blank=True, help_text='http: [{"path": "$.status", "equals": "ok"}, ...]; ops: equals, exists, one_of, regex')
-    capture = models.JSONField(default=dict, blank=True, help_text='{"plan_id": "$.plan.plan_id"}; spawn steps always capture task_id')
-    db = models.JSONField(default=dict, blank=True, help_text='db: {"model": "daughters.Daughter", "filter": {...}, "expect": {...}, "fail_on": {...}, "within": 30}')
-    spawn = models.JSONField(default=dict, blank=True, help_text='spawn: {"kind": "http", "params": {...}, "ttl_seconds": 30}')
+    checks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='http: [{"path": "$.status", "equals": "ok"}, ...]; ops: equals, exists, one_of, regex',
+    )
+    capture = models.JSONField(
+        default=dict, blank=True, help_text='{"plan_id": "$.plan.plan_id"}; spawn steps always capture task_id'
+    )
+    db = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='db: {"model": "daughters.Daughter", "filter": {...}, "expect": {...}, "fail_on": {...}, "within": 30}',
+    )
+    spawn = models.JSONField(
+        default=dict, blank=True, help_text='spawn: {"kind": "http", "params": {...}, "ttl_seconds": 30}'
+    )
 
     class Meta:
         ordering = ["flow", "position"]
@@ -566,11 +637,35 @@ class Step(models.Model):
     @staticmethod
     def fields_from(step: dict) -> dict:
         """Model fields from one normalised step of check_spec()."""
-        fields = {"position": step["position"], "name": step["name"], "kind": step["kind"], "capture": step["capture"],
-                  "module": "", "method": "GET", "path": "", "headers": {}, "body": None, "timeout": None,
-                  "expect_status": None, "max_latency_ms": None, "checks": [], "db": {}, "spawn": {}}
+        fields = {
+            "position": step["position"],
+            "name": step["name"],
+            "kind": step["kind"],
+            "capture": step["capture"],
+            "module": "",
+            "method": "GET",
+            "path": "",
+            "headers": {},
+            "body": None,
+            "timeout": None,
+            "expect_status": None,
+            "max_latency_ms": None,
+            "checks": [],
+            "db": {},
+            "spawn": {},
+        }
         if step["kind"] == "http":
-            for key in ("module", "method", "path", "headers", "body", "timeout", "expect_status", "max_latency_ms", "checks"):
+            for key in (
+                "module",
+                "method",
+                "path",
+                "headers",
+                "body",
+                "timeout",
+                "expect_status",
+                "max_latency_ms",
+                "checks",
+            ):
                 fields[key] = step[key]
         else:
             fields[step["kind"]] = step[step["kind"]]
@@ -612,15 +707,22 @@ class FlowRun(models.Model):
     flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="runs")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.RUNNING)
     trigger = models.CharField(max_length=16, help_text="beat, admin, api, cli, daughter")
-    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    started_at = models.DateTimeField(default=timezone.now, help_text="when it started; for a queued run, when it was queued")
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(
+        default=timezone.now, help_text="when it started; for a queued run, when it was queued"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
     failed_step = models.PositiveSmallIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=1000, blank=True)
     captured = models.JSONField(default=dict, blank=True, help_text="values captured by each step, by step number")
     heartbeat_at = models.DateTimeField(
-        null=True, blank=True, help_text="while it runs: its runner's last sign of life (every VX11_FLOW_RUN_HEARTBEAT_SECONDS)")
+        null=True,
+        blank=True,
+        help_text="while it runs: its runner's last sign of life (every VX11_FLOW_RUN_HEARTBEAT_SECONDS)",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -645,9 +747,16 @@ class FlowRun(models.Model):
         return f"/api/flow-runs/{self.id}"
 
     def summary(self) -> dict:
-        return {"flow": self.flow.name, "run_id": self.id, "status": self.status, "trigger": self.trigger,
-                "started_at": self.started_at.isoformat(), "duration_ms": self.duration_ms,
-                "failed_step": self.failed_step, "reason": self.reason}
+        return {
+            "flow": self.flow.name,
+            "run_id": self.id,
+            "status": self.status,
+            "trigger": self.trigger,
+            "started_at": self.started_at.isoformat(),
+            "duration_ms": self.duration_ms,
+            "failed_step": self.failed_step,
+            "reason": self.reason,
+        }
 
     def announce(self) -> None:
         """status_changed on the bus when a run starts and ends."""
@@ -663,7 +772,8 @@ class FlowRun(models.Model):
         reason = f"error: the runner stopped on {type(exc).__name__}: {exc}"[:1000]
         with transaction.atomic():
             ended = FlowRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-                status=self.Status.FAILED, finished_at=timezone.now(), reason=reason)
+                status=self.Status.FAILED, finished_at=timezone.now(), reason=reason
+            )
             if ended:
                 StepResult.skip_unreached([self.pk], "skipped: the run stopped on an error")
                 self.refresh_from_db()
@@ -694,20 +804,30 @@ class FlowRun(models.Model):
         with transaction.atomic():
             for bound, flow_ids in by_bound.items():
                 stale = unfinished.filter(flow_id__in=flow_ids, started_at__lt=now - timedelta(seconds=bound))
-                for status, why in ((cls.Status.QUEUED, f"queued over {bound:g} s ago and never started (is a Celery worker running?)"),
-                                    (cls.Status.RUNNING, f"no end recorded {bound:g} s after it started (its process died?)")):
-                    ids = list(stale.filter(status=status).select_for_update(skip_locked=True).values_list("id", flat=True))
+                for status, why in (
+                    (cls.Status.QUEUED, f"queued over {bound:g} s ago and never started (is a Celery worker running?)"),
+                    (cls.Status.RUNNING, f"no end recorded {bound:g} s after it started (its process died?)"),
+                ):
+                    ids = list(
+                        stale.filter(status=status).select_for_update(skip_locked=True).values_list("id", flat=True)
+                    )
                     if ids:
                         cls.objects.filter(id__in=ids, status=status).update(
-                            status=cls.Status.FAILED, finished_at=now, reason=f"interrupted: {why}")
+                            status=cls.Status.FAILED, finished_at=now, reason=f"interrupted: {why}"
+                        )
                         swept += ids
             silence = Q(heartbeat_at__lt=silent_before) | Q(heartbeat_at__isnull=True, started_at__lt=silent_before)
-            ids = list(cls.objects.filter(silence, status=cls.Status.RUNNING).select_for_update(skip_locked=True)
-                       .values_list("id", flat=True))
+            ids = list(
+                cls.objects.filter(silence, status=cls.Status.RUNNING)
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)
+            )
             if ids:
                 cls.objects.filter(id__in=ids, status=cls.Status.RUNNING).update(
-                    status=cls.Status.FAILED, finished_at=now,
-                    reason=f"interrupted: no heartbeat for {silent} s (its process died?)")
+                    status=cls.Status.FAILED,
+                    finished_at=now,
+                    reason=f"interrupted: no heartbeat for {silent} s (its process died?)",
+                )
                 swept += ids
             if swept:
                 StepResult.skip_unreached(swept, "skipped: the run was interrupted")
@@ -740,7 +860,9 @@ class StepResult(models.Model):
     kind = models.CharField(max_length=8)
     status = models.CharField(max_length=8, choices=Status.choices)
     reason = models.CharField(max_length=1000, blank=True)
-    request = models.JSONField(default=dict, blank=True, help_text="method, URL, headers (secrets masked), body excerpt; or the DB query")
+    request = models.JSONField(
+        default=dict, blank=True, help_text="method, URL, headers (secrets masked), body excerpt; or the DB query"
+    )
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_excerpt = models.TextField(blank=True, help_text="at most VX11_FLOW_EXCERPT_CHARS characters")
     duration_ms = models.FloatField(null=True, blank=True)
@@ -760,9 +882,21 @@ class StepResult(models.Model):
         steps: dict[int, list] = {}
         for step in Step.objects.filter(flow_id__in=set(runs.values())):
             steps.setdefault(step.flow_id, []).append(step)
-        cls.objects.bulk_create([
-            cls(run_id=run_id, position=step.position, name=step.name, kind=step.kind, status=cls.Status.SKIPPED, reason=reason)
-            for run_id, flow_id in runs.items() for step in steps.get(flow_id, []) if (run_id, step.position) not in done])
+        cls.objects.bulk_create(
+            [
+                cls(
+                    run_id=run_id,
+                    position=step.position,
+                    name=step.name,
+                    kind=step.kind,
+                    status=cls.Status.SKIPPED,
+                    reason=reason,
+                )
+                for run_id, flow_id in runs.items()
+                for step in steps.get(flow_id, [])
+                if (run_id, step.position) not in done
+            ]
+        )
 
 
 class ContractCoherence(models.Model):
@@ -785,10 +919,14 @@ class ContractCoherence(models.Model):
     @classmethod
     def recompute(cls) -> ContractCoherence:
         detail = {}
-        for flow in Flow.summarised(Flow.objects.filter(enabled=True)):  # the latest runs in one query, not one per flow
+        for flow in Flow.summarised(
+            Flow.objects.filter(enabled=True)
+        ):  # the latest runs in one query, not one per flow
             last = flow.last_run()
             if last is not None:
                 detail[flow.name] = last.status
         passed = sum(status == FlowRun.Status.PASSED for status in detail.values())
         total = len(detail)
-        return cls.objects.create(passed=passed, total=total, pct=round(100.0 * passed / total, 2) if total else None, detail=detail)
+        return cls.objects.create(
+            passed=passed, total=total, pct=round(100.0 * passed / total, 2) if total else None, detail=detail
+        )

@@ -25,7 +25,18 @@ from apps.daughters.models import DaughterTask
 from apps.events.models import publish
 from vx11_site import outbound
 
-from .models import TEMPLATE, ContractCoherence, Flow, FlowRun, Step, StepResult, check_lookup, env_allowed, env_refused, flow_model
+from .models import (
+    TEMPLATE,
+    ContractCoherence,
+    Flow,
+    FlowRun,
+    Step,
+    StepResult,
+    check_lookup,
+    env_allowed,
+    env_refused,
+    flow_model,
+)
 
 MAX_RESPONSE_BYTES = 5_000_000  # a step reads at most this much of an answer
 SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", re.I)
@@ -82,7 +93,9 @@ def render(value, captured: dict[int, dict]):
         ref, key = int(match[2]), match[3]
         found = captured.get(ref, {}).get(key, _MISSING)
         if found is _MISSING:
-            raise StepFailed(f"template {match[0]}: step {ref} captured no value {key!r} (captured: {', '.join(captured.get(ref, {})) or 'nothing'})")
+            raise StepFailed(
+                f"template {match[0]}: step {ref} captured no value {key!r} (captured: {', '.join(captured.get(ref, {})) or 'nothing'})"
+            )
         if found is None:
             raise StepFailed(f"template {match[0]}: step {ref} captured {key!r} as null")
         return found
@@ -95,7 +108,9 @@ def render(value, captured: dict[int, dict]):
 
 def env_secrets(steps) -> tuple[str, ...]:
     """The values of the environment variables these steps read (longest first): a run stores none of them."""
-    text = json.dumps([[step.path, step.headers, step.body, step.checks, step.db, step.spawn] for step in steps], default=str)
+    text = json.dumps(
+        [[step.path, step.headers, step.body, step.checks, step.db, step.spawn] for step in steps], default=str
+    )
     values = {os.environ.get(name) for name in ENV_TEMPLATE.findall(text) if env_allowed(name)}
     return tuple(sorted((v for v in values if v), key=len, reverse=True))
 
@@ -164,7 +179,7 @@ def masked(headers: dict) -> dict:
 
 
 def error_detail(response: httpx.Response) -> str:
-    """": <detail>" from a {"detail": ...} error body (FastAPI's and ours), else ""."""
+    """ ": <detail>" from a {"detail": ...} error body (FastAPI's and ours), else ""."""
     try:
         body = response.json()
     except ValueError:
@@ -182,7 +197,9 @@ def fetch(method: str, url: str, headers: dict, body, timeout: float) -> httpx.R
             if size > MAX_RESPONSE_BYTES:
                 raise StepFailed(f"response larger than {MAX_RESPONSE_BYTES} bytes; not read further")
             chunks.append(chunk)
-    return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks), request=response.request)
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=b"".join(chunks), request=response.request
+    )
 
 
 def run_http(step: Step, captured: dict, out: Outcome) -> None:
@@ -236,7 +253,13 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
     except ValueError as exc:
         raise StepFailed(str(exc)) from None
     within, min_count = float(spec.get("within") or 0), int(spec.get("min_count") or 1)
-    out.request = {"model": spec["model"], "filter": spec["filter"], "expect": spec["expect"], "fail_on": spec["fail_on"], "within": within}
+    out.request = {
+        "model": spec["model"],
+        "filter": spec["filter"],
+        "expect": spec["expect"],
+        "fail_on": spec["fail_on"],
+        "within": within,
+    }
     deadline = time.monotonic() + within
     lookups = [*spec["expect"], *spec["fail_on"]]
     try:
@@ -246,7 +269,9 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
             bad = rows.filter(**spec["fail_on"]).first() if spec["fail_on"] else None
             if bad is not None:
                 out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
-                raise StepFailed(f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad, lookups)}")
+                raise StepFailed(
+                    f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad, lookups)}"
+                )
             matching = rows.filter(**spec["expect"]).count() if spec["expect"] else count
             if count >= min_count and matching == count:
                 out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
@@ -255,8 +280,12 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
             if time.monotonic() >= deadline:
                 out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 if count < min_count:
-                    raise StepFailed(f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}")
-                raise StepFailed(f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s")
+                    raise StepFailed(
+                        f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}"
+                    )
+                raise StepFailed(
+                    f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s"
+                )
             time.sleep(settings.VX11_FLOW_DB_POLL_SECONDS)
     except (FieldError, ValidationError, ValueError, TypeError) as exc:
         raise StepFailed(f"bad query on {spec['model']}: {exc}") from None
@@ -308,8 +337,12 @@ KIND_RUNNERS = {"http": run_http, "db": run_db, "spawn": run_spawn}
 def run_flow(flow: Flow, trigger: str = "api", user=None, on_step=None) -> FlowRun:
     """Run every step in order, in this process (see execute)."""
     with transaction.atomic():  # the run and the event that announces its start
-        run = FlowRun.objects.create(flow=flow, trigger=trigger, heartbeat_at=timezone.now(),
-                                     triggered_by=user if getattr(user, "pk", None) else None)
+        run = FlowRun.objects.create(
+            flow=flow,
+            trigger=trigger,
+            heartbeat_at=timezone.now(),
+            triggered_by=user if getattr(user, "pk", None) else None,
+        )
         run.announce()
     return execute(run, on_step)
 
@@ -320,7 +353,8 @@ def run_queued(run_id: int) -> FlowRun | None:
     now = timezone.now()
     with transaction.atomic():
         claimed = FlowRun.objects.filter(id=run_id, status=FlowRun.Status.QUEUED).update(
-            status=FlowRun.Status.RUNNING, started_at=now, heartbeat_at=now)
+            status=FlowRun.Status.RUNNING, started_at=now, heartbeat_at=now
+        )
         if not claimed:
             return None
         run = FlowRun.objects.select_related("flow").get(id=run_id)
@@ -386,16 +420,32 @@ def _execute(run: FlowRun, on_step) -> FlowRun:
             run.refresh_from_db()  # swept as interrupted (this process looked dead): stop, keep that verdict
             return run
         if failed is not None:
-            result = StepResult(run=run, position=step.position, name=step.name, kind=step.kind,
-                                status=StepResult.Status.SKIPPED, reason=f"skipped: step {failed.position} failed")
+            result = StepResult(
+                run=run,
+                position=step.position,
+                name=step.name,
+                kind=step.kind,
+                status=StepResult.Status.SKIPPED,
+                reason=f"skipped: step {failed.position} failed",
+            )
         else:
             result = run_step(run, step, captured, secrets)
             if result.status == StepResult.Status.FAILED:
                 failed = result
         with transaction.atomic():  # the step's result and its event
             result.save()
-            publish("plan_updated", {"source": "flows", "flow": flow.name, "run_id": run.id, "step": step.position,
-                                     "name": step.name, "status": result.status, "reason": result.reason})
+            publish(
+                "plan_updated",
+                {
+                    "source": "flows",
+                    "flow": flow.name,
+                    "run_id": run.id,
+                    "step": step.position,
+                    "name": step.name,
+                    "status": result.status,
+                    "reason": result.reason,
+                },
+            )
         if on_step:
             on_step(result)
     run.finished_at = timezone.now()
@@ -408,8 +458,13 @@ def _execute(run: FlowRun, on_step) -> FlowRun:
         run.reason = f"step {failed.position} ({failed.name}): {failed.reason}"[:1000]
     with transaction.atomic():  # the end, its event and the coherence it changes
         ended = FlowRun.objects.filter(id=run.id, status=FlowRun.Status.RUNNING).update(
-            status=run.status, finished_at=run.finished_at, duration_ms=run.duration_ms, captured=run.captured,
-            failed_step=run.failed_step, reason=run.reason)
+            status=run.status,
+            finished_at=run.finished_at,
+            duration_ms=run.duration_ms,
+            captured=run.captured,
+            failed_step=run.failed_step,
+            reason=run.reason,
+        )
         if ended:
             run.announce()
             ContractCoherence.recompute()
@@ -430,8 +485,15 @@ def run_step(run: FlowRun, step: Step, captured: dict, secrets: tuple = ()) -> S
     except Exception as exc:  # a bug or an outage must still end the run with a reason
         status, reason = StepResult.Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}"
     return StepResult(  # stored by the caller, with its event
-        run=run, position=step.position, name=step.name, kind=step.kind, status=status, reason=mask(reason, secrets)[:1000],
-        request=mask(json.loads(json.dumps(out.request, default=str)), secrets), response_status=out.response_status,
-        response_excerpt=mask(out.response_excerpt, secrets), duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        run=run,
+        position=step.position,
+        name=step.name,
+        kind=step.kind,
+        status=status,
+        reason=mask(reason, secrets)[:1000],
+        request=mask(json.loads(json.dumps(out.request, default=str)), secrets),
+        response_status=out.response_status,
+        response_excerpt=mask(out.response_excerpt, secrets),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
         captured=mask(json.loads(json.dumps(out.captured, default=str)), secrets),
     )

@@ -142,7 +142,9 @@ class EventConsumer(AsyncWebsocketConsumer):
         self.groups_joined = [session_group(self.session_id), BROADCAST_GROUP]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
-        await self.send_json({"channel": "control", "type": "connected", "client_id": self.client_id, "session_id": self.session_id})
+        await self.send_json(
+            {"channel": "control", "type": "connected", "client_id": self.client_id, "session_id": self.session_id}
+        )
 
         self.sent: dict[int, None] = {}  # recent cursors, oldest first: one event, one frame
         if settings.VX11_WS_POLL_SECONDS > 0:
@@ -150,7 +152,14 @@ class EventConsumer(AsyncWebsocketConsumer):
         cursor = (query.get("cursor") or [""])[0]
         if cursor:
             if not cursor.isdigit():
-                await self.send_json({"channel": "control", "type": "error", "error": "invalid_cursor", "detail": "cursor must be a non-negative integer"})
+                await self.send_json(
+                    {
+                        "channel": "control",
+                        "type": "error",
+                        "error": "invalid_cursor",
+                        "detail": "cursor must be a non-negative integer",
+                    }
+                )
             else:
                 for event in await database_sync_to_async(Event.replay)(self.session_id, int(cursor)):
                     if self.first_time(event.id):
@@ -181,7 +190,9 @@ class EventConsumer(AsyncWebsocketConsumer):
             return
         raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
         if len(raw.encode()) > settings.VX11_WS_MAX_FRAME:
-            return await self.refuse(TOO_BIG, "frame_too_big", f"frames are limited to {settings.VX11_WS_MAX_FRAME} bytes")
+            return await self.refuse(
+                TOO_BIG, "frame_too_big", f"frames are limited to {settings.VX11_WS_MAX_FRAME} bytes"
+            )
         if not self.bucket.take():
             self.strikes += 1
             if self.strikes > settings.VX11_WS_BURST:
@@ -204,7 +215,9 @@ class EventConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return await self.send_json(self.error("invalid_json", raw=raw[:1000]))
         if not isinstance(message, dict) or "event_type" not in message:
-            return await self.send_json(self.error("invalid_event", "expected {\"event_type\": ..., \"data\": {...}}", raw=raw[:1000]))
+            return await self.send_json(
+                self.error("invalid_event", 'expected {"event_type": ..., "data": {...}}', raw=raw[:1000])
+            )
         event_type, data = message.get("event_type"), message.get("data", {})
         if not isinstance(data, dict):
             data = {"value": data}

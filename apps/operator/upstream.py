@@ -256,8 +256,12 @@ def hermes_resources() -> dict:
         upstream = Upstream("hermes")
         _health(upstream, ("ok",))
         tools = _object(upstream.get("/tools"), what)
-        cli_tools = _rows(tools.get("cli_tools", []), {"name": None, "available": False, "version": None}, f"{what} cli_tools")
-        local_models = _rows(tools.get("local_models", []), {"name": None, "size": None, "loaded": False}, f"{what} local_models")
+        cli_tools = _rows(
+            tools.get("cli_tools", []), {"name": None, "available": False, "version": None}, f"{what} cli_tools"
+        )
+        local_models = _rows(
+            tools.get("local_models", []), {"name": None, "size": None, "loaded": False}, f"{what} local_models"
+        )
     except UpstreamError as exc:
         return resources_offline(str(exc))
     return {

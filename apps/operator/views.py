@@ -66,4 +66,12 @@ def resources(request):
 @staff_member_required
 def console(request):
     """The operator console: a session's live event stream, and a form to send an event into it."""
-    return render(request, "operator/console.html", {"event_types": CANONICAL_TYPES, "title": "Operator console", "session_id": request.GET.get("session", "operator")})
+    return render(
+        request,
+        "operator/console.html",
+        {
+            "event_types": CANONICAL_TYPES,
+            "title": "Operator console",
+            "session_id": request.GET.get("session", "operator"),
+        },
+    )

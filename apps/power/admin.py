@@ -31,12 +31,17 @@ class ModeForm(forms.Form):
 class WindowForm(forms.Form):
     services = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple)
     ttl_sec = forms.IntegerField(min_value=1, initial=600, label="TTL (seconds)")
-    mode = forms.ChoiceField(choices=[("ttl", "ttl: stop the services when it expires"), ("hold", "hold: leave them as they are")], initial="ttl")
+    mode = forms.ChoiceField(
+        choices=[("ttl", "ttl: stop the services when it expires"), ("hold", "hold: leave them as they are")],
+        initial="ttl",
+    )
     reason = forms.CharField(max_length=500, required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["services"].choices = [(slug, slug) for slug in Module.objects.filter(enabled=True).values_list("slug", flat=True)]
+        self.fields["services"].choices = [
+            (slug, slug) for slug in Module.objects.filter(enabled=True).values_list("slug", flat=True)
+        ]
         self.fields["ttl_sec"].validators.append(MaxValueValidator(settings.VX11_POWER_WINDOW_MAX_TTL))
 
 
@@ -62,7 +67,18 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
     list_filter = ["backend"]
     search_fields = ["module__slug", "compose_service", "systemd_unit"]
     list_select_related = ["module"]
-    fields = ["module", "backend", "command", "compose_service", "systemd_unit", "stop_grace_sec", "pid", "pid_started_at", "busy_since", "busy_with"]
+    fields = [
+        "module",
+        "backend",
+        "command",
+        "compose_service",
+        "systemd_unit",
+        "stop_grace_sec",
+        "pid",
+        "pid_started_at",
+        "busy_since",
+        "busy_with",
+    ]
     readonly_fields = ["pid", "pid_started_at", "busy_since", "busy_with"]
 
     @admin.display(description="runs")
@@ -76,7 +92,10 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
         return deleted, counts, perms_needed, [*protected, *running]
 
     def get_urls(self):
-        return [path("console/", self.admin_site.admin_view(self.console_view), name="power_console"), *super().get_urls()]
+        return [
+            path("console/", self.admin_site.admin_view(self.console_view), name="power_console"),
+            *super().get_urls(),
+        ]
 
     def console_view(self, request):
         """The power console: every module's state and backend with plan/start/stop/restart, the modes and
@@ -91,10 +110,18 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
         for service in status["services"]:
             service["badge"] = badge(service["state"], module=service["service"], state=service["state"])
             service["never_stop"] = service["service"] in power.NEVER_STOP
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Power console", "status": status,
-                   "can_control": request.user.has_perm("power.control_services"), "mode_form": ModeForm(), "window_form": WindowForm(),
-                   "actions": PowerAction.objects.filter(parent=None)[:20], "modes": power.MODES,
-                   "window_ends": datetime.fromisoformat(status["window"]["expires_at"]) if status["window"] else None}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Power console",
+            "status": status,
+            "can_control": request.user.has_perm("power.control_services"),
+            "mode_form": ModeForm(),
+            "window_form": WindowForm(),
+            "actions": PowerAction.objects.filter(parent=None)[:20],
+            "modes": power.MODES,
+            "window_ends": datetime.fromisoformat(status["window"]["expires_at"]) if status["window"] else None,
+        }
         return TemplateResponse(request, "admin/power/console.html", context)
 
     def console_post(self, request) -> None:
@@ -102,16 +129,29 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
         if op == "service":
             form = ServiceForm(request.POST)
             if form.is_valid():
-                return report(request, power.perform(request.user, form.cleaned_data["service"], form.cleaned_data["action"], form.cleaned_data["apply"]))
+                return report(
+                    request,
+                    power.perform(
+                        request.user,
+                        form.cleaned_data["service"],
+                        form.cleaned_data["action"],
+                        form.cleaned_data["apply"],
+                    ),
+                )
         elif op == "mode":
             form = ModeForm(request.POST)
             if form.is_valid():
-                return report(request, power.perform_mode(request.user, form.cleaned_data["mode"], form.cleaned_data["apply"]))
+                return report(
+                    request, power.perform_mode(request.user, form.cleaned_data["mode"], form.cleaned_data["apply"])
+                )
         elif op == "window_open":
             form = WindowForm(request.POST)
             if form.is_valid():
                 data = form.cleaned_data
-                return report(request, power.open_window(request.user, data["services"], data["ttl_sec"], data["mode"], data["reason"])[0])
+                return report(
+                    request,
+                    power.open_window(request.user, data["services"], data["ttl_sec"], data["mode"], data["reason"])[0],
+                )
         elif op == "window_close":
             return report(request, power.close_window(request.user)[0])
         else:
@@ -120,14 +160,31 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
         asked = {k: v for k, v in request.POST.lists() if k != "csrfmiddlewaretoken"}
         action = request.POST.get("action", "") if op == "service" else op
         service = request.POST.get("service") or request.POST.get("mode") or ",".join(request.POST.getlist("services"))
-        row = power.refuse_request(request.user, action, service, {"refused_by": "validation", "via": "admin console", "form": asked},
-                                   422, f"nothing done: {form_errors(form)}")
+        row = power.refuse_request(
+            request.user,
+            action,
+            service,
+            {"refused_by": "validation", "via": "admin console", "form": asked},
+            422,
+            f"nothing done: {form_errors(form)}",
+        )
         report(request, row)
 
 
 @admin.register(PowerAction)
 class PowerActionAdmin(RecordAdmin):
-    list_display = ["at", "actor", "action", "service", "applied", "result", "http_status", "message", "duration_ms", "parent"]
+    list_display = [
+        "at",
+        "actor",
+        "action",
+        "service",
+        "applied",
+        "result",
+        "http_status",
+        "message",
+        "duration_ms",
+        "parent",
+    ]
     list_filter = ["result", "action", "applied", "service"]
     search_fields = ["service", "actor", "message"]
     date_hierarchy = "at"

@@ -31,8 +31,10 @@ from vx11_site.api import (
 
 from . import models as power
 
-WRITE_PATH = re.compile(r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]*)/(?P<action>[^/]+)|(?P<mode>mode)"
-                        r"|window/(?P<window>open|close))/?$")
+WRITE_PATH = re.compile(
+    r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]*)/(?P<action>[^/]+)|(?P<mode>mode)"
+    r"|window/(?P<window>open|close))/?$"
+)
 AUTH_REQUIRED = "authentication required (no valid API key, no staff session)"
 
 
@@ -43,7 +45,12 @@ def asked(request) -> tuple[str, str, dict]:
     except Exception:  # not JSON, too big, or a stream already read: the path still says what was asked
         body = {}
     body = body if isinstance(body, dict) else {}
-    plan = {"refused_by": "auth", "method": request.method, "path": request.path, "remote_addr": request.META.get("REMOTE_ADDR", "")}
+    plan = {
+        "refused_by": "auth",
+        "method": request.method,
+        "path": request.path,
+        "remote_addr": request.META.get("REMOTE_ADDR", ""),
+    }
     match = WRITE_PATH.search(request.path_info)
     if match is None:
         return request.method.lower(), request.path, plan
@@ -68,7 +75,9 @@ def audit_later_refusals(request, result):
     """An authenticated write may still be refused before its view runs (its body fails validation, 422):
     the API's validation handler calls this hook, so that refusal is a row too."""
     if result is not None:
-        request.audit_refusal = lambda status, message: audit_refusal(request, request.user, status, message, refused_by="validation")
+        request.audit_refusal = lambda status, message: audit_refusal(
+            request, request.user, status, message, refused_by="validation"
+        )
     return result
 
 

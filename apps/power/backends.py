@@ -58,9 +58,15 @@ def run_command(argv: list[str], timeout: float | None = None) -> Outcome:
     if exe is None:
         return Outcome(False, f"{argv[0]!r} not found on PATH", [f"$ {shown}", f"{argv[0]}: not found"])
     try:
-        done = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired as exc:
-        return Outcome(False, f"`{shown}` timed out after {timeout:g} s", [f"$ {shown}", str(exc.stdout or ""), str(exc.stderr or "")])
+        return Outcome(
+            False,
+            f"`{shown}` timed out after {timeout:g} s",
+            [f"$ {shown}", str(exc.stdout or ""), str(exc.stderr or "")],
+        )
     output = [f"$ {shown}", done.stdout.rstrip(), done.stderr.rstrip(), f"exit code {done.returncode}"]
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
@@ -102,7 +108,9 @@ def ask(argv: list[str], timeout: float | None = None) -> tuple[subprocess.Compl
     if exe is None:
         return None, f"{argv[0]!r} not found on PATH"
     try:
-        return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL), None
+        return subprocess.run(
+            [exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        ), None
     except subprocess.TimeoutExpired:
         return None, f"`{shown}` timed out after {timeout:g} s"
     except OSError as exc:
@@ -191,7 +199,7 @@ def pid_alive(pid: int | None, argv: list[str] | None = None) -> bool:
                 return False
             if argv is not None and len(argv) > 1:
                 cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")[:-1]
-                if cmdline[-(len(argv) - 1):] != [str(a).encode() for a in argv[1:]]:
+                if cmdline[-(len(argv) - 1) :] != [str(a).encode() for a in argv[1:]]:
                     return False  # the pid was reused by another program
         except (OSError, IndexError):
             return False
@@ -245,7 +253,7 @@ def trim_log(path: Path, max_bytes: int | None = None) -> bool:
             f.seek(size - max_bytes // 2)
             kept = f.read()
             nl = kept.find(b"\n")
-            kept = kept[nl + 1:] if 0 <= nl < len(kept) - 1 else kept  # start at a whole line
+            kept = kept[nl + 1 :] if 0 <= nl < len(kept) - 1 else kept  # start at a whole line
             f.seek(0)
             f.write(b"[log cut: older output dropped, VX11_POWER_LOG_MAX_BYTES]\n" + kept)
             f.truncate()  # at the end of what was just written
@@ -260,20 +268,32 @@ def trim_logs() -> int:
     return sum(trim_log(p) for p in folder.glob("*.log")) if folder.is_dir() else 0
 
 
-def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, timeout: float | None = None) -> Outcome:
+def process_start(
+    slug: str, argv: list[str], pid: int | None, health_url: str, timeout: float | None = None
+) -> Outcome:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if pid_alive(pid, argv):
         return Outcome(True, f"{slug} already running (pid {pid})", [f"pid {pid} alive; nothing to do"], pid=pid)
     if health_answers(health_url):
-        return Outcome(False, f"{health_url} already answers, but not from a process the portal started; not starting a second copy",
-                       [f"recorded pid {pid} is not running", f"{health_url} answers"])
+        return Outcome(
+            False,
+            f"{health_url} already answers, but not from a process the portal started; not starting a second copy",
+            [f"recorded pid {pid} is not running", f"{health_url} answers"],
+        )
     log = log_path(slug)
     trim_log(log)
     started = time.monotonic()
     try:
         with log.open("ab") as out:
-            child = subprocess.Popen(argv, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True)
+            child = subprocess.Popen(
+                argv,
+                cwd=settings.BASE_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
     except OSError as exc:
         return Outcome(False, f"cannot start {slug}: {exc}", [f"$ {' '.join(argv)}", str(exc)])
     _children[child.pid] = child
@@ -285,7 +305,9 @@ def process_start(slug: str, argv: list[str], pid: int | None, health_url: str, 
     if not up:
         terminate(child.pid, 1.0)
         output.append(read_tail(log, 2000))
-        return Outcome(False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output)
+        return Outcome(
+            False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output
+        )
     output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
     return Outcome(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
 
@@ -306,7 +328,9 @@ def terminate(pid: int, grace: float) -> str:
     return f"killed (SIGKILL after {grace:g} s)"
 
 
-def process_stop(slug: str, argv: list[str], pid: int | None, health_url: str, grace: float, timeout: float | None = None) -> Outcome:
+def process_stop(
+    slug: str, argv: list[str], pid: int | None, health_url: str, grace: float, timeout: float | None = None
+) -> Outcome:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if not pid_alive(pid, argv):
         note = f" (but {health_url} answers: is it running outside the portal?)" if health_answers(health_url) else ""
@@ -315,6 +339,8 @@ def process_stop(slug: str, argv: list[str], pid: int | None, health_url: str, g
     output = [f"pid {pid}: {how}"]
     if not wait_for(lambda: not health_answers(health_url), timeout):
         output.append(f"{health_url} still answers")
-        return Outcome(False, f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s", output, pid=None)
+        return Outcome(
+            False, f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s", output, pid=None
+        )
     output.append(f"{health_url} no longer answers")
     return Outcome(True, f"{slug} stopped (pid {pid} {how})", output, pid=None)

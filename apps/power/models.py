@@ -94,13 +94,24 @@ class ServiceControl(models.Model):
 
     module = models.OneToOneField(Module, on_delete=protect_running, related_name="control")
     backend = models.CharField(max_length=7, choices=Backend.choices, default=Backend.COMPOSE)
-    command = models.JSONField(default=list, blank=True, validators=[validate_argv],
-                               help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]')
-    compose_service = models.CharField(max_length=100, blank=True, help_text="compose: the service name (default: the module slug)")
+    command = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_argv],
+        help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]',
+    )
+    compose_service = models.CharField(
+        max_length=100, blank=True, help_text="compose: the service name (default: the module slug)"
+    )
     systemd_unit = models.CharField(max_length=200, blank=True, help_text="systemd: the unit, e.g. vx11-madre.service")
-    stop_grace_sec = models.FloatField(default=default_grace, validators=[MinValueValidator(0), MaxValueValidator(MAX_STOP_GRACE)],
-                                       help_text="process: seconds between SIGTERM and SIGKILL")
-    pid = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="process: the pid the portal started")
+    stop_grace_sec = models.FloatField(
+        default=default_grace,
+        validators=[MinValueValidator(0), MaxValueValidator(MAX_STOP_GRACE)],
+        help_text="process: seconds between SIGTERM and SIGKILL",
+    )
+    pid = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="process: the pid the portal started"
+    )
     pid_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     # the one-action-at-a-time claim (conditional UPDATE; see claim())
     busy_since = models.DateTimeField(null=True, blank=True, editable=False)
@@ -126,8 +137,10 @@ class ServiceControl(models.Model):
     @property
     def in_use(self) -> str:
         """Why the module may not be deleted while this runs (see protect_running)."""
-        return (f"the power manager runs its process (pid {self.pid}); stop it first "
-                f"(Power console, or POST /madre/power/service/{self.slug}/stop)")
+        return (
+            f"the power manager runs its process (pid {self.pid}); stop it first "
+            f"(Power console, or POST /madre/power/service/{self.slug}/stop)"
+        )
 
     def argv(self, action: str) -> list[str]:
         if self.backend == self.Backend.COMPOSE:
@@ -142,11 +155,20 @@ class ServiceControl(models.Model):
             steps = [" ".join(self.argv(action))]
         else:
             health, wait = self.module.health_url, settings.VX11_POWER_HEALTH_TIMEOUT
-            stop = [f"SIGTERM the process group of pid {self.pid or '(none recorded)'}", f"SIGKILL after {self.stop_grace_sec:g} s",
-                    f"wait until {health} no longer answers (up to {wait:g} s)"]
+            stop = [
+                f"SIGTERM the process group of pid {self.pid or '(none recorded)'}",
+                f"SIGKILL after {self.stop_grace_sec:g} s",
+                f"wait until {health} no longer answers (up to {wait:g} s)",
+            ]
             start = [f"run {' '.join(self.command)}", f"wait until {health} answers (up to {wait:g} s)"]
             steps = {"start": start, "stop": stop, "restart": stop + start}[action]
-        return {"service": self.slug, "action": action, "backend": self.backend, "steps": steps, "running": self.running()}
+        return {
+            "service": self.slug,
+            "action": action,
+            "backend": self.backend,
+            "steps": steps,
+            "running": self.running(),
+        }
 
     def running(self) -> bool | None:
         """Process backend: whether its process lives; other backends: None (not known without asking them)."""
@@ -206,21 +228,33 @@ class PowerAction(models.Model):
         ERROR = "error", "error"
         PENDING = "pending", "pending (running)"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor = models.CharField(max_length=150, help_text="the user, or the system part that acted (window checker)")
     at = models.DateTimeField(default=timezone.now)
-    service = models.CharField(max_length=200, help_text="the module; the mode for a mode change; the modules of a window")
+    service = models.CharField(
+        max_length=200, help_text="the module; the mode for a mode change; the modules of a window"
+    )
     action = models.CharField(max_length=20, help_text="start, stop, restart, mode, window_open, window_close")
     plan = models.JSONField(default=dict, blank=True)
     applied = models.BooleanField(default=False, help_text="the action was carried out (not only planned, not refused)")
     result = models.CharField(max_length=7, choices=Result.choices)
     http_status = models.PositiveSmallIntegerField()
     message = models.CharField(max_length=500)
-    output = models.TextField(blank=True, help_text=f"the last {backends.OUTPUT_TAIL} characters; the evidence folder has it all")
+    output = models.TextField(
+        blank=True, help_text=f"the last {backends.OUTPUT_TAIL} characters; the evidence folder has it all"
+    )
     duration_ms = models.FloatField(default=0)
     evidence_path = models.CharField(max_length=500, blank=True)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="steps",
-                               help_text="the mode change or window expiry this action is a step of")
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="steps",
+        help_text="the mode change or window expiry this action is a step of",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -234,7 +268,9 @@ class PowerAction(models.Model):
     def __str__(self) -> str:
         return f"{self.action} {self.service}: {self.result}"
 
-    def finish(self, result: str, status: int, message: str, output: str = "", applied: bool | None = None) -> PowerAction:
+    def finish(
+        self, result: str, status: int, message: str, output: str = "", applied: bool | None = None
+    ) -> PowerAction:
         """Fill in how it ended, save, write the evidence folder, announce an applied action."""
         if applied is not None:
             self.applied = applied
@@ -260,23 +296,42 @@ class PowerAction(models.Model):
         the evidence root; beyond it they are logged. A mode's steps and the portal's own actions are never capped."""
         if self.parent_id is not None:
             return False
-        refused = PowerAction.objects.filter(applied=False, result=self.Result.REFUSED, parent=None, at__gte=self.at - timedelta(minutes=1))
+        refused = PowerAction.objects.filter(
+            applied=False, result=self.Result.REFUSED, parent=None, at__gte=self.at - timedelta(minutes=1)
+        )
         if self.user_id is None and self.actor == "anonymous":
             recent, limit = refused.filter(user=None, actor="anonymous").count(), ANONYMOUS_AUDIT_PER_MIN
-        elif self.user_id is not None and self.actor == self.user.username:  # not the window checker acting for its opener
+        elif (
+            self.user_id is not None and self.actor == self.user.username
+        ):  # not the window checker acting for its opener
             recent, limit = refused.filter(user_id=self.user_id).count(), settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN
         else:
             return False
         if recent < limit:
             return False
-        log.warning("power: not audited (%s refusals by %s in the last minute, cap %s): %s %s from %s: %s %s", recent, self.actor,
-                    limit, self.action, self.service, self.plan.get("remote_addr", "-"), self.http_status, self.message)
+        log.warning(
+            "power: not audited (%s refusals by %s in the last minute, cap %s): %s %s from %s: %s %s",
+            recent,
+            self.actor,
+            limit,
+            self.action,
+            self.service,
+            self.plan.get("remote_addr", "-"),
+            self.http_status,
+            self.message,
+        )
         return True
 
     @property
     def event_data(self) -> dict:
         """What the bus is told: `module` for one module's action, `mode` or `services` otherwise."""
-        data = {"power_action": self.action, "result": self.result, "message": self.message, "actor": self.actor, "action_id": self.id}
+        data = {
+            "power_action": self.action,
+            "result": self.result,
+            "message": self.message,
+            "actor": self.actor,
+            "action_id": self.id,
+        }
         if self.action in ACTIONS:
             data["module"] = self.service
         elif self.action == "mode":
@@ -286,9 +341,21 @@ class PowerAction(models.Model):
         return data
 
     def as_dict(self) -> dict:
-        data = {"id": self.id, "service": self.service, "action": self.action, "applied": self.applied, "result": self.result,
-                "status": self.http_status, "message": self.message, "plan": self.plan, "actor": self.actor,
-                "at": self.at.isoformat(), "duration_ms": self.duration_ms, "output": self.output, "out_dir": self.evidence_path}
+        data = {
+            "id": self.id,
+            "service": self.service,
+            "action": self.action,
+            "applied": self.applied,
+            "result": self.result,
+            "status": self.http_status,
+            "message": self.message,
+            "plan": self.plan,
+            "actor": self.actor,
+            "at": self.at.isoformat(),
+            "duration_ms": self.duration_ms,
+            "output": self.output,
+            "out_dir": self.evidence_path,
+        }
         if self.action == "mode":
             data["steps"] = [s.as_dict() for s in self.steps.order_by("id")]
         return data
@@ -325,7 +392,9 @@ class WindowStop(models.Model):
     state = models.CharField(max_length=7, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     retry_at = models.DateTimeField(default=timezone.now, help_text="not tried again before this")
-    claimed_at = models.DateTimeField(null=True, blank=True, help_text="a checker is stopping it now (conditional UPDATE)")
+    claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="a checker is stopping it now (conditional UPDATE)"
+    )
     last_action = models.ForeignKey(PowerAction, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
@@ -380,8 +449,13 @@ def remove_evidence(path: str) -> bool:
     audit = (settings.VX11_EVIDENCE_ROOT / "docs" / "audit").resolve()
     folder = Path(path)
     try:
-        if (not folder.is_absolute() or folder.is_symlink() or folder.resolve() != folder
-                or folder.parent != audit or not folder.name.startswith("madre_power_")):
+        if (
+            not folder.is_absolute()
+            or folder.is_symlink()
+            or folder.resolve() != folder
+            or folder.parent != audit
+            or not folder.name.startswith("madre_power_")
+        ):
             log.warning("power: not deleting %r: not an evidence folder under %s", path, audit)
             return False
         if not folder.is_dir():
@@ -432,7 +506,9 @@ def controllable(slug: str) -> ServiceControl:
     control = ServiceControl.objects.select_related("module").filter(module__slug=slug).first()
     if control is None:
         if Module.objects.filter(slug=slug).exists():
-            raise Refused(404, f"service '{slug}' has no control backend configured (add a Service control in the admin)")
+            raise Refused(
+                404, f"service '{slug}' has no control backend configured (add a Service control in the admin)"
+            )
         raise Refused(404, f"unknown service '{slug}': not a module of the fleet")
     return control
 
@@ -448,8 +524,11 @@ def check_windows(modules: list[Module]) -> None:
     covered = modules_in_window(timezone.now())
     outside = [m.slug for m in modules if m.id not in covered]
     if outside:
-        raise Refused(409, f"no open maintenance window covers {', '.join(outside)}; open one first "
-                           "(POST /madre/power/window/open), or set VX11_MAINTENANCE_WINDOW_ENABLED=0")
+        raise Refused(
+            409,
+            f"no open maintenance window covers {', '.join(outside)}; open one first "
+            "(POST /madre/power/window/open), or set VX11_MAINTENANCE_WINDOW_ENABLED=0",
+        )
 
 
 RATE_LOCK = "vx11.power.rate"
@@ -468,7 +547,10 @@ def check_rate(user) -> None:
     since = timezone.now() - timedelta(minutes=1)
     done = PowerAction.objects.filter(user=user, applied=True, parent__isnull=True, at__gte=since).count()
     if done >= limit:
-        raise Refused(429, f"rate limit: {done} applied power actions by '{user.username}' in the last minute (limit {limit}); wait and retry")
+        raise Refused(
+            429,
+            f"rate limit: {done} applied power actions by '{user.username}' in the last minute (limit {limit}); wait and retry",
+        )
 
 
 def reserve_rate(user, row: PowerAction) -> None:
@@ -489,14 +571,22 @@ def _actor(user, system: str | None) -> str:
     return system or getattr(user, "username", "") or "anonymous"
 
 
-def perform(user, slug: str, action: str, apply: bool, *, system: str | None = None, parent: PowerAction | None = None) -> PowerAction:
+def perform(
+    user, slug: str, action: str, apply: bool, *, system: str | None = None, parent: PowerAction | None = None
+) -> PowerAction:
     """Plan or apply one action on one module, through every guard; always returns the audited row.
 
     `system` names a part of the portal acting on its own (the window checker): no permission,
     window or rate check then. `parent`: a mode change whose guards already ran for all its steps.
     """
-    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, system), service=slug[:200],
-                      action=action, parent=parent, at=timezone.now())
+    row = PowerAction(
+        user=user if getattr(user, "pk", None) else None,
+        actor=_actor(user, system),
+        service=slug[:200],
+        action=action,
+        parent=parent,
+        at=timezone.now(),
+    )
     checked = system is not None or parent is not None
     try:
         if not checked:
@@ -505,14 +595,17 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
         control = controllable(slug)
         row.plan = control.plan(action)
         if not apply:
-            return row.finish(PowerAction.Result.OK, 200, f"plan only: send {{\"apply\": true}} to {action} {slug}")
+            return row.finish(PowerAction.Result.OK, 200, f'plan only: send {{"apply": true}} to {action} {slug}')
         check_allowed()
         if not checked:
             check_windows([control.module])
             reserve_rate(user, row)
         if not control.claim(f"{action} by {row.actor}"):
             control.refresh_from_db(fields=["busy_since", "busy_with"])
-            raise Refused(409, f"another action is running on {slug} ({control.busy_with}, since {control.busy_since:%H:%M:%S}); try again when it ends")
+            raise Refused(
+                409,
+                f"another action is running on {slug} ({control.busy_with}, since {control.busy_since:%H:%M:%S}); try again when it ends",
+            )
     except Refused as refusal:
         row.applied = False  # a refusal (even after the rate reservation) did nothing and does not count
         return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
@@ -527,36 +620,54 @@ def perform(user, slug: str, action: str, apply: bool, *, system: str | None = N
     return row.finish(result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True)
 
 
-ANONYMOUS_AUDIT_PER_MIN = 60  # unauthenticated refusals audited per minute at most, all clients together; beyond, only logged
+ANONYMOUS_AUDIT_PER_MIN = (
+    60  # unauthenticated refusals audited per minute at most, all clients together; beyond, only logged
+)
 
 
 def refuse_request(user, action: str, service: str, plan: dict, status: int, message: str) -> PowerAction:
     """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials), audited
     within the refusal caps (PowerAction.beyond_refusal_cap: beyond them the row is not saved)."""
     known = user if getattr(user, "pk", None) else None
-    row = PowerAction(user=known, actor=_actor(known, None), service=(service or "-")[:200], action=(action or "-")[:20],
-                      plan=plan, at=timezone.now())
+    row = PowerAction(
+        user=known,
+        actor=_actor(known, None),
+        service=(service or "-")[:200],
+        action=(action or "-")[:20],
+        plan=plan,
+        at=timezone.now(),
+    )
     return row.finish(PowerAction.Result.REFUSED, status, message)
 
 
 def mode_plan(mode: str) -> list[dict]:
     wanted = MODES[mode]
     steps = []
-    for control in ServiceControl.objects.select_related("module").filter(module__enabled=True).order_by("module__slug"):
+    for control in (
+        ServiceControl.objects.select_related("module").filter(module__enabled=True).order_by("module__slug")
+    ):
         slug = control.slug
-        steps.append({"service": slug, "action": "start" if wanted is None or slug in wanted or slug in NEVER_STOP else "stop"})
+        steps.append(
+            {"service": slug, "action": "start" if wanted is None or slug in wanted or slug in NEVER_STOP else "stop"}
+        )
     return steps
 
 
 def perform_mode(user, mode: str, apply: bool) -> PowerAction:
     """low_power / operative_core / full: start the mode's modules, stop the others, each step audited."""
     steps = mode_plan(mode)
-    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=mode, action="mode",
-                      at=timezone.now(), plan={"mode": mode, "runs": MODES[mode] or "all", "steps": steps})
+    row = PowerAction(
+        user=user if getattr(user, "pk", None) else None,
+        actor=_actor(user, None),
+        service=mode,
+        action="mode",
+        at=timezone.now(),
+        plan={"mode": mode, "runs": MODES[mode] or "all", "steps": steps},
+    )
     try:
         check_permission(user, f"{'applying' if apply else 'planning'} mode {mode}")
         if not apply:
-            return row.finish(PowerAction.Result.OK, 200, f"plan only: send {{\"apply\": true}} to switch to {mode}")
+            return row.finish(PowerAction.Result.OK, 200, f'plan only: send {{"apply": true}} to switch to {mode}')
         check_allowed()
         modules = {m.slug: m for m in Module.objects.filter(slug__in=[s["service"] for s in steps])}
         check_windows([modules[s["service"]] for s in steps])
@@ -566,17 +677,27 @@ def perform_mode(user, mode: str, apply: bool) -> PowerAction:
     done = [perform(user, s["service"], s["action"], True, parent=row) for s in steps]
     failed = [f"{d.service} ({d.message})" for d in done if d.result != PowerAction.Result.OK]
     if failed:
-        return row.finish(PowerAction.Result.ERROR, 502, f"mode {mode}: {len(failed)} of {len(done)} steps failed: {'; '.join(failed)}")
+        return row.finish(
+            PowerAction.Result.ERROR,
+            502,
+            f"mode {mode}: {len(failed)} of {len(done)} steps failed: {'; '.join(failed)}",
+        )
     return row.finish(PowerAction.Result.OK, 200, f"mode {mode}: {len(done)} steps ok")
 
 
 def window_dict(window: MaintenanceWindow | None) -> dict | None:
     if window is None:
         return None
-    return {"id": window.id, "services": sorted(m.slug for m in window.modules.all()), "mode": window.mode,
-            "opened_at": window.starts_at.isoformat(), "expires_at": window.ends_at.isoformat(), "reason": window.reason,
-            "closed_at": window.closed_at.isoformat() if window.closed_at else None,
-            "ttl_left_sec": max(0.0, round((window.ends_at - timezone.now()).total_seconds(), 1))}
+    return {
+        "id": window.id,
+        "services": sorted(m.slug for m in window.modules.all()),
+        "mode": window.mode,
+        "opened_at": window.starts_at.isoformat(),
+        "expires_at": window.ends_at.isoformat(),
+        "reason": window.reason,
+        "closed_at": window.closed_at.isoformat() if window.closed_at else None,
+        "ttl_left_sec": max(0.0, round((window.ends_at - timezone.now()).total_seconds(), 1)),
+    }
 
 
 WINDOW_LOCK = "vx11.power.window"
@@ -591,10 +712,17 @@ def lock_window_opening() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [WINDOW_LOCK])
 
 
-def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str) -> tuple[PowerAction, MaintenanceWindow | None]:
-    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service=",".join(services)[:200],
-                      action="window_open", at=timezone.now(),
-                      plan={"services": services, "ttl_sec": ttl_sec, "mode": mode, "reason": reason})
+def open_window(
+    user, services: list[str], ttl_sec: int, mode: str, reason: str
+) -> tuple[PowerAction, MaintenanceWindow | None]:
+    row = PowerAction(
+        user=user if getattr(user, "pk", None) else None,
+        actor=_actor(user, None),
+        service=",".join(services)[:200],
+        action="window_open",
+        at=timezone.now(),
+        plan={"services": services, "ttl_sec": ttl_sec, "mode": mode, "reason": reason},
+    )
     window = None
     try:
         check_permission(user, "opening a power window")
@@ -606,21 +734,36 @@ def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str)
             lock_window_opening()
             current = MaintenanceWindow.open_power_window()
             if current is not None:
-                raise Refused(409, f"power window #{current.id} is already open until {current.ends_at:%H:%M:%S} UTC; close it first")
+                raise Refused(
+                    409,
+                    f"power window #{current.id} is already open until {current.ends_at:%H:%M:%S} UTC; close it first",
+                )
             now = timezone.now()
-            window = MaintenanceWindow.objects.create(source=MaintenanceWindow.Source.POWER, mode=mode, starts_at=now,
-                                                      ends_at=now + timedelta(seconds=ttl_sec), reason=reason[:500],
-                                                      created_by=row.user)
+            window = MaintenanceWindow.objects.create(
+                source=MaintenanceWindow.Source.POWER,
+                mode=mode,
+                starts_at=now,
+                ends_at=now + timedelta(seconds=ttl_sec),
+                reason=reason[:500],
+                created_by=row.user,
+            )
             window.modules.set(modules)
     except Refused as refusal:
         return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message), None
     row.plan["window"] = window.id
-    return row.finish(PowerAction.Result.OK, 200, f"power window #{window.id} open for {ttl_sec} s ({mode})", applied=True), window
+    return row.finish(
+        PowerAction.Result.OK, 200, f"power window #{window.id} open for {ttl_sec} s ({mode})", applied=True
+    ), window
 
 
 def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
-    row = PowerAction(user=user if getattr(user, "pk", None) else None, actor=_actor(user, None), service="window",
-                      action="window_close", at=timezone.now())
+    row = PowerAction(
+        user=user if getattr(user, "pk", None) else None,
+        actor=_actor(user, None),
+        service="window",
+        action="window_close",
+        at=timezone.now(),
+    )
     try:
         check_permission(user, "closing the power window")
         window = MaintenanceWindow.open_power_window()
@@ -644,20 +787,35 @@ def expire_windows(now: datetime | None = None, max_stops: int | None = None) ->
     time limit is one stop's worst case whatever the number of modules).
     """
     now = now or timezone.now()
-    due = MaintenanceWindow.objects.filter(source=MaintenanceWindow.Source.POWER, mode=MaintenanceWindow.Mode.TTL,
-                                           closed_at__isnull=True, expired_handled_at__isnull=True, ends_at__lte=now)
+    due = MaintenanceWindow.objects.filter(
+        source=MaintenanceWindow.Source.POWER,
+        mode=MaintenanceWindow.Mode.TTL,
+        closed_at__isnull=True,
+        expired_handled_at__isnull=True,
+        ends_at__lte=now,
+    )
     actions = []
     for window in due.select_related("created_by").order_by("ends_at", "id"):
-        WindowStop.objects.bulk_create([WindowStop(window=window, module=m, retry_at=window.ends_at)
-                                        for m in window.modules.exclude(slug__in=NEVER_STOP)], ignore_conflicts=True)
+        WindowStop.objects.bulk_create(
+            [
+                WindowStop(window=window, module=m, retry_at=window.ends_at)
+                for m in window.modules.exclude(slug__in=NEVER_STOP)
+            ],
+            ignore_conflicts=True,
+        )
         pending = WindowStop.objects.filter(window=window, state=WindowStop.State.PENDING)
         for stop in pending.filter(retry_at__lte=now).select_related("module").order_by("retry_at", "module__slug"):
             if max_stops is not None and len(actions) >= max_stops:
                 return actions
             if not stop.claim():
                 continue  # another checker is stopping it
-            action = perform(window.created_by, stop.module.slug, "stop", True,
-                             system=f"window #{window.id} expiry (try {stop.attempts + 1})")
+            action = perform(
+                window.created_by,
+                stop.module.slug,
+                "stop",
+                True,
+                system=f"window #{window.id} expiry (try {stop.attempts + 1})",
+            )
             actions.append(action)
             stop.attempts += 1
             stop.last_action = action
@@ -665,14 +823,21 @@ def expire_windows(now: datetime | None = None, max_stops: int | None = None) ->
                 stop.state = WindowStop.State.DONE
             elif stop.attempts >= settings.VX11_POWER_WINDOW_STOP_ATTEMPTS:
                 stop.state = WindowStop.State.GAVE_UP
-                log.warning("power: window #%s: gave up stopping %s after %s tries: %s", window.id, stop.module.slug,
-                            stop.attempts, action.message)
+                log.warning(
+                    "power: window #%s: gave up stopping %s after %s tries: %s",
+                    window.id,
+                    stop.module.slug,
+                    stop.attempts,
+                    action.message,
+                )
             else:
                 stop.retry_at = timezone.now() + timedelta(seconds=settings.VX11_POWER_WINDOW_RETRY_SECONDS)
             stop.claimed_at = None
             stop.save(update_fields=["attempts", "last_action", "state", "retry_at", "claimed_at"])
         if not pending.exists():
-            MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(expired_handled_at=timezone.now())
+            MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(
+                expired_handled_at=timezone.now()
+            )
     return actions
 
 
@@ -689,11 +854,25 @@ def power_status() -> dict:
     services = []
     for module in modules:
         control, state = controls.get(module.id), states.get(module.id, none)
-        services.append({"service": module.slug, "state": module.state, "controlled": control is not None,
-                         "backend": control.backend if control else None, "running": state.running,
-                         "backend_state": state.state or None, "error": state.error,
-                         "pid": control.pid if control else None, "busy": bool(control and control.busy_since),
-                         "in_window": module.id in in_window})
-    return {"status": "ok", "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,
-            "window_required": settings.VX11_MAINTENANCE_WINDOW_ENABLED, "window": window_dict(MaintenanceWindow.open_power_window(now)),
-            "modes": {m: list(s) if s else "all" for m, s in MODES.items()}, "services": services}
+        services.append(
+            {
+                "service": module.slug,
+                "state": module.state,
+                "controlled": control is not None,
+                "backend": control.backend if control else None,
+                "running": state.running,
+                "backend_state": state.state or None,
+                "error": state.error,
+                "pid": control.pid if control else None,
+                "busy": bool(control and control.busy_since),
+                "in_window": module.id in in_window,
+            }
+        )
+    return {
+        "status": "ok",
+        "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,
+        "window_required": settings.VX11_MAINTENANCE_WINDOW_ENABLED,
+        "window": window_dict(MaintenanceWindow.open_power_window(now)),
+        "modes": {m: list(s) if s else "all" for m, s in MODES.items()},
+        "services": services,
+    }

@@ -16,13 +16,20 @@ def one_stop_worst_case() -> float:
     return max(settings.VX11_POWER_COMMAND_TIMEOUT, process) + 30
 
 
-@shared_task(name="apps.power.tasks.check_power_windows", soft_time_limit=one_stop_worst_case(), time_limit=one_stop_worst_case() + 30)
+@shared_task(
+    name="apps.power.tasks.check_power_windows",
+    soft_time_limit=one_stop_worst_case(),
+    time_limit=one_stop_worst_case() + 30,
+)
 def check_power_windows(now: datetime | None = None) -> dict:
     """Every few seconds: stop one module of an expired ttl power window (a refused or failed stop is tried
     again on a later tick); one per call, so the time limit above holds whatever the number of modules.
     `now`: the moment to judge expiry at (default: the current time), so a caller can test expiry without waiting."""
     actions = expire_windows(now=now, max_stops=1)
-    return {"stopped": [a.service for a in actions if a.result == "ok"], "failed": [a.service for a in actions if a.result != "ok"]}
+    return {
+        "stopped": [a.service for a in actions if a.result == "ok"],
+        "failed": [a.service for a in actions if a.result != "ok"],
+    }
 
 
 @shared_task(name="apps.power.tasks.prune_power_actions", soft_time_limit=600)

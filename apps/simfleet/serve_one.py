@@ -25,7 +25,9 @@ def main(argv=None) -> int:
     # A SimFleet that is never started: it only holds the modes ("ok") the handler reads.
     app = module_app(SimFleet(host=args.host), args.slug)
     print(f"serve_one: {args.slug} on http://{args.host}:{port}", flush=True)
-    web.run_app(app, host=args.host, port=port, access_log=None, print=None, shutdown_timeout=0.5)  # SIGTERM/SIGINT end it
+    web.run_app(
+        app, host=args.host, port=port, access_log=None, print=None, shutdown_timeout=0.5
+    )  # SIGTERM/SIGINT end it
     return 0
 
 

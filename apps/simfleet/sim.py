@@ -52,7 +52,13 @@ MODES = {
 HEALTH = {
     "tentaculo_link": {"status": "ok", "module": "tentaculo_link", "version": "7.0"},
     "madre": {"module": "madre", "status": "ok", "version": "7.0", "time": None, "deps": None},
-    "switch": {"status": "ok", "module": "switch", "active_model": "general-7b", "warm_model": "deepseek-r1-7b", "queue_size": 0},
+    "switch": {
+        "status": "ok",
+        "module": "switch",
+        "active_model": "general-7b",
+        "warm_model": "deepseek-r1-7b",
+        "queue_size": 0,
+    },
     "hermes": {"status": "ok", "module": "hermes", "version": "minimal"},
     "hormiguero": {"status": "ok", "service": "hormiguero", "version": "v7"},
     "manifestator": {"status": "healthy", "service": "manifestator"},
@@ -75,7 +81,10 @@ HERMES_TOOLS = {
 
 # POST shub /metrics: each name in "include" adds these keys to the answer.
 SHUB_METRICS = {
-    "sessions": {"active_sessions": 2, "projects": [{"id": "proj-001", "name": "Demo mix"}, {"id": "proj-002", "name": "Podcast master"}]},
+    "sessions": {
+        "active_sessions": 2,
+        "projects": [{"id": "proj-001", "name": "Demo mix"}, {"id": "proj-002", "name": "Podcast master"}],
+    },
     "resources": {"resources": {"cpu_percent": 12.5, "memory_mb": 512.0}},
     "queue": {"queue": {"pending": 0}},
 }
@@ -203,7 +212,10 @@ async def proxy(fleet, request):
         parts = request.path.split("/", 3)  # "", "vx11", module, rest
         target = parts[2] if len(parts) > 2 else ""
         if target not in PORTS or target == "tentaculo_link":
-            raise json_error(web.HTTPNotFound, f"no upstream for {request.path}; use /vx11/<module>/<path>, /vx11/intent or /vx11/result/<id>")
+            raise json_error(
+                web.HTTPNotFound,
+                f"no upstream for {request.path}; use /vx11/<module>/<path>, /vx11/intent or /vx11/result/<id>",
+            )
         path = "/" + (parts[3] if len(parts) > 3 else "")
     url = fleet.base_url(target) + path + (f"?{request.query_string}" if request.query_string else "")
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept", "x-vx11-token")}
@@ -211,8 +223,12 @@ async def proxy(fleet, request):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT)) as session:
             async with session.request(request.method, url, data=await request.read(), headers=headers) as upstream:
                 body = await upstream.read()
-                return web.Response(body=body, status=upstream.status, content_type=upstream.content_type,
-                                    headers={"X-VX11-Upstream": target})
+                return web.Response(
+                    body=body,
+                    status=upstream.status,
+                    content_type=upstream.content_type,
+                    headers={"X-VX11-Upstream": target},
+                )
     except asyncio.TimeoutError:
         return web.json_response({"detail": f"upstream {target} timed out after {PROXY_TIMEOUT:g} s"}, status=504)
     except aiohttp.ClientError as err:
@@ -223,7 +239,9 @@ def parse_intent(body):
     """IntentV2 from madre's /vx11/intent body {text, session_id?, mode?, require?: {spawner}}."""
     text = body.get("text")
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
-        raise json_error(web.HTTPUnprocessableEntity, f'"text" must be a non-empty string of at most {MAX_TEXT} characters')
+        raise json_error(
+            web.HTTPUnprocessableEntity, f'"text" must be a non-empty string of at most {MAX_TEXT} characters'
+        )
     mode = body.get("mode", "MADRE")
     if mode not in ("MADRE", "AUDIO_ENGINEER"):
         raise json_error(web.HTTPUnprocessableEntity, '"mode" must be "MADRE" or "AUDIO_ENGINEER"')
@@ -233,7 +251,9 @@ def parse_intent(body):
     words = re.findall(r"[a-z_]+", text.lower())
     known = RISK_HIGH | RISK_MED | SPAWN_ACTIONS | OTHER_ACTIONS
     action = next((w for w in words if w in known), "chat")
-    targets = list(dict.fromkeys("shub" if w == "shubniggurath" else w for w in words if w in PORTS or w == "shubniggurath"))
+    targets = list(
+        dict.fromkeys("shub" if w == "shubniggurath" else w for w in words if w in PORTS or w == "shubniggurath")
+    )
     risk = "HIGH" if action in RISK_HIGH else "MED" if action in RISK_MED else "LOW"
     denied = [t for t in targets if t in PROTECTED] if action in DENIED_ACTIONS else []
     if denied:
@@ -242,9 +262,13 @@ def parse_intent(body):
         "intent_id": str(uuid.uuid4()),
         "session_id": str(body.get("session_id") or uuid.uuid4())[:64],
         "mode": mode,
-        "dsl": {"domain": "audio" if mode == "AUDIO_ENGINEER" else ("system" if action != "chat" else "general"),
-                "action": action, "parameters": {"targets": targets}, "confidence": 0.9 if action != "chat" else 0.5,
-                "original_text": text},
+        "dsl": {
+            "domain": "audio" if mode == "AUDIO_ENGINEER" else ("system" if action != "chat" else "general"),
+            "action": action,
+            "parameters": {"targets": targets},
+            "confidence": 0.9 if action != "chat" else 0.5,
+            "original_text": text,
+        },
         "risk": risk,
         "requires_confirmation": risk in ("MED", "HIGH"),
         "targets": targets,
@@ -256,7 +280,14 @@ def plan_for(fleet, intent, spawner):
     -> SPAWNER_REQUEST (run/execute/start, or required) -> NOOP plan_complete."""
 
     def step(kind, payload, blocking=False):
-        return {"type": kind, "payload": payload, "blocking": blocking, "status": "pending", "result": None, "error": None}
+        return {
+            "type": kind,
+            "payload": payload,
+            "blocking": blocking,
+            "status": "pending",
+            "result": None,
+            "error": None,
+        }
 
     steps = [step("SYSTEM_HEALTHCHECK", {"modules": intent["targets"] or ["madre"]})]
     if intent["requires_confirmation"]:
@@ -266,8 +297,14 @@ def plan_for(fleet, intent, spawner):
     if spawner or intent["dsl"]["action"] in SPAWN_ACTIONS:
         steps.append(step("SPAWNER_REQUEST", {"action": intent["dsl"]["action"], "targets": intent["targets"]}))
     steps.append(step("NOOP", {"reason": "plan_complete"}))
-    plan = {"plan_id": str(uuid.uuid4()), "intent_id": intent["intent_id"], "session_id": intent["session_id"],
-            "status": "PENDING", "steps": steps, "created_at": now_iso()}
+    plan = {
+        "plan_id": str(uuid.uuid4()),
+        "intent_id": intent["intent_id"],
+        "session_id": intent["session_id"],
+        "status": "PENDING",
+        "steps": steps,
+        "created_at": now_iso(),
+    }
     advance(fleet, plan)
     return plan
 
@@ -302,10 +339,19 @@ async def madre_answer(fleet, request):
         correlation_id = str(uuid.uuid4())
         status = {"DONE": "DONE", "WAITING": "WAITING"}.get(plan["status"], "QUEUED")
         fleet.memory.put("plans", plan["plan_id"], plan)
-        fleet.memory.put("results", correlation_id, {"correlation_id": correlation_id, "intent_id": intent["intent_id"], "plan_id": plan["plan_id"]})
+        fleet.memory.put(
+            "results",
+            correlation_id,
+            {"correlation_id": correlation_id, "intent_id": intent["intent_id"], "plan_id": plan["plan_id"]},
+        )
         return {"status": status, "correlation_id": correlation_id, "intent": intent, "plan": plan}
     if (method, path) == ("GET", "/madre/plans"):
-        return {"plans": [{k: p[k] for k in ("plan_id", "intent_id", "session_id", "status")} for p in fleet.memory.values("plans")]}
+        return {
+            "plans": [
+                {k: p[k] for k in ("plan_id", "intent_id", "session_id", "status")}
+                for p in fleet.memory.values("plans")
+            ]
+        }
     match = re.fullmatch(r"/madre/plans/([\w-]+)(/confirm)?", path)
     if match:
         plan = fleet.memory.get("plans", match[1])
@@ -330,15 +376,33 @@ async def madre_answer(fleet, request):
 
 
 def incident(kind, severity, evidence, actions, scan_id, fleet):
-    row = {"id": fleet.memory.next_id(), "kind": kind, "severity": severity, "status": "open", "evidence": evidence,
-           "correlation_id": str(uuid.uuid4()), "suggested_actions": actions, "scan_id": scan_id, "created_at": now_iso()}
+    row = {
+        "id": fleet.memory.next_id(),
+        "kind": kind,
+        "severity": severity,
+        "status": "open",
+        "evidence": evidence,
+        "correlation_id": str(uuid.uuid4()),
+        "suggested_actions": actions,
+        "scan_id": scan_id,
+        "created_at": now_iso(),
+    }
     return fleet.memory.put("incidents", row["id"], row)
 
 
 def run_ant(fleet, name, scan_id):
     """One ant's incidents: fs_drift always finds FS_DRIFT; health finds the siblings madre would see down."""
     if name == "fs_drift":
-        return [incident("fs_drift", "medium", {"blueprint": BLUEPRINT, "drift": FS_DRIFT}, ["manifestator_patch"], scan_id, fleet)]
+        return [
+            incident(
+                "fs_drift",
+                "medium",
+                {"blueprint": BLUEPRINT, "drift": FS_DRIFT},
+                ["manifestator_patch"],
+                scan_id,
+                fleet,
+            )
+        ]
     if name == "health":
         down = sorted(slug for slug in PORTS if slug != "hormiguero" and fleet.dep_state(slug) == "down")
         return [incident("health", "high", {"down": down}, ["restart_service"], scan_id, fleet)] if down else []
@@ -384,8 +448,14 @@ async def manifestator_answer(fleet, request):
         correlation_id = request.query.get("correlation_id")
         if correlation_id:
             incident_by_correlation(fleet, correlation_id)
-        report = {"drift_id": f"drift-{fleet.memory.next_id()}", "status": "drift_detected", "blueprint": BLUEPRINT,
-                  "correlation_id": correlation_id, "modules": FS_DRIFT, "checked_at": now_iso()}
+        report = {
+            "drift_id": f"drift-{fleet.memory.next_id()}",
+            "status": "drift_detected",
+            "blueprint": BLUEPRINT,
+            "correlation_id": correlation_id,
+            "modules": FS_DRIFT,
+            "checked_at": now_iso(),
+        }
         return fleet.memory.put("drift", report["drift_id"], report)
     if (method, path) == ("POST", "/generate-patch"):
         body = await json_body(request)
@@ -398,8 +468,14 @@ async def manifestator_answer(fleet, request):
             incident_by_correlation(fleet, correlation_id)
         operations = [{"op": "add", "path": "/" + d, "value": {"type": "dir"}} for m in FS_DRIFT for d in m["missing"]]
         operations += [{"op": "remove", "path": "/" + d} for m in FS_DRIFT for d in m["extra"]]
-        patch = {"patch_id": f"patch-{fleet.memory.next_id()}", "status": "proposed", "drift_id": drift_id,
-                 "correlation_id": correlation_id, "operations": operations, "created_at": now_iso()}
+        patch = {
+            "patch_id": f"patch-{fleet.memory.next_id()}",
+            "status": "proposed",
+            "drift_id": drift_id,
+            "correlation_id": correlation_id,
+            "operations": operations,
+            "created_at": now_iso(),
+        }
         return fleet.memory.put("patches", patch["patch_id"], patch)
     raise json_error(web.HTTPNotFound, "Not Found")
 
@@ -462,12 +538,16 @@ def control_app(fleet):
 class SimFleet:
     """The ten simulated modules plus the control server, in one background thread."""
 
-    def __init__(self, host="127.0.0.1", port_offset=0, ephemeral=False, control_port=None, shub_warmup=0.0, exclude=()):
+    def __init__(
+        self, host="127.0.0.1", port_offset=0, ephemeral=False, control_port=None, shub_warmup=0.0, exclude=()
+    ):
         """`exclude`: modules this fleet does not serve, leaving their ports free (the demo runs them as their
         own processes under the power manager, with apps.simfleet.serve_one)."""
         unknown = sorted(set(exclude) - set(PORTS))
         if unknown:
-            raise ValueError(f"unknown module(s) to exclude: {', '.join(unknown)}; expected some of: {', '.join(PORTS)}")
+            raise ValueError(
+                f"unknown module(s) to exclude: {', '.join(unknown)}; expected some of: {', '.join(PORTS)}"
+            )
         if exclude and ephemeral:
             raise ValueError("exclude needs fixed ports (not ephemeral): their processes must know where to listen")
         self.host = host
@@ -565,8 +645,10 @@ class SimFleet:
         if slug not in PORTS:
             raise ValueError(f"unknown module {slug!r}; expected one of: {', '.join(PORTS)}")
         if slug in self.excluded:
-            raise ValueError(f"{slug} is not simulated here: it runs as its own process under the power manager "
-                             "(start/stop it from the admin's power console)")
+            raise ValueError(
+                f"{slug} is not simulated here: it runs as its own process under the power manager "
+                "(start/stop it from the admin's power console)"
+            )
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
         if delay is not None:
@@ -579,7 +661,7 @@ class SimFleet:
             self._modes[slug] = (mode, delay)
 
     def dep_state(self, slug):
-        """"up" or "down", as real madre's 2 s probe would see the simulated sibling."""
+        """ "up" or "down", as real madre's 2 s probe would see the simulated sibling."""
         mode, delay = self.mode_of(slug)
         too_slow = mode == "slow" and delay >= MADRE_PROBE_TIMEOUT
         return "down" if mode in DEAD_MODES or too_slow else "up"
@@ -613,11 +695,15 @@ class SimFleet:
     async def _start_all(self):
         self._started_at = time.monotonic()
         self._apply_lock = asyncio.Lock()  # one socket change at a time (set_mode vs control server)
-        self._control_runner, self.control_port = await self._listen(control_app(self), self._wanted_control_port, "control server")
+        self._control_runner, self.control_port = await self._listen(
+            control_app(self), self._wanted_control_port, "control server"
+        )
         for slug in PORTS:
             if slug in self.excluded:
                 continue
-            self._runners[slug], self._ports[slug] = await self._listen(module_app(self, slug), self._wanted_ports[slug], slug)
+            self._runners[slug], self._ports[slug] = await self._listen(
+                module_app(self, slug), self._wanted_ports[slug], slug
+            )
             await self.apply_mode(slug)  # a module set "down" before start() closes again at once
 
     async def _stop_all(self):

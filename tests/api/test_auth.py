@@ -15,7 +15,9 @@ def test_missing_credentials_is_401_with_a_message():
     assert "Authorization: Bearer" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": "Bearer vx11_deadbeef_nope"}, {"X-API-Key": "garbage"}, {"Authorization": "Bearer "}])
+@pytest.mark.parametrize(
+    "headers", [{"Authorization": "Bearer vx11_deadbeef_nope"}, {"X-API-Key": "garbage"}, {"Authorization": "Bearer "}]
+)
 def test_wrong_key_is_401(headers, operator_key):
     r = Client(headers=headers).get("/api/modules")
     assert r.status_code == 401
@@ -37,9 +39,13 @@ def test_key_works_as_bearer_and_as_x_api_key(operator_key):
 def test_read_only_key_reads_but_cannot_write(readonly_key):
     client = Client(headers={"X-API-Key": readonly_key})
     assert client.get("/api/modules/madre").status_code == 200
-    for method, path, body in [("post", "/api/modules", NEW), ("patch", "/api/modules/madre", {"name": "x"}),
-                               ("delete", "/api/modules/madre", None), ("post", "/api/modules/madre/probe", None),
-                               ("post", "/api/probe", None)]:
+    for method, path, body in [
+        ("post", "/api/modules", NEW),
+        ("patch", "/api/modules/madre", {"name": "x"}),
+        ("delete", "/api/modules/madre", None),
+        ("post", "/api/modules/madre/probe", None),
+        ("post", "/api/probe", None),
+    ]:
         r = getattr(client, method)(path, body, content_type="application/json")
         assert r.status_code == 403, (method, path)
         assert "read-only" in r.json()["detail"]

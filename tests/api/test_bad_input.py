@@ -32,20 +32,27 @@ def admin_api(admin_user):
     return Client(headers={"Authorization": f"Bearer {ApiKey.issue(admin_user, 'admin rw')[1]}"})
 
 
-@pytest.mark.parametrize("method,path,raw,where", [
-    ("post", "/madre/power/service/a%00b/start", None, "URL path"),
-    ("get", "/api/modules/a%00b", None, "URL path"),
-    ("get", "/api/modules?state=up%00", None, "query string"),
-    ("get", "/api/modules/madre/history?since=2024%00", None, "query string"),
-    ("post", "/api/modules", MODULE % ('"a\\u0000b"', "[]"), "JSON body at name"),
-    ("post", "/api/modules", MODULE % ('"ab"', '["ok", "a\\u0000"]'), "JSON body at owned_tables[1]"),
-    ("post", "/api/daughters", '{"kind": "sleep", "description": "a\\u0000b"}', "JSON body at description"),
-    ("post", "/api/daughters", '{"kind": "sleep", "purpose": "\\u0000"}', "JSON body at purpose"),
-    ("post", "/api/daughters", '{"kind": "http", "params": {"module": "madre", "body": {"k\\u0000": 1}}}',
-     "JSON body at params.body"),
-    ("post", "/api/power/window/open", WINDOW, "JSON body at reason"),
-    ("post", "/madre/power/window/open", WINDOW, "JSON body at reason"),
-])
+@pytest.mark.parametrize(
+    "method,path,raw,where",
+    [
+        ("post", "/madre/power/service/a%00b/start", None, "URL path"),
+        ("get", "/api/modules/a%00b", None, "URL path"),
+        ("get", "/api/modules?state=up%00", None, "query string"),
+        ("get", "/api/modules/madre/history?since=2024%00", None, "query string"),
+        ("post", "/api/modules", MODULE % ('"a\\u0000b"', "[]"), "JSON body at name"),
+        ("post", "/api/modules", MODULE % ('"ab"', '["ok", "a\\u0000"]'), "JSON body at owned_tables[1]"),
+        ("post", "/api/daughters", '{"kind": "sleep", "description": "a\\u0000b"}', "JSON body at description"),
+        ("post", "/api/daughters", '{"kind": "sleep", "purpose": "\\u0000"}', "JSON body at purpose"),
+        (
+            "post",
+            "/api/daughters",
+            '{"kind": "http", "params": {"module": "madre", "body": {"k\\u0000": 1}}}',
+            "JSON body at params.body",
+        ),
+        ("post", "/api/power/window/open", WINDOW, "JSON body at reason"),
+        ("post", "/madre/power/window/open", WINDOW, "JSON body at reason"),
+    ],
+)
 @pytest.mark.parametrize("authenticated", [True, False])
 def test_nul_anywhere_is_a_400_and_stores_nothing(method, path, raw, where, authenticated, fleet, admin_api, settings):
     settings.VX11_MAINTENANCE_WINDOW_ENABLED = True
@@ -58,8 +65,10 @@ def test_nul_anywhere_is_a_400_and_stores_nothing(method, path, raw, where, auth
 
 
 def test_nul_in_a_header_a_cookie_or_a_form_is_a_400(admin_user):
-    assert Client(headers={"X-API-Key": "vx11_ab\x00cd_x"}).get("/api/modules").json()["detail"] == \
-        "NUL characters are not allowed in the X-Api-Key header"
+    assert (
+        Client(headers={"X-API-Key": "vx11_ab\x00cd_x"}).get("/api/modules").json()["detail"]
+        == "NUL characters are not allowed in the X-Api-Key header"
+    )
     # an octal escape in a quoted cookie, which Django's cookie parser turns into a NUL
     quoted = Client(headers={"Cookie": 'sessionid="\\000abcdefgh"'})
     assert quoted.get("/api/modules").json()["detail"] == "NUL characters are not allowed in cookies"
@@ -87,8 +96,10 @@ def test_nan_in_a_json_body_is_a_422_and_stores_nothing(constant, fleet, admin_a
     body = f'{{"kind": "http", "params": {{"module": "madre", "body": {{"x": [{constant}]}}}}}}'
     r = post_json(admin_api, "/api/daughters", body)
     assert r.status_code == 422
-    assert r.json()["detail"] == \
-        f"{constant} is not a JSON number (JSON has no NaN or Infinity): in the JSON body at params.body.x[0]"
+    assert (
+        r.json()["detail"]
+        == f"{constant} is not a JSON number (JSON has no NaN or Infinity): in the JSON body at params.body.x[0]"
+    )
     assert stored() == before
 
 
@@ -99,12 +110,15 @@ def test_a_command_that_is_not_a_name_is_a_422(admin_api):
     assert DaughterTask.objects.count() == 0
 
 
-@pytest.mark.parametrize("since,why", [
-    ("2024-08-30T09:43:20-22:12", "UTC offset out of range"),
-    ("2024-08-30T09:43:20%2B14:01", "UTC offset out of range"),
-    ("0001-01-01T00:00:00%2B01:00", "out of range once converted to UTC"),
-    ("9999-12-31T23:59:59-01:00", "out of range once converted to UTC"),
-])
+@pytest.mark.parametrize(
+    "since,why",
+    [
+        ("2024-08-30T09:43:20-22:12", "UTC offset out of range"),
+        ("2024-08-30T09:43:20%2B14:01", "UTC offset out of range"),
+        ("0001-01-01T00:00:00%2B01:00", "out of range once converted to UTC"),
+        ("9999-12-31T23:59:59-01:00", "out of range once converted to UTC"),
+    ],
+)
 def test_an_impossible_instant_is_a_422(since, why, fleet, admin_api):
     r = admin_api.get(f"/api/modules/madre/history?since={since}")
     assert r.status_code == 422
@@ -119,8 +133,15 @@ def test_a_real_offset_still_works(fleet, admin_api):
 PAST_64_BITS = 2**63
 
 
-@pytest.mark.parametrize("path", [f"/api/daughters/{PAST_64_BITS}", f"/api/daughters/tasks/{PAST_64_BITS}/cancel",
-                                  f"/api/flow-runs/{PAST_64_BITS}", "/api/daughters?task_id=-32735393085743773515776"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/daughters/{PAST_64_BITS}",
+        f"/api/daughters/tasks/{PAST_64_BITS}/cancel",
+        f"/api/flow-runs/{PAST_64_BITS}",
+        "/api/daughters?task_id=-32735393085743773515776",
+    ],
+)
 def test_an_id_past_64_bits_is_a_422(path, admin_api):
     r = admin_api.post(path) if path.endswith("/cancel") else admin_api.get(path)
     assert r.status_code == 422
@@ -134,19 +155,22 @@ def test_a_parent_id_past_64_bits_is_a_422(admin_api):
     assert r.json()["detail"] == f"parent_id: Input should be less than or equal to {PAST_64_BITS - 1}"
 
 
-@pytest.mark.parametrize("path,detail", [
-    ("/api/nope", "no endpoint GET /api/nope; /api/docs lists them"),
-    ("/api", "no endpoint GET /api; /api/docs lists them"),
-    ("/api/daughters/false", "no endpoint GET /api/daughters/false; /api/docs lists them"),
-    ("/api/modules/madre/nope", "no endpoint GET /api/modules/madre/nope; /api/docs lists them"),
-    ("/madre/nope", "no endpoint GET /madre/nope; /madre/power/docs lists them"),
-    ("/api/daughters/999", "no daughter with id 999"),
-    ("/api/daughters/tasks/999", "no daughter task with id 999"),
-    ("/api/modules/nope", "no module with slug 'nope'"),
-    ("/api/modules/nope/history", "no module with slug 'nope'"),
-    ("/api/flows/nope", "no flow with name 'nope'"),
-    ("/api/flow-runs/999", "no flow run with id 999"),
-])
+@pytest.mark.parametrize(
+    "path,detail",
+    [
+        ("/api/nope", "no endpoint GET /api/nope; /api/docs lists them"),
+        ("/api", "no endpoint GET /api; /api/docs lists them"),
+        ("/api/daughters/false", "no endpoint GET /api/daughters/false; /api/docs lists them"),
+        ("/api/modules/madre/nope", "no endpoint GET /api/modules/madre/nope; /api/docs lists them"),
+        ("/madre/nope", "no endpoint GET /madre/nope; /madre/power/docs lists them"),
+        ("/api/daughters/999", "no daughter with id 999"),
+        ("/api/daughters/tasks/999", "no daughter task with id 999"),
+        ("/api/modules/nope", "no module with slug 'nope'"),
+        ("/api/modules/nope/history", "no module with slug 'nope'"),
+        ("/api/flows/nope", "no flow with name 'nope'"),
+        ("/api/flow-runs/999", "no flow run with id 999"),
+    ],
+)
 def test_every_404_is_json_naming_what_is_missing(path, detail, admin_api):
     r = admin_api.get(path)
     assert (r.status_code, r["Content-Type"].split(";")[0], r.json()) == (404, "application/json", {"detail": detail})
@@ -158,8 +182,9 @@ def test_a_write_to_no_endpoint_is_a_json_404_not_a_csrf_page():
     assert r.json() == {"detail": "no endpoint POST /api/daughters/tasks/null,null/cancel; /api/docs lists them"}
 
 
-@pytest.mark.parametrize("path", ["/api/modules", "/api/daughters", "/api/probe", "/madre/power/service/start",
-                                  "/api/power/window/close"])
+@pytest.mark.parametrize(
+    "path", ["/api/modules", "/api/daughters", "/api/probe", "/madre/power/service/start", "/api/power/window/close"]
+)
 def test_a_write_without_credentials_is_a_401_not_a_csrf_failure(path):
     r = post_json(Client(enforce_csrf_checks=True), path, '{"service": "hermes"}')
     assert r.status_code == 401

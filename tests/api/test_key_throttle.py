@@ -69,9 +69,16 @@ def test_madre_power_api_throttles_and_audits_the_refusal(limit, settings, tmp_p
     settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
     guesser = from_address("10.0.0.9", **BAD)
     for _ in range(limit):
-        assert guesser.post("/madre/power/service/start", {"service": "switch"}, content_type="application/json").status_code == 401
+        assert (
+            guesser.post(
+                "/madre/power/service/start", {"service": "switch"}, content_type="application/json"
+            ).status_code
+            == 401
+        )
     r = guesser.post("/madre/power/service/start", {"service": "switch"}, content_type="application/json")
-    assert r.status_code == 429 and 1 <= int(r["Retry-After"]) <= 60 and "too many invalid API keys" in r.json()["detail"]
+    assert (
+        r.status_code == 429 and 1 <= int(r["Retry-After"]) <= 60 and "too many invalid API keys" in r.json()["detail"]
+    )
     assert from_address("10.0.0.9", **BAD).get("/api/power/status").status_code == 429
     throttled = PowerAction.objects.get(http_status=429)
     assert (throttled.actor, throttled.plan["remote_addr"], throttled.result) == ("anonymous", "10.0.0.9", "refused")

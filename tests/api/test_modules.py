@@ -24,7 +24,18 @@ def test_list_has_the_ten_reference_modules_with_state_fields(api):
     assert r.status_code == 200
     assert r.json()["count"] == 10
     rows = {m["slug"]: m for m in r.json()["items"]}
-    assert set(rows) == {"tentaculo_link", "madre", "switch", "hermes", "hormiguero", "manifestator", "mcp", "shub", "spawner", "operator"}
+    assert set(rows) == {
+        "tentaculo_link",
+        "madre",
+        "switch",
+        "hermes",
+        "hormiguero",
+        "manifestator",
+        "mcp",
+        "shub",
+        "spawner",
+        "operator",
+    }
     assert rows["manifestator"]["accepted_statuses"] == ["healthy"]
     assert rows["madre"]["core"] and not rows["hermes"]["core"]
     assert rows["operator"]["port"] == 8011
@@ -89,8 +100,13 @@ def test_create_refuses_duplicate_slug_and_broken_json(api):
 
 def test_update_refuses_bad_input_and_keeps_what_is_stored(api):
     before = Module.objects.get(slug="madre")
-    for body, needle in [({"timeout": -3}, "timeout"), ({"slug": "x"}, "slug"), ({"base_url": "madre"}, "base_url"),
-                         ({"name": None}, "name"), ({"accepted_statuses": ["ok", ""]}, "accepted_statuses")]:
+    for body, needle in [
+        ({"timeout": -3}, "timeout"),
+        ({"slug": "x"}, "slug"),
+        ({"base_url": "madre"}, "base_url"),
+        ({"name": None}, "name"),
+        ({"accepted_statuses": ["ok", ""]}, "accepted_statuses"),
+    ]:
         r = patch(api, "/api/modules/madre", body)
         assert r.status_code == 422, (body, r.content)
         assert needle in r.json()["detail"]
@@ -99,8 +115,13 @@ def test_update_refuses_bad_input_and_keeps_what_is_stored(api):
 
 
 def test_unknown_slug_is_404_everywhere(api):
-    for method, path in [("get", "/api/modules/nope"), ("delete", "/api/modules/nope"), ("get", "/api/modules/nope/history"),
-                         ("get", "/api/modules/nope/changes"), ("post", "/api/modules/nope/probe")]:
+    for method, path in [
+        ("get", "/api/modules/nope"),
+        ("delete", "/api/modules/nope"),
+        ("get", "/api/modules/nope/history"),
+        ("get", "/api/modules/nope/changes"),
+        ("post", "/api/modules/nope/probe"),
+    ]:
         assert getattr(api, method)(path).status_code == 404, path
     assert patch(api, "/api/modules/nope", {"name": "x"}).status_code == 404
 
@@ -108,8 +129,28 @@ def test_unknown_slug_is_404_everywhere(api):
 def test_history_raw_and_rolled_up_paged(api):
     m = Module.objects.get(slug="madre")
     now = timezone.now().replace(microsecond=0)
-    HealthCheck.objects.bulk_create([HealthCheck(module=m, checked_at=now - timedelta(seconds=15 * i), outcome="ok", status_code=200, latency_ms=float(i)) for i in range(30)])
-    Rollup.objects.bulk_create([Rollup(module=m, period="hour", bucket_start=now.replace(minute=0, second=0) - timedelta(hours=h), count=240, failures=h, latency_samples=240, latency_avg=5.0) for h in range(5)])
+    HealthCheck.objects.bulk_create(
+        [
+            HealthCheck(
+                module=m, checked_at=now - timedelta(seconds=15 * i), outcome="ok", status_code=200, latency_ms=float(i)
+            )
+            for i in range(30)
+        ]
+    )
+    Rollup.objects.bulk_create(
+        [
+            Rollup(
+                module=m,
+                period="hour",
+                bucket_start=now.replace(minute=0, second=0) - timedelta(hours=h),
+                count=240,
+                failures=h,
+                latency_samples=240,
+                latency_avg=5.0,
+            )
+            for h in range(5)
+        ]
+    )
 
     r = api.get("/api/modules/madre/history?limit=10&offset=5").json()
     assert r["count"] == 30 and len(r["items"]) == 10
@@ -132,7 +173,12 @@ def test_history_raw_and_rolled_up_paged(api):
 def test_state_changes_paged(api):
     m = Module.objects.get(slug="madre")
     now = timezone.now()
-    StateChange.objects.bulk_create([StateChange(module=m, at=now - timedelta(minutes=i), from_state="up", to_state="down", reason=f"r{i}") for i in range(3)])
+    StateChange.objects.bulk_create(
+        [
+            StateChange(module=m, at=now - timedelta(minutes=i), from_state="up", to_state="down", reason=f"r{i}")
+            for i in range(3)
+        ]
+    )
     r = api.get("/api/modules/madre/changes").json()
     assert r["count"] == 3 and [c["reason"] for c in r["items"]] == ["r0", "r1", "r2"]
 

@@ -53,18 +53,21 @@ def test_every_operation_declares_the_errors_it_shares_with_all(url):
                 assert response["description"]
 
 
-@pytest.mark.parametrize("method,path,codes", [
-    ("post", "/api/modules", {"409"}),
-    ("delete", "/api/modules/{slug}", {"409"}),
-    ("post", "/api/daughters/{daughter_id}/cancel", {"409"}),
-    ("post", "/api/flows", {"409"}),
-    ("post", "/api/flows/{name}/run", {"409", "503"}),
-    ("post", "/api/power/service/start", {"403", "404", "409", "502"}),
-    ("post", "/api/power/service/{service}/{action}", {"403", "404", "409", "502"}),
-    ("post", "/api/power/mode", {"403", "409", "502"}),
-    ("post", "/api/power/window/open", {"403", "409"}),
-    ("post", "/api/power/window/close", {"403", "404"}),
-])
+@pytest.mark.parametrize(
+    "method,path,codes",
+    [
+        ("post", "/api/modules", {"409"}),
+        ("delete", "/api/modules/{slug}", {"409"}),
+        ("post", "/api/daughters/{daughter_id}/cancel", {"409"}),
+        ("post", "/api/flows", {"409"}),
+        ("post", "/api/flows/{name}/run", {"409", "503"}),
+        ("post", "/api/power/service/start", {"403", "404", "409", "502"}),
+        ("post", "/api/power/service/{service}/{action}", {"403", "404", "409", "502"}),
+        ("post", "/api/power/mode", {"403", "409", "502"}),
+        ("post", "/api/power/window/open", {"403", "409"}),
+        ("post", "/api/power/window/close", {"403", "404"}),
+    ],
+)
 def test_a_route_declares_its_own_errors(method, path, codes):
     assert codes <= set(document("/api/openapi.json")["paths"][path][method]["responses"])
 

@@ -10,9 +10,19 @@ pytestmark = pytest.mark.django_db
 def test_spawn_from_the_admin(client, admin_user):
     client.force_login(admin_user)
     assert client.get("/admin/daughters/daughtertask/add/").status_code == 200
-    response = client.post("/admin/daughters/daughtertask/add/", {"kind": "sleep", "params": '{"seconds": 1}', "source": "operator",
-                                                                 "description": "from admin", "name": "", "ttl_seconds": "30",
-                                                                 "max_retries": "1", "count": "2"})
+    response = client.post(
+        "/admin/daughters/daughtertask/add/",
+        {
+            "kind": "sleep",
+            "params": '{"seconds": 1}',
+            "source": "operator",
+            "description": "from admin",
+            "name": "",
+            "ttl_seconds": "30",
+            "max_retries": "1",
+            "count": "2",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[-2000:]
     task = DaughterTask.objects.get(description="from admin")
     assert task.daughters.count() == 2 and task.created_by == admin_user and task.max_retries == 1
@@ -20,8 +30,10 @@ def test_spawn_from_the_admin(client, admin_user):
 
 def test_a_bad_spawn_form_names_the_problem(client, admin_user):
     client.force_login(admin_user)
-    response = client.post("/admin/daughters/daughtertask/add/", {"kind": "command", "params": '{"command": "rm"}', "source": "operator",
-                                                                 "max_retries": "2", "count": "1"})
+    response = client.post(
+        "/admin/daughters/daughtertask/add/",
+        {"kind": "command", "params": '{"command": "rm"}', "source": "operator", "max_retries": "2", "count": "1"},
+    )
     assert response.status_code == 200 and "not in the allow-list" in response.content.decode()
     assert not DaughterTask.objects.exists()
 

@@ -13,17 +13,28 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SHOW_ENV = [sys.executable, "-c", "import json, os; print(json.dumps({'names': sorted(os.environ), 'needed': os.environ.get('VX11_TEST_NEEDED')}))"]
-SECRETS = {"SECRET_KEY": "django-secret-123", "VX11_TOKEN": "portal-token-456", "DATABASE_URL": "postgres://u:pw@db/vx11",
-           "REDIS_URL": "redis://:pw@cache/0"}
+SHOW_ENV = [
+    sys.executable,
+    "-c",
+    "import json, os; print(json.dumps({'names': sorted(os.environ), 'needed': os.environ.get('VX11_TEST_NEEDED')}))",
+]
+SECRETS = {
+    "SECRET_KEY": "django-secret-123",
+    "VX11_TOKEN": "portal-token-456",
+    "DATABASE_URL": "postgres://u:pw@db/vx11",
+    "REDIS_URL": "redis://:pw@cache/0",
+}
 
 
 @pytest.fixture(autouse=True)
 def worker_env(settings, monkeypatch):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.VX11_DAUGHTER_HEARTBEAT_SECONDS = 0.05
-    settings.VX11_DAUGHTER_COMMANDS = {**settings.VX11_DAUGHTER_COMMANDS, "show-env": SHOW_ENV,
-                                       "show-env-needing": {"argv": SHOW_ENV, "env": ["VX11_TEST_NEEDED", "VX11_TEST_UNSET"]}}
+    settings.VX11_DAUGHTER_COMMANDS = {
+        **settings.VX11_DAUGHTER_COMMANDS,
+        "show-env": SHOW_ENV,
+        "show-env-needing": {"argv": SHOW_ENV, "env": ["VX11_TEST_NEEDED", "VX11_TEST_UNSET"]},
+    }
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("VX11_TEST_NEEDED", "needed-value")
@@ -45,7 +56,12 @@ def test_a_command_sees_path_lang_and_its_attempt_only():
 
 def test_an_entry_names_the_variables_it_needs():
     seen = seen_by("show-env-needing")
-    assert seen["names"] == ["LANG", "PATH", "VX11_DAUGHTER_ATTEMPT", "VX11_TEST_NEEDED"]  # an unset name is simply absent
+    assert seen["names"] == [
+        "LANG",
+        "PATH",
+        "VX11_DAUGHTER_ATTEMPT",
+        "VX11_TEST_NEEDED",
+    ]  # an unset name is simply absent
     assert seen["needed"] == "needed-value"
 
 
@@ -55,15 +71,33 @@ def test_env_shows_no_secret(settings):
     daughter = DaughterTask.spawn("command", {"command": "env"}, max_retries=0).daughters.get()
     daughter.refresh_from_db()
     assert daughter.status == "finished" and "PATH=" in daughter.result["output"]
-    stored = json.dumps([daughter.__class__.objects.filter(pk=daughter.pk).values().get(), list(daughter.attempts.values())], default=str)
+    stored = json.dumps(
+        [daughter.__class__.objects.filter(pk=daughter.pk).values().get(), list(daughter.attempts.values())],
+        default=str,
+    )
     assert not [value for value in SECRETS.values() if value in stored]
 
 
-@pytest.mark.parametrize("value", ['{"x": {"argv": ["true"], "env": ["BAD NAME"]}}', '{"x": {"argv": [], "env": []}}',
-                                   '{"x": {"argv": ["true"], "shell": true}}', '{"x": {"env": ["PATH"]}}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"x": {"argv": ["true"], "env": ["BAD NAME"]}}',
+        '{"x": {"argv": [], "env": []}}',
+        '{"x": {"argv": ["true"], "shell": true}}',
+        '{"x": {"env": ["PATH"]}}',
+    ],
+)
 def test_a_bad_entry_stops_the_start_up(value):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_DAUGHTER_COMMANDS": value}
-    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0 and "VX11_DAUGHTER_COMMANDS must be a JSON object" in done.stderr
 
 
@@ -71,5 +105,7 @@ def test_the_object_form_is_accepted_at_start_up():
     value = json.dumps({"dump": {"argv": ["pg_dump", "-Fc"], "env": ["PGPASSWORD"]}, "ls": ["ls", "-l"]})
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_DAUGHTER_COMMANDS": value}
     code = "import django; django.setup(); from django.conf import settings as s; print(s.VX11_DAUGHTER_COMMANDS['dump']['env'])"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.stdout.strip() == "['PGPASSWORD']", done.stderr

@@ -38,9 +38,17 @@ def running(task, started_ago=0, heartbeat_ago=0, level=0, ttl=300):
     now = timezone.now()
     started = now - timedelta(seconds=started_ago)
     ids = list(task.daughters.values_list("id", flat=True))
-    task.daughters.update(status="running", dispatched_at=started, started_at=started, expires_at=started + timedelta(seconds=ttl),
-                          last_heartbeat_at=now - timedelta(seconds=heartbeat_ago), mutation_level=level)
-    DaughterAttempt.objects.bulk_create(DaughterAttempt(daughter_id=i, attempt_number=level + 1, started_at=started) for i in ids)
+    task.daughters.update(
+        status="running",
+        dispatched_at=started,
+        started_at=started,
+        expires_at=started + timedelta(seconds=ttl),
+        last_heartbeat_at=now - timedelta(seconds=heartbeat_ago),
+        mutation_level=level,
+    )
+    DaughterAttempt.objects.bulk_create(
+        DaughterAttempt(daughter_id=i, attempt_number=level + 1, started_at=started) for i in ids
+    )
     return ids
 
 
@@ -65,11 +73,17 @@ def test_reaper_expires_retries_and_fails_in_one_sweep():
     assert retried.dispatched_at >= before  # queued again and handed out by the same sweep
     assert "no heartbeat for 60 s" in retried.error_last
     assert status[exhausted.pk].status == "failed" and "retries exhausted" in status[exhausted.pk].error_last
-    assert set(DaughterAttempt.objects.filter(status="timeout").values_list("daughter__task_id", flat=True)) == {past_ttl.pk, stale.pk, exhausted.pk}
+    assert set(DaughterAttempt.objects.filter(status="timeout").values_list("daughter__task_id", flat=True)) == {
+        past_ttl.pk,
+        stale.pk,
+        exhausted.pk,
+    }
     for task, expected in ((past_ttl, "expired"), (stale, "retrying"), (exhausted, "failed")):
         task.refresh_from_db()
         assert task.status == expected
-    assert Event.objects.filter(type="status_changed", data__why="reaped", data__status="expired", data__daughters_changed=1).exists()
+    assert Event.objects.filter(
+        type="status_changed", data__why="reaped", data__status="expired", data__daughters_changed=1
+    ).exists()
     assert Daughter.reap() == {"expired": 0, "retried": 0, "failed": 0, "requeued": 0}  # idempotent
 
 
@@ -138,7 +152,11 @@ def test_the_retry_update_rechecks_status_and_heartbeat_under_the_row_lock():
     running(spawn(), started_ago=90, heartbeat_ago=61)
     with CaptureQueriesContext(connection) as ctx:
         assert Daughter.reap()["retried"] == 1
-    retry = next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("UPDATE") and "mutation_level" in q["sql"].split("WHERE")[0])
+    retry = next(
+        q["sql"]
+        for q in ctx.captured_queries
+        if q["sql"].startswith("UPDATE") and "mutation_level" in q["sql"].split("WHERE")[0]
+    )
     where = retry.split("WHERE", 1)[1]
     assert "last_heartbeat_at" in where and "status" in where and "SELECT" not in where
 
@@ -151,7 +169,11 @@ def orphan(attempt_id: int | None):
 
     from apps.daughters.models import ATTEMPT_ENV
 
-    env = {**os.environ, ATTEMPT_ENV: str(attempt_id)} if attempt_id else {k: v for k, v in os.environ.items() if k != ATTEMPT_ENV}
+    env = (
+        {**os.environ, ATTEMPT_ENV: str(attempt_id)}
+        if attempt_id
+        else {k: v for k, v in os.environ.items() if k != ATTEMPT_ENV}
+    )
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True, env=env)
 
 
@@ -163,10 +185,16 @@ def test_the_reaper_kills_the_command_a_dead_worker_left_and_nothing_else():
     running(reused, started_ago=11, heartbeat_ago=1, ttl=10)  # past its TTL: expired
     running(elsewhere, started_ago=11, heartbeat_ago=1, ttl=10)
     running(cancelled, started_ago=5, heartbeat_ago=1)  # healthy: only a cancel ends it
-    attempt = {name: DaughterAttempt.objects.get(daughter__task=t) for name, t in
-               (("lost", lost), ("reused", reused), ("elsewhere", elsewhere), ("cancelled", cancelled))}
-    procs = {"lost": orphan(attempt["lost"].pk), "reused": orphan(None), "elsewhere": orphan(attempt["elsewhere"].pk),
-             "cancelled": orphan(attempt["cancelled"].pk)}
+    attempt = {
+        name: DaughterAttempt.objects.get(daughter__task=t)
+        for name, t in (("lost", lost), ("reused", reused), ("elsewhere", elsewhere), ("cancelled", cancelled))
+    }
+    procs = {
+        "lost": orphan(attempt["lost"].pk),
+        "reused": orphan(None),
+        "elsewhere": orphan(attempt["elsewhere"].pk),
+        "cancelled": orphan(attempt["cancelled"].pk),
+    }
     try:
         for name, host in (("lost", HOST), ("reused", HOST), ("elsewhere", "another-host"), ("cancelled", HOST)):
             # "reused": a pid the kernel gave to another program since; its environment names no attempt
@@ -177,7 +205,9 @@ def test_the_reaper_kills_the_command_a_dead_worker_left_and_nothing_else():
         assert all(procs[name].poll() is None for name in ("reused", "elsewhere", "cancelled"))
         assert cancelled.cancel() == 1
         procs["cancelled"].wait(timeout=5)
-        assert procs["cancelled"].returncode == -9 and procs["reused"].poll() is None and procs["elsewhere"].poll() is None
+        assert (
+            procs["cancelled"].returncode == -9 and procs["reused"].poll() is None and procs["elsewhere"].poll() is None
+        )
         assert not DaughterAttempt.objects.filter(pid__isnull=False).exists()  # ended attempts keep no pid
     finally:
         for p in procs.values():

@@ -40,8 +40,10 @@ def test_the_same_key_with_another_body_is_a_422_and_stores_nothing(api):
     task_id = spawn(api).json()["id"]
     response = spawn(api, {**SLEEP, "params": {"seconds": 2}})
     assert response.status_code == 422
-    assert response.json()["detail"] == (f"idempotency_key: Idempotency-Key 'retry-4f1c' was already used for a "
-                                         f"different request (task #{task_id}); use a new key for a new request")
+    assert response.json()["detail"] == (
+        f"idempotency_key: Idempotency-Key 'retry-4f1c' was already used for a "
+        f"different request (task #{task_id}); use a new key for a new request"
+    )
     assert DaughterTask.objects.count() == 1
 
 

@@ -28,7 +28,9 @@ def test_a_spawned_daughter_runs_and_finishes():
     assert daughter.started_at <= daughter.last_heartbeat_at <= daughter.ended_at  # it heartbeat while sleeping
     assert (daughter.expires_at - daughter.started_at).total_seconds() == 300
     assert list(daughter.attempts.values_list("attempt_number", "status")) == [(1, "success")]
-    statuses = [e.data.get("status") for e in Event.objects.filter(type="status_changed", data__daughter_id=daughter.pk)]
+    statuses = [
+        e.data.get("status") for e in Event.objects.filter(type="status_changed", data__daughter_id=daughter.pk)
+    ]
     assert statuses == ["running", "finished"]
     assert Event.objects.filter(type="plan_updated", data__task_id=task.pk, data__status="completed").exists()
 
@@ -41,7 +43,11 @@ def test_a_failing_daughter_is_retried_then_failed():
     assert (daughter.status, daughter.mutation_level, task.status) == ("failed", 2, "failed")
     assert "failed on purpose" in daughter.error_last
     assert list(daughter.attempts.values_list("attempt_number", "status")) == [(1, "error"), (2, "error"), (3, "error")]
-    seen = list(Event.objects.filter(type="status_changed", data__daughter_id=daughter.pk).values_list("data__status", flat=True))
+    seen = list(
+        Event.objects.filter(type="status_changed", data__daughter_id=daughter.pk).values_list(
+            "data__status", flat=True
+        )
+    )
     assert seen == ["running", "mutated", "running", "mutated", "running", "failed"]
 
 
@@ -83,7 +89,9 @@ def test_a_command_timeout_kills_the_whole_process_group(settings):
 def test_command_kind_runs_an_allow_listed_argument_list():
     ok = DaughterTask.spawn("command", {"command": "true"}).daughters.get()
     bad = DaughterTask.spawn("command", {"command": "false"}, max_retries=0).daughters.get()
-    slow = DaughterTask.spawn("command", {"command": "sleep", "args": ["5"], "timeout": 0.3}, max_retries=0).daughters.get()
+    slow = DaughterTask.spawn(
+        "command", {"command": "sleep", "args": ["5"], "timeout": 0.3}, max_retries=0
+    ).daughters.get()
     for d in (ok, bad, slow):
         d.refresh_from_db()
     assert ok.status == "finished" and ok.result["exit_code"] == 0
@@ -92,15 +100,18 @@ def test_command_kind_runs_an_allow_listed_argument_list():
     assert slow.attempts.get().status == "timeout"
 
 
-@pytest.mark.parametrize("kind,params,message", [
-    ("teleport", {}, "unknown kind 'teleport'"),
-    ("command", {"command": "rm", "args": ["-rf", "/"]}, "not in the allow-list"),
-    ("command", {"command": "true", "args": "not-a-list"}, "args must be a list of strings"),
-    ("command", {"command": "true", "shell": True}, "unknown command params: shell"),
-    ("http", {"module": "nope"}, "module 'nope' is not in the fleet"),
-    ("sleep", {"seconds": -1}, "seconds must be a number"),
-    ("sleep", {"seconds": 1, "timeout": "soon"}, "unknown sleep params: timeout"),
-])
+@pytest.mark.parametrize(
+    "kind,params,message",
+    [
+        ("teleport", {}, "unknown kind 'teleport'"),
+        ("command", {"command": "rm", "args": ["-rf", "/"]}, "not in the allow-list"),
+        ("command", {"command": "true", "args": "not-a-list"}, "args must be a list of strings"),
+        ("command", {"command": "true", "shell": True}, "unknown command params: shell"),
+        ("http", {"module": "nope"}, "module 'nope' is not in the fleet"),
+        ("sleep", {"seconds": -1}, "seconds must be a number"),
+        ("sleep", {"seconds": 1, "timeout": "soon"}, "unknown sleep params: timeout"),
+    ],
+)
 def test_bad_spawns_are_refused_and_store_nothing(kind, params, message):
     with pytest.raises(ValidationError, match=message):
         DaughterTask.spawn(kind, params)

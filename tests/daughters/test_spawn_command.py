@@ -28,14 +28,17 @@ def test_a_failed_task_exits_1(settings, capsys):
     assert exit_.value.code == 1 and "ended failed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["teleport"], "unknown kind"),
-    (["sleep", "seconds"], "not key=value"),
-    (["sleep", "seconds:=soon"], "'soon' is not JSON"),
-    (["sleep", "seconds=1"], "seconds must be a number"),
-    (["sleep", "--params-json", "{oops"], "--params-json is not JSON"),
-    (["command", "command=rm"], "not in the allow-list"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["teleport"], "unknown kind"),
+        (["sleep", "seconds"], "not key=value"),
+        (["sleep", "seconds:=soon"], "'soon' is not JSON"),
+        (["sleep", "seconds=1"], "seconds must be a number"),
+        (["sleep", "--params-json", "{oops"], "--params-json is not JSON"),
+        (["command", "command=rm"], "not in the allow-list"),
+    ],
+)
 def test_bad_input_is_one_error_line(argv, message):
     with pytest.raises(CommandError, match=message):
         call_command("vx11_spawn", *argv)

@@ -50,8 +50,14 @@ def gone(pid: int) -> bool:
 
 def test_a_worker_killed_mid_task_loses_nothing(daughter_worker, settings, tmp_path):
     settings.VX11_DAUGHTER_STALE_SECONDS = 2
-    daughter = DaughterTask.spawn("command", {"command": "once-slow", "args": [str(tmp_path / "marker")], "timeout": 60}).daughters.get()
-    wait_for(lambda: status_of(daughter) == "running" and (tmp_path / "marker").exists(), daughter_worker, what="the daughter to start")
+    daughter = DaughterTask.spawn(
+        "command", {"command": "once-slow", "args": [str(tmp_path / "marker")], "timeout": 60}
+    ).daughters.get()
+    wait_for(
+        lambda: status_of(daughter) == "running" and (tmp_path / "marker").exists(),
+        daughter_worker,
+        what="the daughter to start",
+    )
     daughter_worker.kill()  # SIGKILL: the message was never acknowledged, the attempt never ended
     orphan = daughter.attempts.get().pid  # the command, left running by the dead worker
     assert orphan and not gone(orphan)
@@ -81,7 +87,12 @@ def test_ttl_expiry_stops_the_work(daughter_worker):
     assert Daughter.reap(now=daughter.expires_at - timedelta(seconds=0.5))["expired"] == 0
     assert status_of(daughter) == "running"
     assert Daughter.reap(now=daughter.expires_at + timedelta(seconds=0.1))["expired"] == 1
-    wait_for(lambda: daughter.attempts.get().ended_at is not None, daughter_worker, timeout=5, what="the worker to stop the work")
+    wait_for(
+        lambda: daughter.attempts.get().ended_at is not None,
+        daughter_worker,
+        timeout=5,
+        what="the worker to stop the work",
+    )
     assert status_of(daughter) == "expired" and daughter.attempts.get().status == "timeout"
     daughter.task.refresh_from_db()
     assert daughter.task.status == "expired"
@@ -94,7 +105,9 @@ def test_cancel_through_the_api_stops_a_running_daughter(daughter_worker, api):
     wait_for(lambda: status_of(daughter) == "running", daughter_worker, what="the daughter to start")
     response = api.post(f"/api/daughters/tasks/{daughter.task_id}/cancel")
     assert response.status_code == 200 and response.json() == {"killed": 1, "status": "cancelled"}
-    wait_for(lambda: daughter.attempts.get().status == "cancelled", daughter_worker, timeout=5, what="the worker to stop")
+    wait_for(
+        lambda: daughter.attempts.get().status == "cancelled", daughter_worker, timeout=5, what="the worker to stop"
+    )
     assert status_of(daughter) == "killed"
 
 

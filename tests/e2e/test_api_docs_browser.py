@@ -34,8 +34,11 @@ def test_api_docs_render_without_internet(daphne, docs, title):
         assert shown.startswith(title)
         requested = requested_urls(browser)
         portal_host = urlsplit(portal).netloc
-        elsewhere = [url for url in requested if urlsplit(url).scheme in ("http", "https", "ws", "wss")
-                     and urlsplit(url).netloc != portal_host]
+        elsewhere = [
+            url
+            for url in requested
+            if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).netloc != portal_host
+        ]
         assert not elsewhere, f"requests that left the portal: {elsewhere}"
         assert any(url.endswith("/swagger-ui-bundle.js") for url in requested), requested
         assert any(url.endswith("/openapi.json") for url in requested), requested

@@ -16,7 +16,6 @@ from apps.fleet.models import HealthCheck, Module
 from tests.conftest import ROOT, database_url_of_test_db, point_fleet_at, redis_url
 
 
-
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_worker_with_beat_stores_probe_rounds(sim):
@@ -29,12 +28,37 @@ def test_worker_with_beat_stores_probe_rounds(sim):
     probe_entry.interval, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     probe_entry.save()
 
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(), "REDIS_URL": broker,
-           "VX11_CELERY_QUEUE": f"beat-test-{os.getpid()}"}  # two test runs side by side do not share a queue
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "REDIS_URL": broker,
+        "VX11_CELERY_QUEUE": f"beat-test-{os.getpid()}",
+    }  # two test runs side by side do not share a queue
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "vx11_site", "worker", "-B", "-P", "solo", "-l", "WARNING",
-         "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "-n", f"beat-test-{os.getpid()}@%h"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "vx11_site",
+            "worker",
+            "-B",
+            "-P",
+            "solo",
+            "-l",
+            "WARNING",
+            "--scheduler",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+            "-n",
+            f"beat-test-{os.getpid()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 45

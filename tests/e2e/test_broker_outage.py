@@ -14,7 +14,9 @@ from tests.conftest import WorkerProcess, celery_sends_to, database_url_of_test_
 
 def _worker_env(broker_url: str, queue: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
-    env.update(DJANGO_SETTINGS_MODULE="vx11_site.settings", VX11_CELERY_QUEUE=queue, DATABASE_URL=database_url_of_test_db())
+    env.update(
+        DJANGO_SETTINGS_MODULE="vx11_site.settings", VX11_CELERY_QUEUE=queue, DATABASE_URL=database_url_of_test_db()
+    )
     if broker_url.startswith("redis"):
         env["REDIS_URL"] = broker_url
     return env

@@ -21,9 +21,13 @@ PAGES = [
     ("/admin/power/servicecontrol/console/", LIVE),
     ("/operator/console", 'return document.getElementById("state").textContent.includes("● connected");'),
     ("/admin/flows/flow/load/", 'return document.readyState === "complete";'),
-    ("/admin/django_celery_beat/periodictask/add/",
-     ('return document.querySelector(".field-crontab_translation") !== null'
-      ' && getComputedStyle(document.querySelector(".field-crontab_translation")).display === "none";')),
+    (
+        "/admin/django_celery_beat/periodictask/add/",
+        (
+            'return document.querySelector(".field-crontab_translation") !== null'
+            ' && getComputedStyle(document.querySelector(".field-crontab_translation")).display === "none";'
+        ),
+    ),
     ("/api/docs", 'return document.querySelectorAll(".swagger-ui .opblock").length > 0;'),
     ("/madre/power/docs", 'return document.querySelectorAll(".swagger-ui .opblock").length > 0;'),
 ]
@@ -41,13 +45,19 @@ def test_pages_work_under_the_policy_without_violations(daphne, admin_user):
         violations = {}
         for page, ready in PAGES:
             browser.get(f"{portal}{page}")
-            WebDriverWait(browser, 20).until(lambda b, ready=ready: b.execute_script(ready), message=f"{page} did not come alive")
+            WebDriverWait(browser, 20).until(
+                lambda b, ready=ready: b.execute_script(ready), message=f"{page} did not come alive"
+            )
             violations[page] = browser.execute_script("return window.__csp;")
         assert violations == {page: [] for page, _ in PAGES}
 
         # the control: an inline script added to the page is refused, and the refusal is seen
-        browser.execute_script('const s = document.createElement("script"); s.textContent = "window.__ran = 1;"; document.body.append(s);')
+        browser.execute_script(
+            'const s = document.createElement("script"); s.textContent = "window.__ran = 1;"; document.body.append(s);'
+        )
         WebDriverWait(browser, 5).until(lambda b: b.execute_script("return window.__csp.length > 0;"))
-        assert browser.execute_script("return window.__ran === undefined && window.__csp[0];") == "script-src-elem inline"
+        assert (
+            browser.execute_script("return window.__ran === undefined && window.__csp[0];") == "script-src-elem inline"
+        )
     finally:
         browser.quit()

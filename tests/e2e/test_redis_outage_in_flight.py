@@ -15,8 +15,16 @@ from django.utils import timezone
 from apps.daughters.models import Daughter, DaughterTask
 from apps.events.models import BROADCAST_GROUP, Event, relay_unsent
 from apps.flows.models import Flow, FlowRun
-from tests.conftest import (WorkerProcess, celery_sends_to, channel_layer, database_url_of_test_db, free_port,
-                            redis_layer, redis_server, redis_url)
+from tests.conftest import (
+    WorkerProcess,
+    celery_sends_to,
+    channel_layer,
+    database_url_of_test_db,
+    free_port,
+    redis_layer,
+    redis_server,
+    redis_url,
+)
 
 
 def wait_for(what: str, check, worker: WorkerProcess, seconds: float = 30):
@@ -34,16 +42,29 @@ def test_work_in_flight_ends_when_redis_dies_under_its_worker(tmp_path):
     port = free_port()
     url, queue = f"redis://127.0.0.1:{port}/0", f"in-flight-{os.getpid()}"
     server = redis_server(port)
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "REDIS_URL": url, "VX11_CELERY_QUEUE": queue, "VX11_DAUGHTER_HEARTBEAT_SECONDS": "0.2",
-           "VX11_FLOW_RUN_HEARTBEAT_SECONDS": "0.2"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "REDIS_URL": url,
+        "VX11_CELERY_QUEUE": queue,
+        "VX11_DAUGHTER_HEARTBEAT_SECONDS": "0.2",
+        "VX11_FLOW_RUN_HEARTBEAT_SECONDS": "0.2",
+    }
     worker = WorkerProcess(env, "in-flight", tmp_path / "worker.log").start(concurrency=4)
     try:
-        flow = Flow.save_spec({"name": "W", "steps": [
-            {"name": "started", "db": {"model": "flows.Flow", "filter": {"name": "W"}}},
-            {"name": "waits through the outage", "db": {"model": "flows.Flow", "filter": {"name": "late"},
-                                                         "within": 60}},
-        ]})
+        flow = Flow.save_spec(
+            {
+                "name": "W",
+                "steps": [
+                    {"name": "started", "db": {"model": "flows.Flow", "filter": {"name": "W"}}},
+                    {
+                        "name": "waits through the outage",
+                        "db": {"model": "flows.Flow", "filter": {"name": "late"}, "within": 60},
+                    },
+                ],
+            }
+        )
         with celery_sends_to(url, queue):
             run = flow.queue(trigger="api")
             daughter = DaughterTask.spawn("sleep", {"seconds": 3}).daughters.get()

@@ -13,7 +13,6 @@ from apps.fleet.probe import run_round
 from tests.conftest import TOKEN, point_fleet_at
 
 
-
 async def refusal(url: str) -> tuple[int, str]:
     """The close code and the reason the server sent in its control message first."""
     async with aiohttp.ClientSession() as http:

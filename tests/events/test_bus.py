@@ -14,7 +14,14 @@ pytestmark = pytest.mark.django_db
 
 
 def test_six_canonical_types():
-    assert CANONICAL_TYPES == ("message_received", "tool_call_requested", "tool_result_received", "plan_updated", "status_changed", "error_reported")
+    assert CANONICAL_TYPES == (
+        "message_received",
+        "tool_call_requested",
+        "tool_result_received",
+        "plan_updated",
+        "status_changed",
+        "error_reported",
+    )
 
 
 def test_envelope_shape_and_storage():
@@ -26,7 +33,13 @@ def test_envelope_shape_and_storage():
     assert publish("status_changed", {})["session_id"] is None
 
 
-@pytest.mark.parametrize("kwargs, message", [({"event_type": "nope"}, "unknown event type"), ({"event_type": "plan_updated", "session_id": "a b"}, "invalid session id")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"event_type": "nope"}, "unknown event type"),
+        ({"event_type": "plan_updated", "session_id": "a b"}, "invalid session id"),
+    ],
+)
 def test_bad_input_is_refused_and_nothing_stored(kwargs, message):
     with pytest.raises(ValueError, match=message):
         publish(**kwargs)
@@ -36,7 +49,9 @@ def test_bad_input_is_refused_and_nothing_stored(kwargs, message):
 @override_settings(VX11_EVENT_RETENTION_HOURS=1, VX11_PRUNE_CHUNK=3)
 def test_prune_by_age_in_chunks():
     now = timezone.now()
-    Event.objects.bulk_create([Event(type="plan_updated", timestamp=now - timedelta(minutes=10 * i)) for i in range(12)])
+    Event.objects.bulk_create(
+        [Event(type="plan_updated", timestamp=now - timedelta(minutes=10 * i)) for i in range(12)]
+    )
     assert prune_events() == 6  # 60..110 minutes old (the cut-off is taken a moment after `now`)
     assert Event.objects.count() == 6
     assert PeriodicTask.objects.filter(task="apps.events.tasks.prune_events").exists()

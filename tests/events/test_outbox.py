@@ -41,6 +41,7 @@ def listen(layer, group: str = BROADCAST_GROUP) -> str:
 
 def received(layer, channel: str, wait: float = 2) -> list[dict]:
     """The vx11.event messages the channel gets: the first within `wait` seconds, the rest 0.3 s apart."""
+
     async def drain():
         got = []
         timeout = wait

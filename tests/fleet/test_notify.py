@@ -16,7 +16,15 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from apps.fleet import notify
-from apps.fleet.models import Delivery, HealthCheck, MaintenanceWindow, Module, NotificationChannel, ProbeResult, StateChange
+from apps.fleet.models import (
+    Delivery,
+    HealthCheck,
+    MaintenanceWindow,
+    Module,
+    NotificationChannel,
+    ProbeResult,
+    StateChange,
+)
 from apps.fleet.tasks import send_notifications
 
 T0 = timezone.now().replace(microsecond=0)
@@ -74,12 +82,23 @@ def webhook(receiver, name="ops hook", path="/hook", secret=SECRET, modules=()):
 
 
 def change(slug, to="down", frm="up", at=T0, reason="3 failures in a row: connection refused"):
-    return StateChange.objects.create(module=Module.objects.get(slug=slug), at=at, from_state=frm, to_state=to, reason=reason)
+    return StateChange.objects.create(
+        module=Module.objects.get(slug=slug), at=at, from_state=frm, to_state=to, reason=reason
+    )
 
 
 def probe(module, outcome, at):
     ok = outcome == "ok"
-    return ProbeResult(module.id, module.slug, at, outcome, 200 if ok else None, 4.0 if ok else None, "ok" if ok else "", "" if ok else "connection refused")
+    return ProbeResult(
+        module.id,
+        module.slug,
+        at,
+        outcome,
+        200 if ok else None,
+        4.0 if ok else None,
+        "ok" if ok else "",
+        "" if ok else "connection refused",
+    )
 
 
 @pytest.mark.django_db
@@ -100,8 +119,12 @@ def test_a_state_change_is_one_signed_post(receiver):
     expected = "sha256=" + hmac.new(SECRET.encode(), request["body"], hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request["headers"]["X-VX11-Signature"], expected)
     assert json.loads(request["body"]) == {
-        "event": "status_changed", "module": "madre", "from": "up", "to": "down",
-        "reason": "3 failures in a row: connection refused", "at": down.at.isoformat(),
+        "event": "status_changed",
+        "module": "madre",
+        "from": "up",
+        "to": "down",
+        "reason": "3 failures in a row: connection refused",
+        "at": down.at.isoformat(),
     }
     delivery = Delivery.objects.get()
     assert (delivery.state_change, delivery.channel, delivery.status, delivery.attempts) == (down, channel, "sent", 1)
@@ -131,7 +154,10 @@ def test_running_the_sweep_again_sends_nothing_twice(receiver):
 
 @pytest.mark.django_db(transaction=True)  # starts from a flushed database: makes its own modules
 def test_workers_sweeping_at_once_send_each_change_once(receiver):
-    modules = [Module.objects.create(slug=f"race-{i}", name=f"race {i}", base_url=f"http://127.0.0.1:{20000 + i}") for i in range(6)]
+    modules = [
+        Module.objects.create(slug=f"race-{i}", name=f"race {i}", base_url=f"http://127.0.0.1:{20000 + i}")
+        for i in range(6)
+    ]
     webhook(receiver, modules=modules)
     for m in modules:
         StateChange.objects.create(module=m, at=T0, from_state="up", to_state="down", reason="gone")
@@ -197,7 +223,12 @@ def test_gives_up_after_six_attempts(receiver):
         delivery = Delivery.objects.get()
         now = delivery.next_attempt_at or now + timedelta(hours=2)
     assert len(receiver.requests) == Delivery.MAX_ATTEMPTS == 6
-    assert (delivery.status, delivery.attempts, delivery.last_error, delivery.next_attempt_at) == ("failed", 6, "HTTP 503", None)
+    assert (delivery.status, delivery.attempts, delivery.last_error, delivery.next_attempt_at) == (
+        "failed",
+        6,
+        "HTTP 503",
+        None,
+    )
 
 
 @pytest.mark.django_db
@@ -260,7 +291,9 @@ def test_disabled_channels_get_nothing(receiver):
 def test_a_module_inside_a_maintenance_window_gets_a_muted_delivery_and_no_post(receiver, admin_user):
     channel = webhook(receiver)
     madre = Module.objects.get(slug="madre")
-    window = MaintenanceWindow.objects.create(starts_at=T0 - timedelta(minutes=5), ends_at=T0 + timedelta(hours=1), reason="upgrade", created_by=admin_user)
+    window = MaintenanceWindow.objects.create(
+        starts_at=T0 - timedelta(minutes=5), ends_at=T0 + timedelta(hours=1), reason="upgrade", created_by=admin_user
+    )
     window.modules.set([madre])
     assert MaintenanceWindow.module_in_window(madre, T0)
     assert list(MaintenanceWindow.covering(madre, T0)) == [window]
@@ -300,10 +333,17 @@ def test_admin_lists_channels_deliveries_and_windows(receiver, admin_user, clien
     assert client.get("/admin/fleet/delivery/?status__exact=sent").status_code == 200
     assert client.get("/admin/fleet/delivery/add/").status_code == 403  # read-only
 
-    response = client.post("/admin/fleet/maintenancewindow/add/", {
-        "modules": [Module.objects.get(slug="hermes").pk], "reason": "kernel upgrade",
-        "starts_at_0": "2030-01-01", "starts_at_1": "10:00:00", "ends_at_0": "2030-01-01", "ends_at_1": "11:00:00",
-    })
+    response = client.post(
+        "/admin/fleet/maintenancewindow/add/",
+        {
+            "modules": [Module.objects.get(slug="hermes").pk],
+            "reason": "kernel upgrade",
+            "starts_at_0": "2030-01-01",
+            "starts_at_1": "10:00:00",
+            "ends_at_0": "2030-01-01",
+            "ends_at_1": "11:00:00",
+        },
+    )
     assert response.status_code == 302
     window = MaintenanceWindow.objects.get(reason="kernel upgrade")
     assert window.created_by == admin_user and [m.slug for m in window.modules.all()] == ["hermes"]
@@ -313,7 +353,12 @@ def test_admin_lists_channels_deliveries_and_windows(receiver, admin_user, clien
 def test_channel_targets_are_validated():
     from django.core.exceptions import ValidationError
 
-    bad = [("webhook", "ftp://example.com/x"), ("webhook", "not a url"), ("email", ""), ("email", "ops@example.com, nope")]
+    bad = [
+        ("webhook", "ftp://example.com/x"),
+        ("webhook", "not a url"),
+        ("email", ""),
+        ("email", "ops@example.com, nope"),
+    ]
     for kind, target in bad:
         with pytest.raises(ValidationError):
             NotificationChannel(name=f"bad {kind} {target}", kind=kind, target=target).full_clean()

@@ -45,7 +45,11 @@ def test_unknown_module_is_a_clear_error(fleet):
 
 def test_dispatcher_lists_verbs_and_refuses_unknown_ones():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings"}
-    out = subprocess.run([sys.executable, "manage.py", "vx11"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "manage.py", "vx11"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "probe" in out.stdout and "demo" in out.stdout
-    bad = subprocess.run([sys.executable, "manage.py", "vx11", "fly"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "vx11", "fly"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "unknown verb 'fly'" in bad.stderr and "Traceback" not in bad.stderr

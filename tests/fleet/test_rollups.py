@@ -12,8 +12,13 @@ DAY = datetime(2026, 11, 20, tzinfo=dt_tz.utc)
 
 
 def check(module, at, outcome="ok", latency=10.0):
-    return HealthCheck(module=module, checked_at=at, outcome=outcome, status_code=200 if outcome != "fail" else None,
-                       latency_ms=latency if outcome != "fail" else None)
+    return HealthCheck(
+        module=module,
+        checked_at=at,
+        outcome=outcome,
+        status_code=200 if outcome != "fail" else None,
+        latency_ms=latency if outcome != "fail" else None,
+    )
 
 
 def test_p95_nearest_rank():
@@ -27,8 +32,12 @@ def test_minute_and_hour_rollups_are_exact():
     m = Module.objects.get(slug="madre")
     t = DAY + timedelta(hours=1)
     HealthCheck.objects.bulk_create(
-        [check(m, t + timedelta(seconds=1), latency=10), check(m, t + timedelta(seconds=20), latency=30),
-         check(m, t + timedelta(seconds=40), "fail"), check(m, t + timedelta(minutes=1, seconds=5), latency=50)]
+        [
+            check(m, t + timedelta(seconds=1), latency=10),
+            check(m, t + timedelta(seconds=20), latency=30),
+            check(m, t + timedelta(seconds=40), "fail"),
+            check(m, t + timedelta(minutes=1, seconds=5), latency=50),
+        ]
     )
     written = Rollup.roll_up(now=t + timedelta(hours=2))
     assert written["minute"] == 2 and written["hour"] == 1
@@ -39,7 +48,14 @@ def test_minute_and_hour_rollups_are_exact():
     assert first.uptime == pytest.approx(200 / 3)
 
     hour = Rollup.objects.get(module=m, period="hour", bucket_start=t)
-    assert (hour.count, hour.failures, hour.latency_min, hour.latency_max, hour.latency_avg, hour.latency_p95) == (4, 1, 10, 50, 30, 50)
+    assert (hour.count, hour.failures, hour.latency_min, hour.latency_max, hour.latency_avg, hour.latency_p95) == (
+        4,
+        1,
+        10,
+        50,
+        30,
+        50,
+    )
 
 
 def test_open_buckets_wait_for_the_grace_period_and_rerun_is_idempotent():
@@ -58,7 +74,9 @@ def test_days_are_rolled_from_hours():
     for hour in range(24):  # hour h: 4 checks, one failing in even hours, latency h+1
         for q in range(4):
             failing = hour % 2 == 0 and q == 0
-            checks.append(check(m, DAY + timedelta(hours=hour, minutes=q * 15), "fail" if failing else "ok", float(hour + 1)))
+            checks.append(
+                check(m, DAY + timedelta(hours=hour, minutes=q * 15), "fail" if failing else "ok", float(hour + 1))
+            )
     HealthCheck.objects.bulk_create(checks)
     Rollup.roll_up(now=DAY + timedelta(days=1, hours=2))
     day = Rollup.objects.get(module=m, period="day", bucket_start=DAY)
@@ -77,9 +95,25 @@ def test_uptime_windows_come_from_rollups_without_double_counting():
     # 2 closed days ago at 50 % uptime, then hours today at 100 %, then minutes in this hour with 1 failure in 10
     Rollup.objects.bulk_create(
         [Rollup(module=m, period="day", bucket_start=DAY + timedelta(days=d), count=100, failures=50) for d in (8, 9)]
-        + [Rollup(module=m, period="hour", bucket_start=DAY + timedelta(days=d, hours=h), count=10, failures=5) for d in (8, 9) for h in range(24)]
-        + [Rollup(module=m, period="hour", bucket_start=DAY + timedelta(days=10, hours=h), count=10, failures=0) for h in range(5)]
-        + [Rollup(module=m, period="minute", bucket_start=DAY + timedelta(days=10, hours=5, minutes=i), count=1, failures=int(i == 3)) for i in range(10)]
+        + [
+            Rollup(module=m, period="hour", bucket_start=DAY + timedelta(days=d, hours=h), count=10, failures=5)
+            for d in (8, 9)
+            for h in range(24)
+        ]
+        + [
+            Rollup(module=m, period="hour", bucket_start=DAY + timedelta(days=10, hours=h), count=10, failures=0)
+            for h in range(5)
+        ]
+        + [
+            Rollup(
+                module=m,
+                period="minute",
+                bucket_start=DAY + timedelta(days=10, hours=5, minutes=i),
+                count=1,
+                failures=int(i == 3),
+            )
+            for i in range(10)
+        ]
     )
     since_7d = Rollup.uptimes_since(now - timedelta(days=7))
     # days 8 and 9 (200 checks, 100 failures) + hours of day 10 (50, 0) + minutes after 05:00 (10, 1)
@@ -118,8 +152,12 @@ def test_old_state_changes_and_ended_windows_are_pruned():
 
     m = Module.objects.get(slug="madre")
     now = DAY + timedelta(days=60)
-    old = StateChange.objects.create(module=m, at=now - timedelta(days=31), from_state="up", to_state="down", reason="old")
-    kept = StateChange.objects.create(module=m, at=now - timedelta(days=29), from_state="down", to_state="up", reason="recent")
+    old = StateChange.objects.create(
+        module=m, at=now - timedelta(days=31), from_state="up", to_state="down", reason="old"
+    )
+    kept = StateChange.objects.create(
+        module=m, at=now - timedelta(days=29), from_state="down", to_state="up", reason="recent"
+    )
     ended = MaintenanceWindow.objects.create(starts_at=now - timedelta(days=12), ends_at=now - timedelta(days=11))
     recent = MaintenanceWindow.objects.create(starts_at=now - timedelta(days=9), ends_at=now - timedelta(days=8))
     summary = maintain_history(now)

@@ -12,8 +12,16 @@ T0 = timezone.now().replace(microsecond=0)
 
 
 def result(module, outcome, n, latency=5.0, error="connection refused"):
-    return ProbeResult(module.id, module.slug, T0 + timedelta(seconds=15 * n), outcome, 200 if outcome != "fail" else None,
-                       latency if outcome != "fail" else None, "ok" if outcome != "fail" else "", error if outcome == "fail" else "")
+    return ProbeResult(
+        module.id,
+        module.slug,
+        T0 + timedelta(seconds=15 * n),
+        outcome,
+        200 if outcome != "fail" else None,
+        latency if outcome != "fail" else None,
+        "ok" if outcome != "fail" else "",
+        error if outcome == "fail" else "",
+    )
 
 
 def feed(module, outcomes):
@@ -46,7 +54,10 @@ def test_up_only_after_two_successes_in_a_row():
     m = Module.objects.get(slug="madre")
     states = feed(m, ["fail", "ok", "fail", "ok", "ok", "ok"])
     assert states == ["down", "down", "down", "down", "up", "up"]
-    assert list(StateChange.objects.filter(module=m).order_by("at").values_list("to_state", flat=True)) == ["down", "up"]
+    assert list(StateChange.objects.filter(module=m).order_by("at").values_list("to_state", flat=True)) == [
+        "down",
+        "up",
+    ]
 
 
 def test_thresholds_are_per_module():
@@ -60,7 +71,15 @@ def test_slow_answers_mean_degraded_after_the_threshold():
     m = Module.objects.get(slug="switch")
     m.degraded_latency_ms = 100
     m.save()
-    assert feed(m, ["ok", "slow", "ok", "slow", "slow", "ok", "ok"]) == ["up", "up", "up", "up", "degraded", "degraded", "up"]
+    assert feed(m, ["ok", "slow", "ok", "slow", "slow", "ok", "ok"]) == [
+        "up",
+        "up",
+        "up",
+        "up",
+        "degraded",
+        "degraded",
+        "up",
+    ]
 
 
 def test_single_blip_does_not_flap():

@@ -72,8 +72,10 @@ def looks(now, started=LONG_AGO) -> dict:
 def test_ages_and_intervals_of_beat_and_probe_rounds(schedule):
     beat_sent(T0 - timedelta(seconds=4))
     round_stored(T0 - timedelta(seconds=12))
-    assert looks(T0) == {"beat": {"status": "ok", "age_seconds": 4.0, "interval_seconds": 10.0},
-                         "probe_rounds": {"status": "ok", "age_seconds": 12.0, "interval_seconds": 15.0}}
+    assert looks(T0) == {
+        "beat": {"status": "ok", "age_seconds": 4.0, "interval_seconds": 10.0},
+        "probe_rounds": {"status": "ok", "age_seconds": 12.0, "interval_seconds": 15.0},
+    }
     # three intervals is the limit: just under is fine, just over is a stall
     assert looks(T0 + timedelta(seconds=26))["beat"]["status"] == "ok"
     assert looks(T0 + timedelta(seconds=27))["beat"]["status"] == "stalled"
@@ -158,8 +160,9 @@ def test_health_names_a_dead_database_without_its_error_text(caplog):
     assert any(rec.exc_info and rec.getMessage() == "health: database check failed" for rec in caplog.records)
 
 
-def test_a_stall_and_its_end_are_announced_once_each_to_every_channel(schedule, receiver,
-                                                                      django_capture_on_commit_callbacks):
+def test_a_stall_and_its_end_are_announced_once_each_to_every_channel(
+    schedule, receiver, django_capture_on_commit_callbacks
+):
     other = Module.objects.create(slug="solo", name="solo", base_url="http://127.0.0.1:29999")
     hook = NotificationChannel.objects.create(name="solo only", kind="webhook", target=receiver.url())
     hook.modules.set([other])  # a channel for one module still hears that the portal stopped watching it
@@ -191,8 +194,10 @@ def test_a_stall_and_its_end_are_announced_once_each_to_every_channel(schedule, 
     assert posted == [("portal", "up", "down"), ("portal", "down", "up")]
 
     portal = StateChange.objects.filter(module=None).order_by("at")
-    assert [(c.from_state, c.to_state, c.at) for c in portal] == [("up", "down", stalled_at),
-                                                                   ("down", "up", recovered_at)]
+    assert [(c.from_state, c.to_state, c.at) for c in portal] == [
+        ("up", "down", stalled_at),
+        ("down", "up", recovered_at),
+    ]
     assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}  # never muted by a window
     assert [e.data["module"] for e in Event.objects.filter(type="status_changed")] == ["portal", "portal"]
     assert SchedulerWatch.objects.get().stalled_since is None
@@ -204,8 +209,9 @@ def test_while_beat_is_stalled_the_watchdog_sends_what_the_sweep_would(schedule,
     round_stored(T0)
     watchdog.check(now=T0 + timedelta(seconds=31), started=LONG_AGO)  # stall announced
     # a module change during the stall (an operator's "Probe now"): no beat sweep will claim it
-    StateChange.objects.create(module=schedule["module"], at=T0 + timedelta(seconds=35), from_state="up",
-                               to_state="down", reason="probe now")
+    StateChange.objects.create(
+        module=schedule["module"], at=T0 + timedelta(seconds=35), from_state="up", to_state="down", reason="probe now"
+    )
     receiver.statuses = [500]  # and the receiver fails once: the retry is the watchdog's too
     watchdog.check(now=T0 + timedelta(seconds=40), started=LONG_AGO)
     watchdog.check(now=T0 + timedelta(seconds=80), started=LONG_AGO)
@@ -270,13 +276,31 @@ def test_a_real_beat_stamps_every_send_and_a_killed_one_is_a_stall(tmp_path):
     queue = f"watchdog-beat-test-{os.getpid()}"
     PeriodicTask.objects.all().delete()
     entry = PeriodicTask.objects.create(name="tick", task="apps.fleet.tasks.send_notifications", interval=every(1))
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "REDIS_URL": broker, "VX11_CELERY_QUEUE": queue}  # nobody consumes that queue: beat only sends
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "REDIS_URL": broker,
+        "VX11_CELERY_QUEUE": queue,
+    }  # nobody consumes that queue: beat only sends
     log = tmp_path / "beat.log"
-    argv = [sys.executable, "-m", "celery", "-A", "vx11_site", "beat", "-l", "INFO",
-            "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "-s", str(tmp_path / "schedule")]
-    beat = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "vx11_site",
+        "beat",
+        "-l",
+        "INFO",
+        "--scheduler",
+        "django_celery_beat.schedulers:DatabaseScheduler",
+        "-s",
+        str(tmp_path / "schedule"),
+    ]
+    beat = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     stamps = set()
 
     def stamped_again():
@@ -304,18 +328,25 @@ def test_the_web_process_announces_the_end_of_a_stall_with_no_beat_or_worker_run
     recorded stall and posts the recovery itself (no beat sweep, no worker exists in this test)."""
     PeriodicTask.objects.all().delete()
     now = timezone.now()
-    PeriodicTask.objects.create(name="notify", task="apps.fleet.tasks.send_notifications", interval=every(10),
-                                last_run_at=now)
+    PeriodicTask.objects.create(
+        name="notify", task="apps.fleet.tasks.send_notifications", interval=every(10), last_run_at=now
+    )
     SchedulerWatch.objects.create(pk=1, stalled_since=now - timedelta(minutes=2), reason="beat sent no task for 40 s")
     NotificationChannel.objects.create(name="all", kind="webhook", target=receiver.url())
     port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "DATABASE_URL": database_url_of_test_db(),
-           "VX11_WATCHDOG_SECONDS": "0.2"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "vx11_site.settings",
+        "DATABASE_URL": database_url_of_test_db(),
+        "VX11_WATCHDOG_SECONDS": "0.2",
+    }
     log = tmp_path / "daphne.log"
     argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"]
-    daphne = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    daphne = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
+
         def answering():
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

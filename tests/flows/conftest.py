@@ -23,12 +23,13 @@ def eager_celery(settings):
     settings.VX11_DAUGHTER_HEARTBEAT_SECONDS = 0.05
 
 
-
 @pytest.fixture
 def editor(api, django_user_model):
     """The operator's API client, its user granted flows.add_flow and flows.change_flow (writing a definition needs them)."""
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.get(username="operator")
-    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="flows", codename__in=["add_flow", "change_flow"]))
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="flows", codename__in=["add_flow", "change_flow"])
+    )
     return api

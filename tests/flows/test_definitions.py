@@ -13,8 +13,13 @@ GOOD = {
     "name": "D",
     "title": "drill",
     "steps": [
-        {"name": "madre health", "module": "madre", "path": "/health", "expect": {"json": [{"path": "$.status", "equals": "ok"}]},
-         "capture": {"version": "$.version"}},
+        {
+            "name": "madre health",
+            "module": "madre",
+            "path": "/health",
+            "expect": {"json": [{"path": "$.status", "equals": "ok"}]},
+            "capture": {"version": "$.version"},
+        },
         {"name": "plans", "module": "madre", "path": "/madre/plans", "headers": {"X-Version": "{{ steps.1.version }}"}},
     ],
 }
@@ -33,11 +38,21 @@ def test_the_canonical_flows_are_loaded_by_the_migration(db):
 
 def test_a_yaml_file_and_its_json_twin_load_the_same_flow(fleet, tmp_path):
     yaml_file = tmp_path / "d.yaml"
-    yaml_file.write_text("name: D\nsteps:\n  - module: madre\n    path: /health\n    expect: {json: [{path: $.status, one_of: [ok, healthy]}]}\n")
+    yaml_file.write_text(
+        "name: D\nsteps:\n  - module: madre\n    path: /health\n    expect: {json: [{path: $.status, one_of: [ok, healthy]}]}\n"
+    )
     flow = Flow.load_file(yaml_file)
     spec = flow.to_spec()
-    assert spec["steps"] == [{"name": "step 1", "kind": "http", "module": "madre", "method": "GET", "path": "/health",
-                              "expect": {"status": 200, "json": [{"path": "$.status", "op": "one_of", "value": ["ok", "healthy"]}]}}]
+    assert spec["steps"] == [
+        {
+            "name": "step 1",
+            "kind": "http",
+            "module": "madre",
+            "method": "GET",
+            "path": "/health",
+            "expect": {"status": 200, "json": [{"path": "$.status", "op": "one_of", "value": ["ok", "healthy"]}]},
+        }
+    ]
     json_file = tmp_path / "d.json"
     json_file.write_text(json.dumps(spec))
     assert Flow.load_file(json_file, replace=True).to_spec() == spec
@@ -51,24 +66,48 @@ def test_canonical_definitions_round_trip(fleet):
         assert (DEFINITIONS / f"{name}.yaml").exists()
 
 
-@pytest.mark.parametrize("step, message", [
-    ({"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "near": 1}]}}, "step 2: expect.json[0] needs exactly one of equals, exists, one_of, regex"),
-    ({"module": "nosuch", "path": "/x"}, "step 2 (bad): unknown module 'nosuch'"),
-    ({"module": "madre", "path": "no-slash"}, "step 2: path is required and must start with /"),
-    ({"module": "madre", "path": "/x", "method": "FETCH"}, "step 2: method 'FETCH' is not one of"),
-    ({"module": "madre", "path": "/{{ steps.3.x }}"}, "step 2: template {{ steps.3.x }} refers to step 3, which does not run before step 2"),
-    ({"module": "madre", "path": "/{{ steps.1.plan_id }}"}, "step 2: template {{ steps.1.plan_id }}: step 1 captures no 'plan_id' (it captures: version)"),
-    ({"module": "madre", "path": "/{{ steps.1 }}"}, "step 2: malformed template in '/{{ steps.1 }}'"),
-    ({"module": "madre", "path": "/x", "capture": {"id": "$[?bad"}}, "step 2: capture.id: invalid JSONPath '$[?bad'"),
-    ({"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "regex": "(("}]}}, "step 2: expect.json[0]: invalid regex '(('"),
-    ({"module": "madre", "path": "/x", "expect": {"status": 999}}, "step 2: expect.status must be an integer of at least 100 and at most 599"),
-    ({"module": "madre", "path": "/x", "colour": "red"}, "step 2: unknown step key(s): colour"),
-    ({"db": {"model": "nosuch.Model", "filter": {"id": 1}}}, "step 2: unknown model 'nosuch.Model'"),
-    ({"db": {"model": "fleet.Module", "filter": {"colour": 1}}}, "step 2: db.filter: fleet.Module has no field 'colour'"),
-    ({"db": {"model": "fleet.Module", "filter": {}}}, "step 2: db.filter is required"),
-    ({"spawn": {"params": {}}}, "step 2: spawn.kind is required"),
-    ({"kind": "teleport"}, "step 2: unknown kind 'teleport'"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (
+            {"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "near": 1}]}},
+            "step 2: expect.json[0] needs exactly one of equals, exists, one_of, regex",
+        ),
+        ({"module": "nosuch", "path": "/x"}, "step 2 (bad): unknown module 'nosuch'"),
+        ({"module": "madre", "path": "no-slash"}, "step 2: path is required and must start with /"),
+        ({"module": "madre", "path": "/x", "method": "FETCH"}, "step 2: method 'FETCH' is not one of"),
+        (
+            {"module": "madre", "path": "/{{ steps.3.x }}"},
+            "step 2: template {{ steps.3.x }} refers to step 3, which does not run before step 2",
+        ),
+        (
+            {"module": "madre", "path": "/{{ steps.1.plan_id }}"},
+            "step 2: template {{ steps.1.plan_id }}: step 1 captures no 'plan_id' (it captures: version)",
+        ),
+        ({"module": "madre", "path": "/{{ steps.1 }}"}, "step 2: malformed template in '/{{ steps.1 }}'"),
+        (
+            {"module": "madre", "path": "/x", "capture": {"id": "$[?bad"}},
+            "step 2: capture.id: invalid JSONPath '$[?bad'",
+        ),
+        (
+            {"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "regex": "(("}]}},
+            "step 2: expect.json[0]: invalid regex '(('",
+        ),
+        (
+            {"module": "madre", "path": "/x", "expect": {"status": 999}},
+            "step 2: expect.status must be an integer of at least 100 and at most 599",
+        ),
+        ({"module": "madre", "path": "/x", "colour": "red"}, "step 2: unknown step key(s): colour"),
+        ({"db": {"model": "nosuch.Model", "filter": {"id": 1}}}, "step 2: unknown model 'nosuch.Model'"),
+        (
+            {"db": {"model": "fleet.Module", "filter": {"colour": 1}}},
+            "step 2: db.filter: fleet.Module has no field 'colour'",
+        ),
+        ({"db": {"model": "fleet.Module", "filter": {}}}, "step 2: db.filter is required"),
+        ({"spawn": {"params": {}}}, "step 2: spawn.kind is required"),
+        ({"kind": "teleport"}, "step 2: unknown kind 'teleport'"),
+    ],
+)
 def test_a_bad_step_is_refused_naming_it(fleet, step, message):
     if "module" in step and step.get("module") == "nosuch":
         step = {**step, "name": "bad"}
@@ -79,12 +118,15 @@ def test_a_bad_step_is_refused_naming_it(fleet, step, message):
     assert not Flow.objects.filter(name="D").exists()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"name": "bad name!", "steps": GOOD["steps"]}, "flow name 'bad name!' must be 1-32 letters"),
-    ({"name": "D", "steps": []}, "flow D: steps must be a list of 1 to 50 steps"),
-    ({"name": "D", "steps": GOOD["steps"], "owner": "me"}, "unknown flow key(s): owner"),
-    ([1, 2], "a flow definition must be an object"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "bad name!", "steps": GOOD["steps"]}, "flow name 'bad name!' must be 1-32 letters"),
+        ({"name": "D", "steps": []}, "flow D: steps must be a list of 1 to 50 steps"),
+        ({"name": "D", "steps": GOOD["steps"], "owner": "me"}, "unknown flow key(s): owner"),
+        ([1, 2], "a flow definition must be an object"),
+    ],
+)
 def test_a_bad_flow_is_refused(fleet, spec, message):
     with pytest.raises(ValidationError) as exc:
         Flow.save_spec(spec)
@@ -101,10 +143,21 @@ def test_an_existing_flow_is_replaced_only_when_asked(fleet):
 
 def test_a_template_whose_value_is_null_fails_the_step_clearly(flows):
     """manifestator's /drift without a correlation id answers "correlation_id": null."""
-    flow = Flow.save_spec({"name": "T", "steps": [
-        {"name": "drift", "module": "manifestator", "path": "/drift", "capture": {"cid": "$.correlation_id"}},
-        {"name": "patch", "module": "manifestator", "method": "POST", "path": "/generate-patch", "body": {"correlation_id": "{{ steps.1.cid }}"}},
-    ]})
+    flow = Flow.save_spec(
+        {
+            "name": "T",
+            "steps": [
+                {"name": "drift", "module": "manifestator", "path": "/drift", "capture": {"cid": "$.correlation_id"}},
+                {
+                    "name": "patch",
+                    "module": "manifestator",
+                    "method": "POST",
+                    "path": "/generate-patch",
+                    "body": {"correlation_id": "{{ steps.1.cid }}"},
+                },
+            ],
+        }
+    )
     run = flow.run()
     assert run.failed_step == 2
     assert run.steps.get(position=2).reason == "template {{ steps.1.cid }}: step 1 captured 'cid' as null"
@@ -112,14 +165,30 @@ def test_a_template_whose_value_is_null_fails_the_step_clearly(flows):
 
 def test_a_template_of_an_unset_environment_variable_fails_the_step(flows, monkeypatch):
     monkeypatch.delenv("VX11_FLOW_TEST_TOKEN", raising=False)
-    flow = Flow.save_spec({"name": "T", "steps": [
-        {"name": "with a token", "module": "madre", "path": "/health", "headers": {"X-VX11-Token": "{{ env.VX11_FLOW_TEST_TOKEN }}"}}]})
+    flow = Flow.save_spec(
+        {
+            "name": "T",
+            "steps": [
+                {
+                    "name": "with a token",
+                    "module": "madre",
+                    "path": "/health",
+                    "headers": {"X-VX11-Token": "{{ env.VX11_FLOW_TEST_TOKEN }}"},
+                }
+            ],
+        }
+    )
     run = flow.run()
-    assert run.steps.get(position=1).reason == "template {{ env.VX11_FLOW_TEST_TOKEN }}: environment variable VX11_FLOW_TEST_TOKEN is not set"
+    assert (
+        run.steps.get(position=1).reason
+        == "template {{ env.VX11_FLOW_TEST_TOKEN }}: environment variable VX11_FLOW_TEST_TOKEN is not set"
+    )
 
     monkeypatch.setenv("VX11_FLOW_TEST_TOKEN", "s3cret")
     run = flow.run()
-    assert run.status == "passed" and run.steps.get(position=1).request["headers"] == {"X-VX11-Token": "***"}  # never stored
+    assert run.status == "passed" and run.steps.get(position=1).request["headers"] == {
+        "X-VX11-Token": "***"
+    }  # never stored
 
 
 def test_a_capture_missing_at_run_time_fails_the_step(flows):
@@ -127,11 +196,16 @@ def test_a_capture_missing_at_run_time_fails_the_step(flows):
     flow = Flow.save_spec(GOOD)
     Step.objects.filter(flow=flow, position=2).update(headers={"X-Version": "{{ steps.1.nope }}"})
     run = flow.run()
-    assert run.steps.get(position=2).reason == "template {{ steps.1.nope }}: step 1 captured no value 'nope' (captured: version)"
+    assert (
+        run.steps.get(position=2).reason
+        == "template {{ steps.1.nope }}: step 1 captured no value 'nope' (captured: version)"
+    )
 
 
 def test_a_capture_that_matches_nothing_fails_the_step(flows):
-    flow = Flow.save_spec({"name": "T", "steps": [{"module": "madre", "path": "/health", "capture": {"x": "$.nothing.here"}}]})
+    flow = Flow.save_spec(
+        {"name": "T", "steps": [{"module": "madre", "path": "/health", "capture": {"x": "$.nothing.here"}}]}
+    )
     run = flow.run()
     assert run.steps.get(position=1).reason == "capture x: $.nothing.here matched nothing in the response"
 
@@ -145,7 +219,9 @@ def test_excerpts_are_bounded(flows, settings):
 
 def test_latency_bound(flows, sim):
     sim.set_mode("madre", "slow", delay=0.2)
-    flow = Flow.save_spec({"name": "T", "steps": [{"module": "madre", "path": "/health", "expect": {"max_latency_ms": 100}}]})
+    flow = Flow.save_spec(
+        {"name": "T", "steps": [{"module": "madre", "path": "/health", "expect": {"max_latency_ms": 100}}]}
+    )
     reason = flow.run().steps.get(position=1).reason
     assert reason.startswith("took ") and reason.endswith("ms, over the bound of 100 ms")
 
@@ -155,17 +231,37 @@ def test_an_oversized_answer_fails_the_step(flows, monkeypatch):
 
     monkeypatch.setattr(runner, "MAX_RESPONSE_BYTES", 150)
     run = Flow.objects.get(name="A").run()
-    assert run.failed_step == 3 and run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
+    assert (
+        run.failed_step == 3 and run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
+    )
 
 
-@pytest.mark.parametrize("step, message", [
-    ({"module": "madre", "path": "/x", "timeout": float("nan")}, "step 2: timeout is nan: numbers must be finite (NaN and Infinity are not JSON)"),
-    ({"module": "madre", "path": "/x", "expect": {"max_latency_ms": float("inf")}}, "step 2: expect.max_latency_ms is inf: numbers must be finite"),
-    ({"module": "madre", "path": "/x", "body": {"n": [1, float("nan")]}}, "step 2: body.n[1] is nan: numbers must be finite"),
-    ({"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "equals": float("-inf")}]}}, "step 2: expect.json[0].equals is -inf"),
-    ({"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": float("nan")}}, "step 2: db.within is nan: numbers must be finite"),
-    ({"spawn": {"kind": "sleep", "params": {"seconds": float("inf")}}}, "step 2: spawn.params.seconds is inf"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (
+            {"module": "madre", "path": "/x", "timeout": float("nan")},
+            "step 2: timeout is nan: numbers must be finite (NaN and Infinity are not JSON)",
+        ),
+        (
+            {"module": "madre", "path": "/x", "expect": {"max_latency_ms": float("inf")}},
+            "step 2: expect.max_latency_ms is inf: numbers must be finite",
+        ),
+        (
+            {"module": "madre", "path": "/x", "body": {"n": [1, float("nan")]}},
+            "step 2: body.n[1] is nan: numbers must be finite",
+        ),
+        (
+            {"module": "madre", "path": "/x", "expect": {"json": [{"path": "$.a", "equals": float("-inf")}]}},
+            "step 2: expect.json[0].equals is -inf",
+        ),
+        (
+            {"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": float("nan")}},
+            "step 2: db.within is nan: numbers must be finite",
+        ),
+        ({"spawn": {"kind": "sleep", "params": {"seconds": float("inf")}}}, "step 2: spawn.params.seconds is inf"),
+    ],
+)
 def test_non_finite_numbers_are_refused_naming_the_step(fleet, step, message):
     with pytest.raises(ValidationError) as exc:
         Flow.save_spec(with_step(step))
@@ -178,11 +274,15 @@ def test_a_spawn_step_may_not_start_a_flow(fleet, kind):
     step = {"name": "again", "spawn": {"kind": kind, "params": {"flow": "D"}}}
     with pytest.raises(ValidationError) as exc:
         Flow.save_spec(with_step(step))
-    assert exc.value.messages[0].startswith("flow D: step 2 (again): spawn.kind 'flow' is refused: a flow may not start flows")
+    assert exc.value.messages[0].startswith(
+        "flow D: step 2 (again): spawn.kind 'flow' is refused: a flow may not start flows"
+    )
 
 
 def test_a_spawn_step_of_kind_flow_edited_behind_validation_fails(flows):
-    flow = Flow.save_spec({"name": "T", "steps": [{"name": "again", "spawn": {"kind": "sleep", "params": {"seconds": 0}}}]})
+    flow = Flow.save_spec(
+        {"name": "T", "steps": [{"name": "again", "spawn": {"kind": "sleep", "params": {"seconds": 0}}}]}
+    )
     Step.objects.filter(flow=flow).update(spawn={"kind": "flow", "params": {"flow": "T"}, "source": "madre"})
     run = flow.run()
     assert run.steps.get().reason == "spawn.kind 'flow' is refused: a flow may not start flows"
@@ -202,8 +302,12 @@ def test_the_migration_rows_and_the_yaml_definitions_agree():
         path = DEFINITIONS / f"{name}.yaml"
         spec = check_spec(parse_file(path.read_text(), path.name))
         rows = [{**migration.STEP_DEFAULTS, **row} for row in frozen[name]["steps"]]
-        assert rows == [Step.fields_from(step) for step in spec["steps"]], f"flow {name}: migration 0002 and {path.name} differ"
-        assert {k: frozen[name][k] for k in ("title", "description", "enabled")} == {k: spec[k] for k in ("title", "description", "enabled")}
+        assert rows == [Step.fields_from(step) for step in spec["steps"]], (
+            f"flow {name}: migration 0002 and {path.name} differ"
+        )
+        assert {k: frozen[name][k] for k in ("title", "description", "enabled")} == {
+            k: spec[k] for k in ("title", "description", "enabled")
+        }
 
 
 def test_the_migrated_flows_match_the_yaml_definitions(db):

@@ -25,9 +25,13 @@ def test_flow_a_passes_and_stores_each_step(flows):
 def test_flow_a_publishes_its_run_and_steps(flows):
     run = flows["A"].run(trigger="api")
 
-    changes = [e.data["status"] for e in Event.objects.filter(type="status_changed", data__source="flows", data__run_id=run.id)]
+    changes = [
+        e.data["status"] for e in Event.objects.filter(type="status_changed", data__source="flows", data__run_id=run.id)
+    ]
     assert changes == ["running", "passed"]
-    steps = [e.data["step"] for e in Event.objects.filter(type="plan_updated", data__source="flows", data__run_id=run.id)]
+    steps = [
+        e.data["step"] for e in Event.objects.filter(type="plan_updated", data__source="flows", data__run_id=run.id)
+    ]
     assert steps == [1, 2, 3, 4, 5]
 
 
@@ -38,7 +42,9 @@ def test_flow_a_fails_at_hermes_when_hermes_is_down(flows, sim):
 
     assert run.status == "failed" and run.failed_step == 3
     assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "failed"), (4, "skipped"), (5, "skipped")]
-    assert reason_of(run, 3).startswith("expected status 200, got 502") and "upstream hermes unreachable" in reason_of(run, 3)
+    assert reason_of(run, 3).startswith("expected status 200, got 502") and "upstream hermes unreachable" in reason_of(
+        run, 3
+    )
     assert reason_of(run, 4) == "skipped: step 3 failed"
     assert run.reason.startswith("step 3 (hermes tools through the gateway): expected status 200, got 502")
 

@@ -16,11 +16,36 @@ def staff(admin_user):
 
 
 def inline_data(steps: list[dict], initial: int = 0, flow_fields=None) -> dict:
-    data = {"name": "D", "title": "drill", "description": "", "enabled": "on", **(flow_fields or {}),
-            "steps-TOTAL_FORMS": str(len(steps)), "steps-INITIAL_FORMS": str(initial), "steps-MIN_NUM_FORMS": "0", "steps-MAX_NUM_FORMS": "1000"}
+    data = {
+        "name": "D",
+        "title": "drill",
+        "description": "",
+        "enabled": "on",
+        **(flow_fields or {}),
+        "steps-TOTAL_FORMS": str(len(steps)),
+        "steps-INITIAL_FORMS": str(initial),
+        "steps-MIN_NUM_FORMS": "0",
+        "steps-MAX_NUM_FORMS": "1000",
+    }
     for i, step in enumerate(steps):
-        row = {"position": str(i + 1), "name": "", "kind": "http", "module": "", "method": "GET", "path": "", "headers": "{}", "body": "null",
-               "timeout": "", "expect_status": "200", "max_latency_ms": "", "checks": "[]", "capture": "{}", "db": "{}", "spawn": "{}", **step}
+        row = {
+            "position": str(i + 1),
+            "name": "",
+            "kind": "http",
+            "module": "",
+            "method": "GET",
+            "path": "",
+            "headers": "{}",
+            "body": "null",
+            "timeout": "",
+            "expect_status": "200",
+            "max_latency_ms": "",
+            "checks": "[]",
+            "capture": "{}",
+            "db": "{}",
+            "spawn": "{}",
+            **step,
+        }
         data.update({f"steps-{i}-{key}": value for key, value in row.items()})
     return data
 
@@ -37,25 +62,46 @@ def test_changelist_shows_last_result_and_history_strip(staff, flows, sim):
 
 def test_add_a_flow_with_inline_steps(staff, fleet):
     assert 'name="steps-TOTAL_FORMS"' in staff.get(reverse("admin:flows_flow_add")).content.decode()
-    data = inline_data([
-        {"name": "health", "module": "madre", "path": "/health", "checks": '[{"path": "$.status", "equals": "ok"}]', "capture": '{"v": "$.version"}'},
-        {"name": "plans", "module": "madre", "path": "/madre/plans", "headers": '{"X-V": "{{ steps.1.v }}"}'},
-    ])
+    data = inline_data(
+        [
+            {
+                "name": "health",
+                "module": "madre",
+                "path": "/health",
+                "checks": '[{"path": "$.status", "equals": "ok"}]',
+                "capture": '{"v": "$.version"}',
+            },
+            {"name": "plans", "module": "madre", "path": "/madre/plans", "headers": '{"X-V": "{{ steps.1.v }}"}'},
+        ]
+    )
     response = staff.post(reverse("admin:flows_flow_add"), data)
     assert response.status_code == 302, response.content.decode()[:3000]
     flow = Flow.objects.get(name="D")
     assert [s.name for s in flow.steps.all()] == ["health", "plans"]
-    assert flow.steps.get(position=1).checks == [{"path": "$.status", "op": "equals", "value": "ok"}]  # stored normalised
+    assert flow.steps.get(position=1).checks == [
+        {"path": "$.status", "op": "equals", "value": "ok"}
+    ]  # stored normalised
 
 
-@pytest.mark.parametrize("step2, message", [
-    ({"name": "plans", "module": "madre", "path": "/madre/{{ steps.1.plan_id }}"}, "flow D: step 2 (plans): template {{ steps.1.plan_id }}: step 1 captures no"),
-    ({"name": "ghost", "module": "ghost", "path": "/x"}, "flow D: step 2 (ghost): unknown module"),
-    ({"name": "db", "kind": "db", "db": '{"model": "fleet.Module"}'}, "flow D: step 2 (db): db.filter is required"),
-    ({"name": "check", "module": "madre", "path": "/x", "checks": '[{"path": "$.a", "near": 1}]'}, "flow D: step 2 (check): expect.json[0] needs exactly one of"),
-])
+@pytest.mark.parametrize(
+    "step2, message",
+    [
+        (
+            {"name": "plans", "module": "madre", "path": "/madre/{{ steps.1.plan_id }}"},
+            "flow D: step 2 (plans): template {{ steps.1.plan_id }}: step 1 captures no",
+        ),
+        ({"name": "ghost", "module": "ghost", "path": "/x"}, "flow D: step 2 (ghost): unknown module"),
+        ({"name": "db", "kind": "db", "db": '{"model": "fleet.Module"}'}, "flow D: step 2 (db): db.filter is required"),
+        (
+            {"name": "check", "module": "madre", "path": "/x", "checks": '[{"path": "$.a", "near": 1}]'},
+            "flow D: step 2 (check): expect.json[0] needs exactly one of",
+        ),
+    ],
+)
 def test_an_invalid_step_is_refused_at_save_naming_it(staff, fleet, step2, message):
-    data = inline_data([{"name": "health", "module": "madre", "path": "/health", "capture": '{"v": "$.version"}'}, step2])
+    data = inline_data(
+        [{"name": "health", "module": "madre", "path": "/health", "capture": '{"v": "$.version"}'}, step2]
+    )
     response = staff.post(reverse("admin:flows_flow_add"), data)
     assert response.status_code == 200
     assert message in response.content.decode().replace("&#x27;", "'").replace("&quot;", '"')
@@ -100,10 +146,16 @@ def test_a_run_queued_from_the_admin_runs_on_a_worker(staff, flows, eager_celery
 
 @pytest.mark.django_db(transaction=True)
 def test_run_action_from_the_list(staff, flows, eager_celery):
-    response = staff.post(reverse("admin:flows_flow_changelist"),
-                          {"action": "run_now", "_selected_action": [flows["A"].id, flows["C"].id]}, follow=True)
+    response = staff.post(
+        reverse("admin:flows_flow_changelist"),
+        {"action": "run_now", "_selected_action": [flows["A"].id, flows["C"].id]},
+        follow=True,
+    )
     runs = {r.flow.name: r for r in FlowRun.objects.select_related("flow")}
-    assert f'Queued 2 run(s): <a href="{reverse("admin:flows_flowrun_change", args=[runs["A"].id])}">A #{runs["A"].id}</a>' in response.content.decode()
+    assert (
+        f'Queued 2 run(s): <a href="{reverse("admin:flows_flowrun_change", args=[runs["A"].id])}">A #{runs["A"].id}</a>'
+        in response.content.decode()
+    )
     assert {r.status for r in runs.values()} == {"passed"}
 
 
@@ -111,7 +163,7 @@ def test_run_durations_and_coherence_are_charted(staff, flows, sim):
     flows["A"].run()
     flows["A"].run()
     page = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].pk])).content.decode()
-    assert "aria-label=\"duration of flow A's latest runs\"" in page and "<polyline" in page
+    assert 'aria-label="duration of flow A\'s latest runs"' in page and "<polyline" in page
     coherence = staff.get(reverse("admin:flows_contractcoherence_changelist")).content.decode()
     assert 'aria-label="contract coherence over time"' in coherence
     never_run = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
@@ -132,7 +184,9 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(staff, flows):
         return len(queries)
 
     def add_runs(flow):
-        FlowRun.objects.bulk_create([FlowRun(flow=flow, status=status, trigger="api") for status in ("passed", "failed", "running")])
+        FlowRun.objects.bulk_create(
+            [FlowRun(flow=flow, status=status, trigger="api") for status in ("passed", "failed", "running")]
+        )
 
     for flow in flows.values():
         add_runs(flow)
@@ -140,7 +194,9 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(staff, flows):
     for i in range(7):
         add_runs(Flow.save_spec({"name": f"F{i}", "steps": [{"module": "madre", "path": "/health"}] * (i + 1)}))
     page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
-    assert page.count('title="#') == 20 and page.count('data-status="failed"') == 10  # each flow: 2 finished runs, the last failed
+    assert (
+        page.count('title="#') == 20 and page.count('data-status="failed"') == 10
+    )  # each flow: 2 finished runs, the last failed
     assert list_queries() == three
 
 
@@ -165,18 +221,26 @@ def test_load_from_file_download_edit_and_load_again(staff, flows):
     assert response.status_code == 302 and response.url == reverse("admin:flows_flow_change", args=[d.pk])
     assert d.to_spec()["steps"] == flows["C"].to_spec()["steps"]
     # the same name again: refused unless replace is asked for
-    again = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false"))})
+    again = staff.post(
+        reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false"))}
+    )
     assert again.status_code == 200 and "flow D already exists" in again.content.decode()
     assert Flow.objects.get(name="D").enabled
-    replaced = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false")), "replace": "on"})
+    replaced = staff.post(
+        reverse("admin:flows_flow_load"),
+        {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false")), "replace": "on"},
+    )
     assert replaced.status_code == 302 and not Flow.objects.get(name="D").enabled
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: E\nsteps:\n  - module: madre\n    path: /health\n  - module: nowhere\n    path: /health\n", "step 2"),
-    ("name: E\nsteps: [unclosed\n", "is not valid YAML/JSON"),
-    ('{"name": "E", "steps": []}', "steps"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: E\nsteps:\n  - module: madre\n    path: /health\n  - module: nowhere\n    path: /health\n", "step 2"),
+        ("name: E\nsteps: [unclosed\n", "is not valid YAML/JSON"),
+        ('{"name": "E", "steps": []}', "steps"),
+    ],
+)
 def test_load_from_file_refuses_a_bad_file_storing_nothing(staff, flows, text, message):
     response = staff.post(reverse("admin:flows_flow_load"), {"file": upload("e.yaml", text)})
     assert response.status_code == 200 and message in response.content.decode()

@@ -58,7 +58,10 @@ def test_an_unreachable_broker_is_a_503_and_a_failed_run(api, flows):
 
     with celery_sends_to("redis://127.0.0.1:1/0", "nowhere"):
         response = api.post("/api/flows/A/run?wait=false")
-    assert response.status_code == 503 and "could not be queued: the Celery broker is unreachable" in response.json()["detail"]
+    assert (
+        response.status_code == 503
+        and "could not be queued: the Celery broker is unreachable" in response.json()["detail"]
+    )
     assert response["Retry-After"] == "30"  # a 503 says when to come back
     run = FlowRun.objects.get()
     assert run.status == "failed" and run.finished_at is not None
@@ -110,29 +113,43 @@ def test_create_and_replace(editor, fleet):
     assert clash.status_code == 422 and "differs from the URL" in clash.json()["detail"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"name": "D", "steps": [{"module": "madre", "path": "/h"}, {"name": "plan", "module": "madre", "path": "/{{ steps.1.plan_id }}"}]},
-     "flow D: step 2 (plan): template {{ steps.1.plan_id }}: step 1 captures no 'plan_id'"),
-    ({"name": "D", "steps": [{"module": "ghost", "path": "/h"}]}, "flow D: step 1: unknown module 'ghost'"),
-    ({"name": "D"}, "flow D: steps must be a list"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            {
+                "name": "D",
+                "steps": [
+                    {"module": "madre", "path": "/h"},
+                    {"name": "plan", "module": "madre", "path": "/{{ steps.1.plan_id }}"},
+                ],
+            },
+            "flow D: step 2 (plan): template {{ steps.1.plan_id }}: step 1 captures no 'plan_id'",
+        ),
+        ({"name": "D", "steps": [{"module": "ghost", "path": "/h"}]}, "flow D: step 1: unknown module 'ghost'"),
+        ({"name": "D"}, "flow D: steps must be a list"),
+    ],
+)
 def test_an_invalid_definition_is_a_422_naming_the_step(editor, fleet, body, message):
     response = editor.post("/api/flows", body, content_type="application/json")
     assert response.status_code == 422 and message in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
 
 
-@pytest.mark.parametrize("method, url, body, status", [
-    ("get", "/api/flows/nope", None, 404),
-    ("post", "/api/flows/nope/run", None, 404),
-    ("get", "/api/flows/nope/runs", None, 404),
-    ("get", "/api/flow-runs/999999", None, 404),
-    ("get", "/api/flow-runs/abc", None, 422),
-    ("get", "/api/flows/A/runs?status=weird", None, 422),
-    ("get", "/api/flows?limit=-1", None, 422),
-    ("post", "/api/flows", "not json", 400),
-    ("post", "/api/flows", [1, 2], 422),
-])
+@pytest.mark.parametrize(
+    "method, url, body, status",
+    [
+        ("get", "/api/flows/nope", None, 404),
+        ("post", "/api/flows/nope/run", None, 404),
+        ("get", "/api/flows/nope/runs", None, 404),
+        ("get", "/api/flow-runs/999999", None, 404),
+        ("get", "/api/flow-runs/abc", None, 422),
+        ("get", "/api/flows/A/runs?status=weird", None, 422),
+        ("get", "/api/flows?limit=-1", None, 422),
+        ("post", "/api/flows", "not json", 400),
+        ("post", "/api/flows", [1, 2], 422),
+    ],
+)
 def test_bad_input_is_a_4xx_with_a_detail(api, flows, method, url, body, status):
     kwargs = {"content_type": "application/json", "data": body} if body is not None else {}
     response = getattr(api, method)(url, **kwargs)
@@ -147,11 +164,23 @@ def test_auth(flows, readonly_key):
     assert viewer.post("/api/flows/A/run").status_code == 403
 
 
-@pytest.mark.parametrize("raw, message", [
-    ('{"name": "D", "steps": [{"name": "h", "module": "madre", "path": "/health", "timeout": NaN}]}', "NaN is not a JSON number"),
-    ('{"name": "D", "steps": [{"module": "madre", "path": "/h", "body": {"x": Infinity}}]}', "Infinity is not a JSON number"),
-    ('{"name": "D", "steps": [{"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": -Infinity}}]}', "-Infinity is not a JSON number"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            '{"name": "D", "steps": [{"name": "h", "module": "madre", "path": "/health", "timeout": NaN}]}',
+            "NaN is not a JSON number",
+        ),
+        (
+            '{"name": "D", "steps": [{"module": "madre", "path": "/h", "body": {"x": Infinity}}]}',
+            "Infinity is not a JSON number",
+        ),
+        (
+            '{"name": "D", "steps": [{"db": {"model": "fleet.Module", "filter": {"id": 1}, "within": -Infinity}}]}',
+            "-Infinity is not a JSON number",
+        ),
+    ],
+)
 def test_a_non_finite_number_is_a_422_naming_the_step(editor, fleet, raw, message):
     """Python's JSON reads NaN and Infinity; the API refuses them before any view (vx11_site.middleware; it was a 500)."""
     response = editor.post("/api/flows", raw, content_type="application/json")
@@ -165,11 +194,15 @@ def test_a_non_finite_number_is_a_422_naming_the_step(editor, fleet, raw, messag
 def test_a_long_flow_is_refused_a_synchronous_run(api, flows, django_capture_on_commit_callbacks):
     """A run that waits may hold a request thread for the flow's longest wait: over VX11_FLOW_SYNC_MAX_SECONDS
     (default 60) it is refused with 409 pointing at ?wait=false, which still queues it."""
-    Flow.save_spec({"name": "Slow", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]})
+    Flow.save_spec(
+        {"name": "Slow", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]}
+    )
     response = api.post("/api/flows/Slow/run")
     assert response.status_code == 409
-    assert response.json()["detail"] == ("flow Slow may take up to 900.05 s, over the 60 s a request may wait (VX11_FLOW_SYNC_MAX_SECONDS); "
-                                         "run it with ?wait=false and poll the run's url")
+    assert response.json()["detail"] == (
+        "flow Slow may take up to 900.05 s, over the 60 s a request may wait (VX11_FLOW_SYNC_MAX_SECONDS); "
+        "run it with ?wait=false and poll the run's url"
+    )
     assert not FlowRun.objects.exists()
     with django_capture_on_commit_callbacks():
         assert api.post("/api/flows/Slow/run?wait=false").status_code == 202
@@ -180,9 +213,14 @@ def test_the_canonical_flows_run_synchronously_with_the_default_settings(flows, 
     spawn, a 30 s DB wait = 45.2 s), so waiting for them keeps working."""
     from vx11_site import settings as defaults
 
-    settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_DB_POLL_SECONDS = defaults.VX11_FLOW_HTTP_TIMEOUT, defaults.VX11_FLOW_DB_POLL_SECONDS
+    settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_DB_POLL_SECONDS = (
+        defaults.VX11_FLOW_HTTP_TIMEOUT,
+        defaults.VX11_FLOW_DB_POLL_SECONDS,
+    )
     bounds = {name: flow.longest_seconds() for name, flow in flows.items()}
-    assert bounds == {"A": 25.0, "B": 45.2, "C": 20.0} and max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
+    assert (
+        bounds == {"A": 25.0, "B": 45.2, "C": 20.0} and max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
+    )
 
 
 def test_the_list_costs_the_same_queries_for_3_flows_or_10(api, flows):
@@ -196,7 +234,9 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(api, flows):
         return len(queries), body
 
     for flow in flows.values():
-        FlowRun.objects.bulk_create([FlowRun(flow=flow, status=s, trigger="api") for s in ("failed", "passed", "running")])
+        FlowRun.objects.bulk_create(
+            [FlowRun(flow=flow, status=s, trigger="api") for s in ("failed", "passed", "running")]
+        )
     list_queries()  # the key's first use of the minute also stamps its last_used
     three, _ = list_queries()
     for i in range(7):

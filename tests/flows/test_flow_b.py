@@ -40,6 +40,7 @@ def test_flow_b_fails_at_madre_when_madre_answers_garbage(flows, eager_celery, s
 
 def test_flow_b_fails_when_the_daughter_fails(flows, eager_celery, sim):
     """madre answers 500 to the daughter's call: the daughter fails (no retries), step 4 says so."""
+
     def madre_breaks_after_the_intent(result):
         if result.position == 2:
             sim.set_mode("madre", "error")

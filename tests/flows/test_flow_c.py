@@ -23,7 +23,10 @@ def test_flow_c_fails_at_drift_when_manifestator_hangs(flows, sim):
 
     assert run.failed_step == 3
     assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "failed"), (4, "skipped")]
-    assert reason_of(run, 3) == f"manifestator did not answer GET /drift?correlation_id={run.steps.get(position=1).captured['correlation_id']} within {STEP_TIMEOUT:g} s"
+    assert (
+        reason_of(run, 3)
+        == f"manifestator did not answer GET /drift?correlation_id={run.steps.get(position=1).captured['correlation_id']} within {STEP_TIMEOUT:g} s"
+    )
     assert STEP_TIMEOUT * 1000 <= run.steps.get(position=3).duration_ms < STEP_TIMEOUT * 1000 + 1500
 
 
@@ -32,4 +35,7 @@ def test_flow_c_fails_at_the_scan_when_hormiguero_errors(flows, sim):
 
     run = flows["C"].run(trigger="api")
 
-    assert run.failed_step == 1 and reason_of(run, 1) == 'expected status 200, got 500: simulated internal error in hormiguero'
+    assert (
+        run.failed_step == 1
+        and reason_of(run, 1) == "expected status 200, got 500: simulated internal error in hormiguero"
+    )

@@ -38,9 +38,18 @@ def test_coherence_counts_the_latest_run_of_each_enabled_flow(flows, sim):
 
 def test_beat_entries_from_the_migration(db):
     entries = {p.name: p for p in PeriodicTask.objects.filter(task__startswith="apps.flows.")}
-    assert set(entries) == {"flows: run flow A", "flows: run flow B", "flows: run flow C", "flows: prune old runs", "flows: sweep interrupted runs"}
+    assert set(entries) == {
+        "flows: run flow A",
+        "flows: run flow B",
+        "flows: run flow C",
+        "flows: prune old runs",
+        "flows: sweep interrupted runs",
+    }
     assert entries["flows: run flow B"].kwargs == '{"name": "B"}' and entries["flows: run flow B"].enabled
-    assert entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs" and entries["flows: sweep interrupted runs"].interval.every == 30
+    assert (
+        entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs"
+        and entries["flows: sweep interrupted runs"].interval.every == 30
+    )
 
 
 def test_beat_task_runs_a_flow(flows):
@@ -52,7 +61,9 @@ def test_beat_task_runs_a_flow(flows):
 
 
 def test_a_queued_run_is_run_once(flows):
-    run = flows["C"].queue(trigger="api")  # in this test the on-commit send never happens; the task is called as a worker would
+    run = flows["C"].queue(
+        trigger="api"
+    )  # in this test the on-commit send never happens; the task is called as a worker would
     assert tasks.run_queued_flow(run.id)["status"] == "passed"
     assert tasks.run_queued_flow(run.id) == {"run_id": run.id, "status": "not queued"}  # a redelivered message
     assert StepResult.objects.filter(run=run).count() == 4
@@ -61,8 +72,9 @@ def test_a_queued_run_is_run_once(flows):
 def started(flow, status: str, seconds_ago: float, heartbeat_ago: float | None = None) -> FlowRun:
     now = timezone.now()
     heartbeat = None if heartbeat_ago is None else now - timedelta(seconds=heartbeat_ago)
-    return FlowRun.objects.create(flow=flow, status=status, trigger="api", started_at=now - timedelta(seconds=seconds_ago),
-                                  heartbeat_at=heartbeat)
+    return FlowRun.objects.create(
+        flow=flow, status=status, trigger="api", started_at=now - timedelta(seconds=seconds_ago), heartbeat_at=heartbeat
+    )
 
 
 def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, django_capture_on_commit_callbacks):
@@ -72,8 +84,12 @@ def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, djan
     never_started = started(flows["A"], "queued", 120)
     young = started(flows["C"], "running", 10, heartbeat_ago=5)
     finished = started(flows["C"], "passed", 3600)
-    slow = Flow.save_spec({"name": "S", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]})
-    long_wait = started(slow, "running", 120, heartbeat_ago=5)  # may still be waiting: its bound is twice its 900 s step
+    slow = Flow.save_spec(
+        {"name": "S", "steps": [{"db": {"model": "fleet.Module", "filter": {"slug": "madre"}, "within": 900}}]}
+    )
+    long_wait = started(
+        slow, "running", 120, heartbeat_ago=5
+    )  # may still be waiting: its bound is twice its 900 s step
 
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.sweep_stale_runs() == {"swept": 2}
@@ -85,16 +101,22 @@ def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, djan
     assert died.steps.get(position=2).reason == "skipped: the run was interrupted"
     assert never_started.reason == "interrupted: queued over 60 s ago and never started (is a Celery worker running?)"
     assert steps_of(never_started) == [(n, "skipped") for n in range(1, 6)]
-    assert [FlowRun.objects.get(id=r.id).status for r in (young, finished, long_wait)] == ["running", "passed", "running"]
+    assert [FlowRun.objects.get(id=r.id).status for r in (young, finished, long_wait)] == [
+        "running",
+        "passed",
+        "running",
+    ]
     assert FlowRun.stale_after(slow) == pytest.approx(2 * 900.05)
     assert ContractCoherence.objects.first().detail == {"A": "failed", "C": "failed"}
-    assert set(Event.objects.filter(type="status_changed", data__source="flows").values_list("data__run_id", "data__status")) == {
-        (died.id, "failed"), (never_started.id, "failed")}
+    assert set(
+        Event.objects.filter(type="status_changed", data__source="flows").values_list("data__run_id", "data__status")
+    ) == {(died.id, "failed"), (never_started.id, "failed")}
     assert tasks.sweep_stale_runs() == {"swept": 0}
 
 
 def test_a_swept_run_keeps_its_verdict_if_its_process_wakes_up(flows):
     """A run swept while its process was frozen: the runner stops at the next step and stores nothing over it."""
+
     def frozen_for_an_hour(result):
         if result.position == 2:
             FlowRun.sweep_stale(now=timezone.now() + timedelta(hours=1))

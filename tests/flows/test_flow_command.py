@@ -80,7 +80,9 @@ def test_load(fleet, tmp_path):
     assert Flow.objects.filter(name="D").exists()
 
     bad = tmp_path / "e.yaml"
-    bad.write_text("name: E\nsteps:\n  - {module: madre, path: /health}\n  - {name: broken, module: madre, path: nope}\n")
+    bad.write_text(
+        "name: E\nsteps:\n  - {module: madre, path: /health}\n  - {name: broken, module: madre, path: nope}\n"
+    )
     with pytest.raises(CommandError, match=r"flow E: step 2 \(broken\): path is required") as exc:
         call_command("vx11_flow", "load", str(bad))
     assert exc.value.returncode == 2

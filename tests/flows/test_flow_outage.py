@@ -46,10 +46,12 @@ def test_a_run_silent_past_the_bound_is_swept_whatever_its_age(flows, settings, 
     settings.VX11_FLOW_RUN_SILENT_SECONDS = 60
     now = timezone.now()
     started = now - timedelta(seconds=100)
-    gone = FlowRun.objects.create(flow=flows["C"], status="running", trigger="api", started_at=started,
-                                  heartbeat_at=now - timedelta(seconds=61))
-    alive = FlowRun.objects.create(flow=flows["C"], status="running", trigger="api", started_at=started,
-                                   heartbeat_at=now - timedelta(seconds=30))
+    gone = FlowRun.objects.create(
+        flow=flows["C"], status="running", trigger="api", started_at=started, heartbeat_at=now - timedelta(seconds=61)
+    )
+    alive = FlowRun.objects.create(
+        flow=flows["C"], status="running", trigger="api", started_at=started, heartbeat_at=now - timedelta(seconds=30)
+    )
     assert FlowRun.stale_after(flows["C"]) == 1800  # the age bound alone would wait half an hour
     with django_capture_on_commit_callbacks(execute=True):
         assert FlowRun.sweep_stale(now=now) == 1

@@ -25,19 +25,37 @@ def stored(run: FlowRun) -> str:
     return json.dumps(rows, default=str)
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"model": "auth.User", "filter": {"is_superuser": True}, "expect": {"password__isnull": False}}, "model 'auth.User' is not one a flow may read"),
-    ({"model": "sessions.Session", "filter": {"session_key__isnull": False}}, "model 'sessions.Session' is not one a flow may read"),
-    ({"model": "accounts.ApiKey", "filter": {"id__gt": 0}}, "model 'accounts.ApiKey' is not one a flow may read"),
-    ({"model": "fleet.NotificationChannel", "filter": {"id__gt": 0}}, "model 'fleet.NotificationChannel' is not one a flow may read"),
-    ({"model": "flows.FlowRun", "filter": {"triggered_by__password__startswith": "pbkdf2"}},
-     "db.filter: 'triggered_by__password__startswith' reaches auth.User, which a flow may not read"),
-    ({"model": "daughters.Daughter", "filter": {"id__gt": 0}, "expect": {"task__created_by__username": "admin"}},
-     "db.expect: 'task__created_by__username' reaches auth.User"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        (
+            {"model": "auth.User", "filter": {"is_superuser": True}, "expect": {"password__isnull": False}},
+            "model 'auth.User' is not one a flow may read",
+        ),
+        (
+            {"model": "sessions.Session", "filter": {"session_key__isnull": False}},
+            "model 'sessions.Session' is not one a flow may read",
+        ),
+        ({"model": "accounts.ApiKey", "filter": {"id__gt": 0}}, "model 'accounts.ApiKey' is not one a flow may read"),
+        (
+            {"model": "fleet.NotificationChannel", "filter": {"id__gt": 0}},
+            "model 'fleet.NotificationChannel' is not one a flow may read",
+        ),
+        (
+            {"model": "flows.FlowRun", "filter": {"triggered_by__password__startswith": "pbkdf2"}},
+            "db.filter: 'triggered_by__password__startswith' reaches auth.User, which a flow may not read",
+        ),
+        (
+            {"model": "daughters.Daughter", "filter": {"id__gt": 0}, "expect": {"task__created_by__username": "admin"}},
+            "db.expect: 'task__created_by__username' reaches auth.User",
+        ),
+    ],
+)
 def test_a_db_step_on_a_model_flows_may_not_read_is_refused_at_save(editor, fleet, query, message):
     response = editor.post("/api/flows", db_flow(query), content_type="application/json")
-    assert response.status_code == 422 and response.json()["detail"].startswith("flow D: step 1 (peek): "), response.json()
+    assert response.status_code == 422 and response.json()["detail"].startswith("flow D: step 1 (peek): "), (
+        response.json()
+    )
     assert message in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
 
@@ -51,16 +69,31 @@ def test_the_allow_list_is_a_setting_but_credentials_stay_out(fleet, settings):
 
 
 def test_relations_into_allowed_models_and_key_comparisons_are_fine(fleet):
-    flow = Flow.save_spec(db_flow({"model": "daughters.Daughter", "filter": {"task__status": "completed", "task__created_by__isnull": True},
-                                   "expect": {"task_id__gt": 0}}))
+    flow = Flow.save_spec(
+        db_flow(
+            {
+                "model": "daughters.Daughter",
+                "filter": {"task__status": "completed", "task__created_by__isnull": True},
+                "expect": {"task_id__gt": 0},
+            }
+        )
+    )
     assert flow.steps.get().db["filter"] == {"task__status": "completed", "task__created_by__isnull": True}
 
 
 def test_a_db_step_edited_behind_validation_reads_nothing(flows, admin_user):
     """The runner checks again: a step changed straight in the database to read users fails, excerpt empty."""
     flow = Flow.save_spec(db_flow({"model": "fleet.Module", "filter": {"slug": "madre"}}))
-    Step.objects.filter(flow=flow).update(db={"model": "auth.User", "filter": {"is_superuser": True}, "expect": {"password__isnull": False},
-                                              "fail_on": {}, "within": 0, "min_count": 1})
+    Step.objects.filter(flow=flow).update(
+        db={
+            "model": "auth.User",
+            "filter": {"is_superuser": True},
+            "expect": {"password__isnull": False},
+            "fail_on": {},
+            "within": 0,
+            "min_count": 1,
+        }
+    )
     run = flow.run()
     result = run.steps.get()
     assert result.status == "failed" and result.reason.startswith("model 'auth.User' is not one a flow may read")
@@ -73,21 +106,34 @@ def test_excerpts_show_the_allowed_model_fields_only(flows):
     assert excerpt.startswith("pk=") and "enabled=true" in excerpt and "password" not in excerpt
 
 
-@pytest.mark.parametrize("where", [{"path": "/madre/plans/{{ env.VX11_TOKEN }}"}, {"path": "/x", "body": {"t": "{{ env.VX11_TOKEN }}"}},
-                                   {"path": "/x", "headers": {"X-T": "{{ env.VX11_SECRET }}"}}])
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"path": "/madre/plans/{{ env.VX11_TOKEN }}"},
+        {"path": "/x", "body": {"t": "{{ env.VX11_TOKEN }}"}},
+        {"path": "/x", "headers": {"X-T": "{{ env.VX11_SECRET }}"}},
+    ],
+)
 def test_env_outside_the_allow_list_is_refused_at_save(editor, fleet, where):
     spec = {"name": "D", "steps": [{"name": "leak", "module": "madre", **where}]}
     response = editor.post("/api/flows", spec, content_type="application/json")
     assert response.status_code == 422
     detail = response.json()["detail"]
-    assert detail.startswith("flow D: step 1 (leak): template {{ env.") and "is not an environment variable a flow may read" in detail
+    assert (
+        detail.startswith("flow D: step 1 (leak): template {{ env.")
+        and "is not an environment variable a flow may read" in detail
+    )
 
 
 def test_env_names_listed_in_the_setting_are_allowed(fleet, settings):
     settings.VX11_FLOW_ENV_NAMES = ["VX11_MADRE_KEY", "VX11_TOKEN"]
-    assert Flow.save_spec({"name": "D", "steps": [{"module": "madre", "path": "/x", "headers": {"X-Key": "{{ env.VX11_MADRE_KEY }}"}}]})
+    assert Flow.save_spec(
+        {"name": "D", "steps": [{"module": "madre", "path": "/x", "headers": {"X-Key": "{{ env.VX11_MADRE_KEY }}"}}]}
+    )
     with pytest.raises(ValidationError, match="VX11_TOKEN is not an environment variable a flow may read"):
-        Flow.save_spec({"name": "E", "steps": [{"module": "madre", "path": "/{{ env.VX11_TOKEN }}"}]})  # never, even listed
+        Flow.save_spec(
+            {"name": "E", "steps": [{"module": "madre", "path": "/{{ env.VX11_TOKEN }}"}]}
+        )  # never, even listed
 
 
 def test_the_portal_token_is_never_read_at_run_time(flows, monkeypatch):
@@ -102,10 +148,21 @@ def test_the_portal_token_is_never_read_at_run_time(flows, monkeypatch):
 def test_env_values_are_masked_in_everything_a_run_stores(flows, api, monkeypatch):
     """The value shows up in the URL, the body, madre's 404 answer, the reason and the run's reason: *** everywhere."""
     monkeypatch.setenv("VX11_FLOW_PLAN_ID", SECRET)
-    flow = Flow.save_spec({"name": "D", "steps": [
-        {"name": "intent", "module": "madre", "method": "POST", "path": "/vx11/intent", "body": {"text": "plan {{ env.VX11_FLOW_PLAN_ID }}"}},
-        {"name": "plan", "module": "madre", "path": "/madre/plans/{{ env.VX11_FLOW_PLAN_ID }}"},
-    ]})
+    flow = Flow.save_spec(
+        {
+            "name": "D",
+            "steps": [
+                {
+                    "name": "intent",
+                    "module": "madre",
+                    "method": "POST",
+                    "path": "/vx11/intent",
+                    "body": {"text": "plan {{ env.VX11_FLOW_PLAN_ID }}"},
+                },
+                {"name": "plan", "module": "madre", "path": "/madre/plans/{{ env.VX11_FLOW_PLAN_ID }}"},
+            ],
+        }
+    )
     run = flow.run()
     assert (run.status, run.failed_step) == ("failed", 2)
     plan = run.steps.get(position=2)
@@ -122,9 +179,15 @@ def test_writing_a_definition_needs_the_permission(flows, api, editor_user_key, 
     spec = {"name": "D", "steps": [{"module": "madre", "path": "/health"}]}
     for client in (nobody, api):  # a plain user's key, and a staff operator's key without the permissions
         created = client.post("/api/flows", spec, content_type="application/json")
-        assert created.status_code == 403 and "creating a flow needs the permission flows.add_flow" in created.json()["detail"]
+        assert (
+            created.status_code == 403
+            and "creating a flow needs the permission flows.add_flow" in created.json()["detail"]
+        )
         replaced = client.put("/api/flows/A", spec, content_type="application/json")
-        assert replaced.status_code == 403 and "replacing a flow needs the permission flows.change_flow" in replaced.json()["detail"]
+        assert (
+            replaced.status_code == 403
+            and "replacing a flow needs the permission flows.change_flow" in replaced.json()["detail"]
+        )
         assert client.get("/api/flows/A").status_code == 200
     assert not Flow.objects.filter(name="D").exists() and Flow.objects.get(name="A").steps.count() == 5
 
@@ -132,7 +195,12 @@ def test_writing_a_definition_needs_the_permission(flows, api, editor_user_key, 
 
     user = django_user_model.objects.get(username="dev")
     user.user_permissions.add(Permission.objects.get(content_type__app_label="flows", codename="add_flow"))
-    assert Client(headers={"Authorization": f"Bearer {editor_user_key}"}).post("/api/flows", spec, content_type="application/json").status_code == 201
+    assert (
+        Client(headers={"Authorization": f"Bearer {editor_user_key}"})
+        .post("/api/flows", spec, content_type="application/json")
+        .status_code
+        == 201
+    )
 
 
 @pytest.fixture

@@ -112,7 +112,12 @@ def test_overview_never_checked_modules_are_probed_for_real(fleet, client, sim):
     assert HealthCheck.objects.count() == 10
     assert body["status"] == "degraded"  # hermes is not core
     assert body["healthy_modules"] == 9 and body["total_modules"] == 10
-    assert body["modules"]["hermes"] == {**body["modules"]["hermes"], "status": "offline", "state": "down", "latency_ms": None}
+    assert body["modules"]["hermes"] == {
+        **body["modules"]["hermes"],
+        "status": "offline",
+        "state": "down",
+        "latency_ms": None,
+    }
 
 
 def test_overview_core_module_down_is_partial(fleet, client, sim):

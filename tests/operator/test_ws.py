@@ -44,7 +44,9 @@ async def refused(comm) -> tuple[dict, dict]:
     return notice, closed
 
 
-@pytest.mark.parametrize("path, code, reason", [("/ws/s1", 4401, "auth_required"), ("/ws/s1?token=wrong", 4403, "forbidden")])
+@pytest.mark.parametrize(
+    "path, code, reason", [("/ws/s1", 4401, "auth_required"), ("/ws/s1?token=wrong", 4403, "forbidden")]
+)
 def test_missing_or_wrong_token_is_refused_with_a_reason(path, code, reason):
     async def body():
         comm = connect(path)
@@ -93,7 +95,11 @@ def test_plain_text_unknown_type_and_bad_json():
 
         await comm.send_to(text_data="{not json")
         env = await receive(comm)
-        assert env["type"] == "error_reported" and env["data"]["error"] == "invalid_json" and env["data"]["raw"] == "{not json"
+        assert (
+            env["type"] == "error_reported"
+            and env["data"]["error"] == "invalid_json"
+            and env["data"]["raw"] == "{not json"
+        )
         await comm.disconnect()
 
     run(body)
@@ -207,26 +213,31 @@ def test_staff_session_from_our_origin_needs_no_token(admin_user, client):
     run(body)
 
 
-@pytest.mark.parametrize("host, origin, ours", [
-    ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
-    ("LOCALHOST:8080", "http://localhost:8080", True),  # host names compare case-blind
-    ("127.0.0.1", "http://127.0.0.1:80", True),  # the default port, spelt or not
-    ("portal.example.com", "https://portal.example.com", True),  # in CSRF_TRUSTED_ORIGINS, whatever the Host
-    ("127.0.0.1:8080", "https://ops.example.org", True),  # a subdomain of a wildcard trusted origin
-    # another port or scheme of an allowed host is another origin (another service on the same machine)
-    ("127.0.0.1:8080", "http://127.0.0.1:9999", False),
-    ("127.0.0.1:8080", "https://127.0.0.1:8080", False),
-    ("127.0.0.1:8080", "http://localhost:8080", False),  # allowed host, but not the one this request came to
-    ("evil.example:8080", "http://evil.example:8080", False),  # a Host that ALLOWED_HOSTS does not list
-    ("", "http://127.0.0.1:8080", False),
-    ("127.0.0.1:8080", "null", False),
-    ("127.0.0.1:8080", "http://evil.example@127.0.0.1:8080", False),
-    ("127.0.0.1:8080", "http://127.0.0.1:8080.evil.example", False),
-    ("127.0.0.1:8080", "https://portal.example.com:8443", False),  # the trusted origin's port is part of it
-    ("127.0.0.1:8080", "http://portal.example.com", False),  # and its scheme
-])
-@override_settings(ALLOWED_HOSTS=["127.0.0.1", "localhost", "portal.example.com"],
-                   CSRF_TRUSTED_ORIGINS=["https://portal.example.com", "https://*.example.org"])
+@pytest.mark.parametrize(
+    "host, origin, ours",
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
+        ("LOCALHOST:8080", "http://localhost:8080", True),  # host names compare case-blind
+        ("127.0.0.1", "http://127.0.0.1:80", True),  # the default port, spelt or not
+        ("portal.example.com", "https://portal.example.com", True),  # in CSRF_TRUSTED_ORIGINS, whatever the Host
+        ("127.0.0.1:8080", "https://ops.example.org", True),  # a subdomain of a wildcard trusted origin
+        # another port or scheme of an allowed host is another origin (another service on the same machine)
+        ("127.0.0.1:8080", "http://127.0.0.1:9999", False),
+        ("127.0.0.1:8080", "https://127.0.0.1:8080", False),
+        ("127.0.0.1:8080", "http://localhost:8080", False),  # allowed host, but not the one this request came to
+        ("evil.example:8080", "http://evil.example:8080", False),  # a Host that ALLOWED_HOSTS does not list
+        ("", "http://127.0.0.1:8080", False),
+        ("127.0.0.1:8080", "null", False),
+        ("127.0.0.1:8080", "http://evil.example@127.0.0.1:8080", False),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080.evil.example", False),
+        ("127.0.0.1:8080", "https://portal.example.com:8443", False),  # the trusted origin's port is part of it
+        ("127.0.0.1:8080", "http://portal.example.com", False),  # and its scheme
+    ],
+)
+@override_settings(
+    ALLOWED_HOSTS=["127.0.0.1", "localhost", "portal.example.com"],
+    CSRF_TRUSTED_ORIGINS=["https://portal.example.com", "https://*.example.org"],
+)
 def test_staff_cookie_counts_only_from_the_portals_own_scheme_host_and_port(admin_user, client, host, origin, ours):
     client.force_login(admin_user)
     headers = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()), (b"origin", origin.encode())]
@@ -275,7 +286,9 @@ def test_events_stored_by_another_process_arrive_once_by_polling():
 
         comm = await open_session()
         # as the Celery worker does with the in-memory layer: stored, never sent to this process's layer
-        await database_sync_to_async(Event.objects.create)(type="status_changed", data={"module": "madre", "to": "down"})
+        await database_sync_to_async(Event.objects.create)(
+            type="status_changed", data={"module": "madre", "to": "down"}
+        )
         assert (await receive(comm))["data"]["module"] == "madre"
         # published here: arrives by the layer and is stored; the poller must not send it again
         await apublish("status_changed", {"module": "hermes"})
@@ -291,7 +304,9 @@ def test_live_pages_are_wired(admin_user, client):
     from apps.fleet.models import Module
     from apps.fleet.reference import reference_rows
 
-    Module.objects.get_or_create(slug="madre", defaults=reference_rows()[1])  # this module's tests start from a flushed db
+    Module.objects.get_or_create(
+        slug="madre", defaults=reference_rows()[1]
+    )  # this module's tests start from a flushed db
     assert client.get("/operator/console").status_code == 302
     client.force_login(admin_user)
     page = client.get("/admin/fleet/module/").content.decode()

@@ -60,7 +60,9 @@ def demo_process(fleet):
         module.save()
         argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
         control, _ = ServiceControl.objects.update_or_create(
-            module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv, "stop_grace_sec": grace})
+            module=module,
+            defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv, "stop_grace_sec": grace},
+        )
         return control
 
     yield make
@@ -75,7 +77,9 @@ def demo_process(fleet):
 def window(fleet):
     def make(*slugs: str) -> MaintenanceWindow:
         now = timezone.now()
-        w = MaintenanceWindow.objects.create(starts_at=now - timedelta(seconds=1), ends_at=now + timedelta(hours=1), reason="test")
+        w = MaintenanceWindow.objects.create(
+            starts_at=now - timedelta(seconds=1), ends_at=now + timedelta(hours=1), reason="test"
+        )
         w.modules.set(Module.objects.filter(slug__in=slugs))
         return w
 
@@ -131,7 +135,9 @@ def evidence(power_on):
 
 def slow(stand_in: StandIn, seconds: float) -> StandIn:
     """Make a stand-in take `seconds` before it answers (a slow `docker compose`)."""
-    stand_in.path.write_text(stand_in.path.read_text().replace("import json, sys", f"import json, sys, time; time.sleep({seconds})"))
+    stand_in.path.write_text(
+        stand_in.path.read_text().replace("import json, sys", f"import json, sys, time; time.sleep({seconds})")
+    )
     return stand_in
 
 

@@ -17,7 +17,9 @@ from apps.power.tasks import prune_power_actions
 def test_admin_pages(power_on, admin_user, fleet, window):
     ServiceControl.objects.create(module=fleet["switch"], backend="systemd", systemd_unit="vx11-switch.service")
     w = window("switch", "hermes")
-    PowerAction.objects.create(actor="admin", service="switch", action="start", result="refused", http_status=409, message="no window")
+    PowerAction.objects.create(
+        actor="admin", service="switch", action="start", result="refused", http_status=409, message="no window"
+    )
     client = Client()
     client.force_login(admin_user)
     page = client.get("/admin/fleet/module/")
@@ -39,15 +41,29 @@ def test_prune_keeps_recent_rows(power_on, db):
     power_on.VX11_PRUNE_CHUNK = 2
     old = timezone.now() - timedelta(days=31)
     for i in range(5):
-        PowerAction.objects.create(actor="a", service="switch", action="stop", result="ok", http_status=200, message="m", at=old)
-    PowerAction.objects.create(actor="a", service="switch", action="stop", result="ok", http_status=200, message="recent")
+        PowerAction.objects.create(
+            actor="a", service="switch", action="stop", result="ok", http_status=200, message="m", at=old
+        )
+    PowerAction.objects.create(
+        actor="a", service="switch", action="stop", result="ok", http_status=200, message="recent"
+    )
     assert prune_power_actions() == {"pruned": 5, "window_stops": 0, "logs_cut": 0}
     assert list(PowerAction.objects.values_list("message", flat=True)) == ["recent"]
 
 
 def with_folder(at, **fields) -> PowerAction:
-    row = PowerAction.objects.create(**{"actor": "a", "service": "switch", "action": "stop", "result": "ok", "http_status": 200,
-                                        "message": "m", "at": at, **fields})
+    row = PowerAction.objects.create(
+        **{
+            "actor": "a",
+            "service": "switch",
+            "action": "stop",
+            "result": "ok",
+            "http_status": 200,
+            "message": "m",
+            "at": at,
+            **fields,
+        }
+    )
     folder = evidence_dir(row.action, row.service, at)
     (folder / "result.json").write_text("{}")
     PowerAction.objects.filter(pk=row.pk).update(evidence_path=str(folder))
@@ -58,7 +74,12 @@ def test_prune_deletes_evidence_folders(power_on, power_api, compose_switch, evi
     power_on.VX11_POWER_ACTION_RETENTION_DAYS = 30
     power_on.VX11_PRUNE_CHUNK = 2
     for _ in range(3):  # real requests: refused, no window; each leaves a folder
-        assert power_api.post("/madre/power/service/start", {"service": "switch"}, content_type="application/json").status_code == 409
+        assert (
+            power_api.post(
+                "/madre/power/service/start", {"service": "switch"}, content_type="application/json"
+            ).status_code
+            == 409
+        )
     old = timezone.now() - timedelta(days=31)
     mode = with_folder(old, action="mode", service="low_power")
     step = with_folder(timezone.now(), parent=mode)  # a step goes with its mode (CASCADE), its folder too
@@ -83,9 +104,25 @@ def test_prune_never_deletes_outside_the_evidence_root(power_on, db, tmp_path):
     other = audit / "not_power_evidence"
     other.mkdir()
     old = timezone.now() - timedelta(days=31)
-    for path in (outside, link, audit / ".." / ".." / ".." / "precious" / outside.name, other, audit, "relative/madre_power_x", "/"):
-        PowerAction.objects.create(actor="a", service="switch", action="stop", result="ok", http_status=200, message="m", at=old,
-                                   evidence_path=str(path))
+    for path in (
+        outside,
+        link,
+        audit / ".." / ".." / ".." / "precious" / outside.name,
+        other,
+        audit,
+        "relative/madre_power_x",
+        "/",
+    ):
+        PowerAction.objects.create(
+            actor="a",
+            service="switch",
+            action="stop",
+            result="ok",
+            http_status=200,
+            message="m",
+            at=old,
+            evidence_path=str(path),
+        )
 
     assert prune_power_actions()["pruned"] == 7  # the rows go; their bogus folders stay
     assert (outside / "keep.txt").read_text() == "mine"

@@ -35,8 +35,12 @@ def test_read_only_key_write_is_a_refused_row(power_on, compose_switch, readonly
     assert ro.get("/madre/power/status").status_code == 200  # reading is fine, and no row
 
     rows = list(PowerAction.objects.order_by("id"))
-    assert [(a.action, a.service) for a in rows] == [("start", "switch"), ("window_open", "switch,hermes"), ("mode", "turbo"),
-                                                     ("restart", "hermes")]
+    assert [(a.action, a.service) for a in rows] == [
+        ("start", "switch"),
+        ("window_open", "switch,hermes"),
+        ("mode", "turbo"),
+        ("restart", "hermes"),
+    ]
     for row in rows:
         assert (row.result, row.http_status, row.message, row.applied) == ("refused", 403, READ_ONLY, False)
         assert row.user.username == "viewer" and row.actor == "viewer"
@@ -56,7 +60,12 @@ def test_unauthenticated_write_is_a_refused_row(power_on, compose_switch, eviden
 
     first, second = PowerAction.objects.order_by("id")
     assert (first.action, first.service, first.http_status, first.result) == ("start", "switch", 401, "refused")
-    assert (second.action, second.service, second.http_status, second.message) == ("stop", "switch", 401, "invalid or revoked API key")
+    assert (second.action, second.service, second.http_status, second.message) == (
+        "stop",
+        "switch",
+        401,
+        "invalid or revoked API key",
+    )
     for row in (first, second):
         assert row.user is None and row.actor == "anonymous" and row.plan["remote_addr"] == "127.0.0.1"
     assert len(evidence()) == 2 and compose_switch.calls() == []
@@ -92,10 +101,14 @@ def test_read_write_key_still_acts(power_on, power_api, compose_switch, window):
     assert not PowerAction.objects.filter(result="refused").exists()
 
 
-def test_a_signed_in_users_refusals_are_capped(power_on, compose_switch, evidence, django_user_model, readonly_key, settings):
+def test_a_signed_in_users_refusals_are_capped(
+    power_on, compose_switch, evidence, django_user_model, readonly_key, settings
+):
     """A loop of refused writes by one user: answered every time, audited (row and folder) up to the cap a minute."""
     settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN = 3
-    looper = django_user_model.objects.create_user("looper", password=None, is_staff=True)  # without power.control_services
+    looper = django_user_model.objects.create_user(
+        "looper", password=None, is_staff=True
+    )  # without power.control_services
     client = Client(headers={"Authorization": f"Bearer {ApiKey.issue(looper, 'loop')[1]}"})
     for _ in range(6):
         r = post(client, "/madre/power/service/start", {"service": "switch"})
@@ -122,8 +135,11 @@ def test_console_says_when_a_refusal_was_not_audited(power_on, compose_switch, d
     client.force_login(looper)
     said = []
     for _ in range(2):
-        r = client.post("/admin/power/servicecontrol/console/", {"op": "service", "service": "switch", "action": "start", "apply": "on"},
-                        follow=True)
+        r = client.post(
+            "/admin/power/servicecontrol/console/",
+            {"op": "service", "service": "switch", "action": "start", "apply": "on"},
+            follow=True,
+        )
         said += [str(m) for m in r.context["messages"]]
     assert "audited as action #" in said[0] and "not audited: too many refusals this minute" in said[1]
     assert PowerAction.objects.count() == 1

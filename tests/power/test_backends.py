@@ -36,7 +36,11 @@ def test_systemd_arguments(power_on, power_api, fleet, in_window, stand_in):
     ServiceControl.objects.create(module=fleet["switch"], backend="systemd", systemd_unit="vx11-switch.service")
     for action in ("start", "stop", "restart"):
         assert post(power_api, f"/madre/power/service/switch/{action}", {"apply": True}).status_code == 200
-    assert systemctl.calls() == [["start", "vx11-switch.service"], ["stop", "vx11-switch.service"], ["restart", "vx11-switch.service"]]
+    assert systemctl.calls() == [
+        ["start", "vx11-switch.service"],
+        ["stop", "vx11-switch.service"],
+        ["restart", "vx11-switch.service"],
+    ]
 
 
 def test_failing_command_is_a_502_error(power_on, power_api, fleet, in_window, stand_in, evidence):

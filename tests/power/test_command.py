@@ -18,7 +18,12 @@ def run(*args) -> str:
 def test_status_and_demo_controls(power_on, fleet):
     assert "switch" in run("demo-controls", "switch", "hermes")
     control = ServiceControl.objects.get(module__slug="switch")
-    assert control.backend == "process" and control.command[-4:] == ["apps.simfleet.serve_one", "switch", "--port", str(fleet["switch"].port)]
+    assert control.backend == "process" and control.command[-4:] == [
+        "apps.simfleet.serve_one",
+        "switch",
+        "--port",
+        str(fleet["switch"].port),
+    ]
     status = json.loads(run("status", "--json"))
     assert {s["service"]: s["backend"] for s in status["services"]}["hermes"] == "process"
     assert "stopped" in run("status")

@@ -48,7 +48,9 @@ def test_stale_claim_is_taken_over(power_on, demo_process, db):
     from django.utils import timezone
 
     control = demo_process("hermes")
-    ServiceControl.objects.filter(pk=control.pk).update(busy_since=timezone.now() - timedelta(hours=1), busy_with="crashed worker")
+    ServiceControl.objects.filter(pk=control.pk).update(
+        busy_since=timezone.now() - timedelta(hours=1), busy_with="crashed worker"
+    )
     assert control.claim("new action")
     assert not control.claim("third action")
     control.release()
@@ -79,7 +81,9 @@ def test_concurrent_window_opening_one_wins(power_on, power_api, fleet, transact
     def open_one(slug):
         try:
             barrier.wait()
-            r = power_api.post("/madre/power/window/open", {"services": [slug], "ttl_sec": 60}, content_type="application/json")
+            r = power_api.post(
+                "/madre/power/window/open", {"services": [slug], "ttl_sec": 60}, content_type="application/json"
+            )
             answers.append((r.status_code, r.json()))
         finally:
             connection.close()
@@ -94,7 +98,10 @@ def test_concurrent_window_opening_one_wins(power_on, power_api, fleet, transact
     refusal = next(body for status, body in answers if status == 409)
     assert "is already open" in refusal["detail"]
     assert MaintenanceWindow.objects.filter(source="power").count() == 1
-    assert sorted(PowerAction.objects.filter(action="window_open").values_list("result", flat=True)) == ["ok", "refused"]
+    assert sorted(PowerAction.objects.filter(action="window_open").values_list("result", flat=True)) == [
+        "ok",
+        "refused",
+    ]
 
 
 def test_parallel_requests_cannot_pass_the_rate_limit(power_on, power_api, fleet, stand_in, window, transactional_db):
@@ -126,7 +133,9 @@ def test_parallel_requests_cannot_pass_the_rate_limit(power_on, power_api, fleet
         t.join(timeout=30)
 
     assert sorted(status for status, _ in answers) == [200, 200, 200, 429, 429], answers
-    assert all("rate limit" in body["detail"] and "limit 3" in body["detail"] for status, body in answers if status == 429)
+    assert all(
+        "rate limit" in body["detail"] and "limit 3" in body["detail"] for status, body in answers if status == 429
+    )
     assert len(docker.calls()) == 3
     assert PowerAction.objects.filter(applied=True, result="ok").count() == 3
     assert PowerAction.objects.filter(applied=False, result="refused", http_status=429).count() == 2

@@ -16,7 +16,9 @@ CONSOLE = "admin:power_console"
 def console(controller):
     client = Client()
     client.force_login(controller)
-    controller.user_permissions.add(*Permission.objects.filter(content_type__app_label="power", codename__startswith="view_"))
+    controller.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="power", codename__startswith="view_")
+    )
     return client
 
 
@@ -43,8 +45,10 @@ def test_the_page_lists_modules_backends_and_is_linked(console, power_on, compos
 
 def test_plan_then_apply_a_start_through_the_guards(console, power_on, compose_switch, window):
     said = press(console, op="service", service="switch", action="start", apply="")
-    assert said[0] == ("Plan for start switch: docker compose -p vx11 up -d switch. Nothing was done; press Apply to carry it out. "
-                       "(audited as action #%d)" % PowerAction.objects.get().id)
+    assert said[0] == (
+        "Plan for start switch: docker compose -p vx11 up -d switch. Nothing was done; press Apply to carry it out. "
+        "(audited as action #%d)" % PowerAction.objects.get().id
+    )
     assert changes(compose_switch) == []
     said = press(console, op="service", service="switch", action="start", apply="on")
     assert said[0].startswith("start switch: no open maintenance window covers switch; open one first")
@@ -53,8 +57,11 @@ def test_plan_then_apply_a_start_through_the_guards(console, power_on, compose_s
     said = press(console, op="service", service="switch", action="stop", apply="on")
     assert changes(compose_switch) == [["compose", "-p", "vx11", "stop", "switch"]], said
     rows = list(PowerAction.objects.order_by("id").values_list("actor", "action", "applied", "result", "http_status"))
-    assert rows == [("controller", "start", False, "ok", 200), ("controller", "start", False, "refused", 409),
-                    ("controller", "stop", True, "ok", 200)]
+    assert rows == [
+        ("controller", "start", False, "ok", 200),
+        ("controller", "start", False, "refused", 409),
+        ("controller", "stop", True, "ok", 200),
+    ]
 
 
 def test_guards_hold_in_the_console(console, power_on, compose_switch, controller):
@@ -75,7 +82,11 @@ def test_mode_plan_and_window_open_close(console, power_on, compose_switch):
     assert said[0].startswith("Plan for mode low_power: stop switch.")
     said = press(console, op="window_open", services=["switch", "hermes"], ttl_sec="60", mode="hold", reason="upgrade")
     window = MaintenanceWindow.objects.get()
-    assert "open for 60 s" in said[0] and window.mode == "hold" and sorted(m.slug for m in window.modules.all()) == ["hermes", "switch"]
+    assert (
+        "open for 60 s" in said[0]
+        and window.mode == "hold"
+        and sorted(m.slug for m in window.modules.all()) == ["hermes", "switch"]
+    )
     page = console.get(reverse(CONSOLE)).content.decode()
     assert f"Window #{window.id} (hold)" in page and "upgrade" in page
     assert "already open" in press(console, op="window_open", services=["switch"], ttl_sec="60", mode="ttl")[0]
@@ -83,18 +94,26 @@ def test_mode_plan_and_window_open_close(console, power_on, compose_switch):
     assert MaintenanceWindow.objects.get().closed_at is not None
 
 
-@pytest.mark.parametrize("fields, where", [
-    ({"op": "service", "service": "switch", "action": "explode"}, "action"),
-    ({"op": "service", "service": "../etc", "action": "start"}, "service"),
-    ({"op": "mode", "mode": "turbo"}, "mode"),
-    ({"op": "window_open", "services": ["ghost"], "ttl_sec": "60", "mode": "ttl"}, "services"),
-    ({"op": "window_open", "services": ["switch"], "ttl_sec": "0", "mode": "ttl"}, "ttl_sec"),
-])
+@pytest.mark.parametrize(
+    "fields, where",
+    [
+        ({"op": "service", "service": "switch", "action": "explode"}, "action"),
+        ({"op": "service", "service": "../etc", "action": "start"}, "service"),
+        ({"op": "mode", "mode": "turbo"}, "mode"),
+        ({"op": "window_open", "services": ["ghost"], "ttl_sec": "60", "mode": "ttl"}, "services"),
+        ({"op": "window_open", "services": ["switch"], "ttl_sec": "0", "mode": "ttl"}, "ttl_sec"),
+    ],
+)
 def test_bad_input_is_refused_audited_and_does_nothing(console, power_on, compose_switch, fields, where):
     said = press(console, **fields)
     assert said[0].count("nothing done") == 1 and where in said[0]
     row = PowerAction.objects.get()
-    assert (row.result, row.http_status, row.plan["refused_by"], row.plan["via"]) == ("refused", 422, "validation", "admin console")
+    assert (row.result, row.http_status, row.plan["refused_by"], row.plan["via"]) == (
+        "refused",
+        422,
+        "validation",
+        "admin console",
+    )
     assert changes(compose_switch) == [] and not MaintenanceWindow.objects.exists()
 
 

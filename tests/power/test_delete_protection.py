@@ -17,7 +17,9 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 def running(fleet):
     """hermes under the process backend, its process alive (started here, so no health wait)."""
     proc = subprocess.Popen(SLEEPER, start_new_session=True)
-    control = ServiceControl.objects.create(module=fleet["hermes"], backend=ServiceControl.Backend.PROCESS, command=SLEEPER, pid=proc.pid)
+    control = ServiceControl.objects.create(
+        module=fleet["hermes"], backend=ServiceControl.Backend.PROCESS, command=SLEEPER, pid=proc.pid
+    )
     assert control.running()
 
     def stop():
@@ -38,14 +40,18 @@ def admin_client(admin_user):
 
 
 def kept(control) -> bool:
-    return Module.objects.filter(pk=control.module_id).exists() and ServiceControl.objects.filter(pk=control.pk).exists()
+    return (
+        Module.objects.filter(pk=control.module_id).exists() and ServiceControl.objects.filter(pk=control.pk).exists()
+    )
 
 
 def test_the_api_refuses_with_409_until_the_process_is_stopped(api, running):
     response = api.delete("/api/modules/hermes")
     assert response.status_code == 409
-    assert response.json()["detail"] == (f"module 'hermes' was not deleted: the power manager runs its process (pid {running.pid}); "
-                                         "stop it first (Power console, or POST /madre/power/service/hermes/stop)")
+    assert response.json()["detail"] == (
+        f"module 'hermes' was not deleted: the power manager runs its process (pid {running.pid}); "
+        "stop it first (Power console, or POST /madre/power/service/hermes/stop)"
+    )
     assert kept(running)
     running.stop_process()
     assert api.delete("/api/modules/hermes").status_code == 204
@@ -54,7 +60,9 @@ def test_the_api_refuses_with_409_until_the_process_is_stopped(api, running):
 
 def test_a_control_the_portal_runs_nothing_for_does_not_block(api, fleet):
     ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
-    ServiceControl.objects.create(module=fleet["madre"], backend=ServiceControl.Backend.PROCESS, command=SLEEPER)  # not started
+    ServiceControl.objects.create(
+        module=fleet["madre"], backend=ServiceControl.Backend.PROCESS, command=SLEEPER
+    )  # not started
     assert api.delete("/api/modules/switch").status_code == 204
     assert api.delete("/api/modules/madre").status_code == 204
     assert not ServiceControl.objects.exists()
@@ -63,14 +71,20 @@ def test_a_control_the_portal_runs_nothing_for_does_not_block(api, fleet):
 def test_the_admin_delete_refuses_with_409(admin_client, running):
     url = f"/admin/fleet/module/{running.module_id}/delete/"
     page = admin_client.get(url)
-    assert page.status_code == 409 and "protected related objects" in page.content.decode() and "hermes (process)" in page.content.decode()
+    assert (
+        page.status_code == 409
+        and "protected related objects" in page.content.decode()
+        and "hermes (process)" in page.content.decode()
+    )
     assert admin_client.post(url, {"post": "yes"}).status_code == 409
     assert kept(running)
 
 
 def test_the_bulk_delete_refuses_the_whole_batch_with_409(admin_client, running, fleet):
     chosen = [running.module_id, fleet["switch"].pk]
-    response = admin_client.post("/admin/fleet/module/", {"action": "delete_selected", "_selected_action": chosen, "post": "yes"})
+    response = admin_client.post(
+        "/admin/fleet/module/", {"action": "delete_selected", "_selected_action": chosen, "post": "yes"}
+    )
     assert response.status_code == 409 and "Service control" in response.content.decode()
     assert kept(running) and Module.objects.filter(slug="switch").exists()  # nothing deleted half-way
 
@@ -78,7 +92,9 @@ def test_the_bulk_delete_refuses_the_whole_batch_with_409(admin_client, running,
 def test_the_service_control_itself_is_not_deleted_while_its_process_runs(admin_client, running):
     url = f"/admin/power/servicecontrol/{running.pk}/delete/"
     assert admin_client.post(url, {"post": "yes"}).status_code == 409
-    response = admin_client.post("/admin/power/servicecontrol/", {"action": "delete_selected", "_selected_action": [running.pk], "post": "yes"})
+    response = admin_client.post(
+        "/admin/power/servicecontrol/", {"action": "delete_selected", "_selected_action": [running.pk], "post": "yes"}
+    )
     assert response.status_code == 409 and "the power manager runs its process" in response.content.decode()
     assert kept(running)
     running.stop_process()

@@ -70,7 +70,9 @@ def test_permission_needed(power_on, fleet, compose_switch, window, django_user_
     staff = django_user_model.objects.create_user("plainstaff", password=None, is_staff=True)
     client = Client(headers={"X-API-Key": ApiKey.issue(staff, "no perm")[1]})
     refused(post(client, "/madre/power/service/start", {"service": "switch"}), 403, "power.control_services")
-    refused(post(client, "/madre/power/window/open", {"services": ["switch"], "ttl_sec": 5}), 403, "power.control_services")
+    refused(
+        post(client, "/madre/power/window/open", {"services": ["switch"], "ttl_sec": 5}), 403, "power.control_services"
+    )
     assert PowerAction.objects.filter(result="refused", http_status=403, actor="plainstaff").count() == 2
     assert client.get("/madre/power/status").status_code == 200  # reading needs no permission
 
@@ -110,7 +112,9 @@ def test_refused_claim_frees_its_rate_slot(power_on, power_api, compose_switch, 
     control.release()
     assert post(power_api, "/madre/power/service/switch/start", {"apply": True}).status_code == 200
     assert list(PowerAction.objects.order_by("id").values_list("applied", "result", "http_status")) == [
-        (False, "refused", 409), (True, "ok", 200)]
+        (False, "refused", 409),
+        (True, "ok", 200),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -144,9 +148,16 @@ def test_refusals_are_all_audited(power_on, power_api, compose_switch, evidence)
     power_on.VX11_ALLOW_SERVICE_CONTROL = False
     post(power_api, "/madre/power/service/start", {"service": "switch"})  # 403 disabled
     rows = list(PowerAction.objects.order_by("id").values_list("service", "result", "http_status"))
-    assert rows == [("nope", "refused", 404), ("madre", "refused", 403), ("switch", "refused", 409), ("switch", "refused", 403)]
+    assert rows == [
+        ("nope", "refused", 404),
+        ("madre", "refused", 403),
+        ("switch", "refused", 409),
+        ("switch", "refused", 403),
+    ]
     assert len(evidence()) == 4
-    assert all((f / "plan.json").exists() and (f / "result.json").exists() and (f / "output.log").exists() for f in evidence())
+    assert all(
+        (f / "plan.json").exists() and (f / "result.json").exists() and (f / "output.log").exists() for f in evidence()
+    )
 
 
 def test_api_prefix_serves_the_same(power_on, power_api, compose_switch, window):

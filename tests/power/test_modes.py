@@ -19,8 +19,10 @@ def mode(client, name, apply=False):
 def test_plans(power_on, power_api, demo_process):
     for slug in ("madre", "switch", "hermes"):
         demo_process(slug)
-    plans = {name: {s["service"]: s["action"] for s in mode(power_api, name).json()["plan"]["steps"]}
-             for name in ("low_power", "operative_core", "full")}
+    plans = {
+        name: {s["service"]: s["action"] for s in mode(power_api, name).json()["plan"]["steps"]}
+        for name in ("low_power", "operative_core", "full")
+    }
     assert plans == {
         "low_power": {"madre": "start", "switch": "stop", "hermes": "stop"},
         "operative_core": {"madre": "start", "switch": "start", "hermes": "stop"},
@@ -38,7 +40,10 @@ def test_apply_each_mode(power_on, power_api, demo_process, window):
     r = mode(power_api, "full", apply=True)
     assert r.status_code == 200, r.content
     assert [(s["service"], s["action"], s["result"]) for s in r.json()["steps"]] == [
-        ("hermes", "start", "ok"), ("madre", "start", "ok"), ("switch", "start", "ok")]  # by slug
+        ("hermes", "start", "ok"),
+        ("madre", "start", "ok"),
+        ("switch", "start", "ok"),
+    ]  # by slug
     assert all(answers(u) for u in url.values())
 
     r = mode(power_api, "operative_core", apply=True)
@@ -51,7 +56,11 @@ def test_apply_each_mode(power_on, power_api, demo_process, window):
 
     # each step is its own audited row under its mode row
     top = PowerAction.objects.filter(action="mode").order_by("id")
-    assert [(m.service, m.result, m.steps.count()) for m in top] == [("full", "ok", 3), ("operative_core", "ok", 3), ("low_power", "ok", 3)]
+    assert [(m.service, m.result, m.steps.count()) for m in top] == [
+        ("full", "ok", 3),
+        ("operative_core", "ok", 3),
+        ("low_power", "ok", 3),
+    ]
     assert PowerAction.objects.filter(parent__isnull=False, applied=True).count() == 9
 
 
@@ -73,4 +82,7 @@ def test_mode_and_window_events(power_on, power_api, demo_process):
     assert mode(power_api, "low_power", apply=True).status_code == 200
     data = [e.data for e in Event.objects.filter(type="status_changed").order_by("id")]
     assert [(d["power_action"], d.get("module"), d.get("mode"), d.get("services")) for d in data] == [
-        ("window_open", None, None, ["hermes"]), ("stop", "hermes", None, None), ("mode", None, "low_power", None)]
+        ("window_open", None, None, ["hermes"]),
+        ("stop", "hermes", None, None),
+        ("mode", None, "low_power", None),
+    ]

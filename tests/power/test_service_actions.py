@@ -26,7 +26,10 @@ def test_plan_only_unless_applied(power_on, power_api, demo_process):
     assert "apply" in body["message"]
     assert not health(control)  # nothing ran
     # no body at all is a plan too
-    assert power_api.post("/madre/power/service/switch/restart", content_type="application/json").json()["applied"] is False
+    assert (
+        power_api.post("/madre/power/service/switch/restart", content_type="application/json").json()["applied"]
+        is False
+    )
 
 
 def test_start_stop_restart_real_process(power_on, power_api, demo_process, window, evidence):
@@ -62,7 +65,12 @@ def test_start_stop_restart_real_process(power_on, power_api, demo_process, wind
 
     # every request is a row with an evidence folder holding plan, result and output
     rows = list(PowerAction.objects.order_by("id"))
-    assert [(a.action, a.applied, a.result) for a in rows] == [("start", True, "ok"), ("start", True, "ok"), ("restart", True, "ok"), ("stop", True, "ok")]
+    assert [(a.action, a.applied, a.result) for a in rows] == [
+        ("start", True, "ok"),
+        ("start", True, "ok"),
+        ("restart", True, "ok"),
+        ("stop", True, "ok"),
+    ]
     folders = evidence()
     assert len(folders) == 4
     assert {f.name.rsplit("_", 1)[0] for f in folders} >= {"madre_power_start_switch", "madre_power_stop_switch"}
@@ -74,7 +82,12 @@ def test_start_stop_restart_real_process(power_on, power_api, demo_process, wind
 
     # applied actions are announced on the bus
     events = [e.data for e in Event.objects.filter(type="status_changed") if "power_action" in e.data]
-    assert [(e["module"], e["power_action"]) for e in events] == [("switch", "start"), ("switch", "start"), ("switch", "restart"), ("switch", "stop")]
+    assert [(e["module"], e["power_action"]) for e in events] == [
+        ("switch", "start"),
+        ("switch", "start"),
+        ("switch", "restart"),
+        ("switch", "stop"),
+    ]
 
 
 def test_sigkill_after_grace(power_on, power_api, demo_process, window, tmp_path):
@@ -93,7 +106,12 @@ def test_sigkill_after_grace(power_on, power_api, demo_process, window, tmp_path
     control.command = [control.command[0], str(stubborn), *control.command[3:]]
     control.save()
     window("hermes")
-    assert power_api.post("/madre/power/service/hermes/start", {"apply": True}, content_type="application/json").status_code == 200
+    assert (
+        power_api.post(
+            "/madre/power/service/hermes/start", {"apply": True}, content_type="application/json"
+        ).status_code
+        == 200
+    )
     r = power_api.post("/madre/power/service/hermes/stop", {"apply": True}, content_type="application/json")
     assert r.status_code == 200, r.content
     assert "SIGKILL after 0.5 s" in r.json()["message"]
@@ -116,7 +134,9 @@ def test_no_second_copy_beside_a_foreign_process(power_on, power_api, fleet, win
     """mcp answers from the shared simulator, not from a process the portal started: start refuses."""
     import sys
 
-    ServiceControl.objects.create(module=fleet["mcp"], backend="process", command=[sys.executable, "-m", "apps.simfleet.serve_one", "mcp"])
+    ServiceControl.objects.create(
+        module=fleet["mcp"], backend="process", command=[sys.executable, "-m", "apps.simfleet.serve_one", "mcp"]
+    )
     window("mcp")
     r = power_api.post("/madre/power/service/mcp/start", {"apply": True}, content_type="application/json")
     assert r.status_code == 502 and "already answers" in r.json()["detail"]

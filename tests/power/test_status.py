@@ -34,26 +34,58 @@ def services(client) -> dict:
 
 
 def test_compose_and_systemd_are_asked(power_api, controls, stand_in):
-    docker = stand_in("docker", replies={
-        "switch": (json.dumps(RUNNING) + "\n" + json.dumps({**RUNNING, "Name": "vx11t-switch-2", "State": "exited"}) + "\n", 0),
-        "hermes-svc": ("[]", 0),  # older compose: one JSON array; empty = no running container
-        "mcp": ("", 1),
-    })
-    systemctl = stand_in("systemctl", replies={
-        "vx11-spawner.service": ("active\n", 0),
-        "vx11-hormiguero.service": ("inactive\n", 3),  # is-active exits 3 for a stopped unit
-        "vx11-manifestator.service": ("", 4),
-    })
+    docker = stand_in(
+        "docker",
+        replies={
+            "switch": (
+                json.dumps(RUNNING)
+                + "\n"
+                + json.dumps({**RUNNING, "Name": "vx11t-switch-2", "State": "exited"})
+                + "\n",
+                0,
+            ),
+            "hermes-svc": ("[]", 0),  # older compose: one JSON array; empty = no running container
+            "mcp": ("", 1),
+        },
+    )
+    systemctl = stand_in(
+        "systemctl",
+        replies={
+            "vx11-spawner.service": ("active\n", 0),
+            "vx11-hormiguero.service": ("inactive\n", 3),  # is-active exits 3 for a stopped unit
+            "vx11-manifestator.service": ("", 4),
+        },
+    )
     got = services(power_api)
 
-    assert sorted(docker.calls()) == [["compose", "-p", "vx11t", "ps", "--format", "json", s] for s in ("hermes-svc", "mcp", "switch")]
-    assert sorted(systemctl.calls()) == [["is-active", f"vx11-{s}.service"] for s in ("hormiguero", "manifestator", "spawner")]
+    assert sorted(docker.calls()) == [
+        ["compose", "-p", "vx11t", "ps", "--format", "json", s] for s in ("hermes-svc", "mcp", "switch")
+    ]
+    assert sorted(systemctl.calls()) == [
+        ["is-active", f"vx11-{s}.service"] for s in ("hormiguero", "manifestator", "spawner")
+    ]
 
-    assert (got["switch"]["running"], got["switch"]["backend_state"], got["switch"]["error"]) == (True, "exited, running", None)
-    assert (got["hermes"]["running"], got["hermes"]["backend_state"], got["hermes"]["error"]) == (False, "no running container", None)
+    assert (got["switch"]["running"], got["switch"]["backend_state"], got["switch"]["error"]) == (
+        True,
+        "exited, running",
+        None,
+    )
+    assert (got["hermes"]["running"], got["hermes"]["backend_state"], got["hermes"]["error"]) == (
+        False,
+        "no running container",
+        None,
+    )
     assert got["mcp"]["running"] is None and "exited with 1" in got["mcp"]["error"]
-    assert (got["spawner"]["running"], got["spawner"]["backend_state"], got["spawner"]["error"]) == (True, "active", None)
-    assert (got["hormiguero"]["running"], got["hormiguero"]["backend_state"], got["hormiguero"]["error"]) == (False, "inactive", None)
+    assert (got["spawner"]["running"], got["spawner"]["backend_state"], got["spawner"]["error"]) == (
+        True,
+        "active",
+        None,
+    )
+    assert (got["hormiguero"]["running"], got["hormiguero"]["backend_state"], got["hormiguero"]["error"]) == (
+        False,
+        "inactive",
+        None,
+    )
     assert got["manifestator"]["running"] is None and "exited with 4" in got["manifestator"]["error"]
     assert got["madre"]["running"] is None and got["madre"]["controlled"] is False and got["madre"]["error"] is None
 
@@ -91,7 +123,10 @@ def test_in_window_is_one_query_whatever_the_number_of_modules(power_on, fleet, 
     window("switch", "hermes")
     before, in_window = queries()
     assert sorted(s for s, inside in in_window.items() if inside) == ["hermes", "switch"]
-    extra = [Module.objects.create(slug=f"extra{i}", name=f"extra {i}", base_url=f"http://127.0.0.1:{20000 + i}") for i in range(20)]
+    extra = [
+        Module.objects.create(slug=f"extra{i}", name=f"extra {i}", base_url=f"http://127.0.0.1:{20000 + i}")
+        for i in range(20)
+    ]
     window(*[m.slug for m in extra[:10]])
     after, in_window = queries()
     assert after == before

@@ -22,7 +22,11 @@ def answers(url: str) -> bool:
 
 
 def test_open_one_at_a_time_and_close(power_on, power_api, fleet):
-    r = post(power_api, "/madre/power/window/open", {"services": ["switch", "hermes"], "ttl_sec": 300, "mode": "hold", "reason": "upgrade"})
+    r = post(
+        power_api,
+        "/madre/power/window/open",
+        {"services": ["switch", "hermes"], "ttl_sec": 300, "mode": "hold", "reason": "upgrade"},
+    )
     assert r.status_code == 200, r.content
     w = r.json()["window"]
     assert w["services"] == ["hermes", "switch"] and w["mode"] == "hold" and 299 <= w["ttl_left_sec"] <= 300
@@ -42,7 +46,12 @@ def test_open_one_at_a_time_and_close(power_on, power_api, fleet):
     # a new one may open now
     assert post(power_api, "/madre/power/window/open", {"services": ["mcp"], "ttl_sec": 60}).status_code == 200
     assert list(PowerAction.objects.order_by("id").values_list("action", "result")) == [
-        ("window_open", "ok"), ("window_open", "refused"), ("window_close", "ok"), ("window_close", "refused"), ("window_open", "ok")]
+        ("window_open", "ok"),
+        ("window_open", "refused"),
+        ("window_close", "ok"),
+        ("window_close", "refused"),
+        ("window_open", "ok"),
+    ]
 
 
 def test_service_outside_fleet_422(power_on, power_api, fleet):
@@ -73,7 +82,12 @@ def test_ttl_expiry_stops_the_process(power_on, power_api, demo_process):
 
     assert not pid_alive(pid) and not answers(control.module.health_url)
     stop = PowerAction.objects.get(action="stop")
-    assert stop.applied and stop.result == "ok" and stop.actor.startswith("window #") and stop.user.username == "controller"
+    assert (
+        stop.applied
+        and stop.result == "ok"
+        and stop.actor.startswith("window #")
+        and stop.user.username == "controller"
+    )
     assert expire_windows(now=ends_at + timedelta(hours=1)) == []  # each window once, however late the next check
 
 
@@ -84,8 +98,13 @@ def test_hold_and_closed_windows_stop_nothing(power_on, power_api, demo_process,
     later = timezone.now() + timedelta(seconds=120)
     assert expire_windows(later) == []
     now = timezone.now()
-    ttl = MaintenanceWindow.objects.create(source="power", mode="ttl", starts_at=now - timedelta(seconds=10),
-                                           ends_at=now - timedelta(seconds=5), closed_at=now - timedelta(seconds=6))
+    ttl = MaintenanceWindow.objects.create(
+        source="power",
+        mode="ttl",
+        starts_at=now - timedelta(seconds=10),
+        ends_at=now - timedelta(seconds=5),
+        closed_at=now - timedelta(seconds=6),
+    )
     ttl.modules.set([fleet["hermes"]])
     assert expire_windows() == []
     assert answers(control.module.health_url)
@@ -99,8 +118,13 @@ def test_checker_scheduled_by_migration(db):
 
 def expired_window(user, *modules) -> MaintenanceWindow:
     now = timezone.now()
-    w = MaintenanceWindow.objects.create(source="power", mode="ttl", starts_at=now - timedelta(seconds=10),
-                                         ends_at=now - timedelta(seconds=1), created_by=user)
+    w = MaintenanceWindow.objects.create(
+        source="power",
+        mode="ttl",
+        starts_at=now - timedelta(seconds=10),
+        ends_at=now - timedelta(seconds=1),
+        created_by=user,
+    )
     w.modules.set(modules)
     return w
 
@@ -126,7 +150,9 @@ def test_busy_module_at_expiry_is_stopped_on_the_next_tick(power_on, controller,
     assert check_power_windows() == {"stopped": [], "failed": []}  # done: nothing more
     rows = PowerAction.objects.filter(action="stop").order_by("id")
     assert [(r.result, r.http_status, r.actor) for r in rows] == [
-        ("refused", 409, f"window #{w.id} expiry (try 1)"), ("ok", 200, f"window #{w.id} expiry (try 2)")]
+        ("refused", 409, f"window #{w.id} expiry (try 1)"),
+        ("ok", 200, f"window #{w.id} expiry (try 2)"),
+    ]
     assert WindowStop.objects.get(window=w).state == "done"  # madre has none: never stopped
 
 
@@ -147,7 +173,9 @@ def test_failing_stop_retried_after_the_delay_then_given_up(power_on, controller
     assert expire_windows(timezone.now() + timedelta(seconds=300)) == []
     assert len(docker.calls()) == 2 == PowerAction.objects.filter(action="stop", result="error").count()
     WindowStop.objects.create(window=expired_window(controller, fleet["hermes"]), module=fleet["hermes"])
-    MaintenanceWindow.objects.filter(pk=w.pk).update(starts_at=w.starts_at - timedelta(days=400), ends_at=w.ends_at - timedelta(days=400))
+    MaintenanceWindow.objects.filter(pk=w.pk).update(
+        starts_at=w.starts_at - timedelta(days=400), ends_at=w.ends_at - timedelta(days=400)
+    )
     assert WindowStop.prune() == 1 and WindowStop.objects.get().module.slug == "hermes"  # the old window's row goes
 
 
@@ -163,4 +191,6 @@ def test_task_stops_one_module_per_tick(power_on, controller, fleet, stand_in):
     assert check_power_windows() == {"stopped": ["switch"], "failed": []}
     w.refresh_from_db()
     assert w.expired_handled_at is not None and len(docker.calls()) == 2
-    assert check_power_windows.soft_time_limit >= 300 + power_on.VX11_POWER_HEALTH_TIMEOUT  # longest grace + /health wait
+    assert (
+        check_power_windows.soft_time_limit >= 300 + power_on.VX11_POWER_HEALTH_TIMEOUT
+    )  # longest grace + /health wait

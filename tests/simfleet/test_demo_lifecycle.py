@@ -51,34 +51,57 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _manage(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_demo_supervises_its_children_and_sigterm_ends_them_all(tmp_path):
     offset = free_demo_offset()
     portal_port = free_port()
-    unwanted = ("REDIS_URL", "DATABASE_URL", "VX11_ALLOW_SERVICE_CONTROL", "PYTHONUNBUFFERED")  # the demo flushes itself
+    unwanted = (
+        "REDIS_URL",
+        "DATABASE_URL",
+        "VX11_ALLOW_SERVICE_CONTROL",
+        "PYTHONUNBUFFERED",
+    )  # the demo flushes itself
     env = {k: v for k, v in os.environ.items() if k not in unwanted}
     env.update(DJANGO_SETTINGS_MODULE="vx11_site.settings", VX11_VAR_DIR=str(tmp_path))
-    argv = [sys.executable, "manage.py", "vx11", "demo", "--port-offset", str(offset), "--portal-port", str(portal_port),
-            "--shub-warmup", "0"]
+    argv = [
+        sys.executable,
+        "manage.py",
+        "vx11",
+        "demo",
+        "--port-offset",
+        str(offset),
+        "--portal-port",
+        str(portal_port),
+        "--shub-warmup",
+        "0",
+    ]
     terminal = tmp_path / "terminal.txt"
     with terminal.open("w") as out:
         demo = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: "Ctrl-C stops everything" in terminal.read_text() or demo.poll() is not None, 120,
-                  "the demo printed no welcome block")
+        _wait_for(
+            lambda: "Ctrl-C stops everything" in terminal.read_text() or demo.poll() is not None,
+            120,
+            "the demo printed no welcome block",
+        )
         assert demo.poll() is None, terminal.read_text()
         state = json.loads((tmp_path / "demo.json").read_text())
 
         lines = terminal.read_text().splitlines()
-        welcome = lines[[n for n, line in enumerate(lines) if line.startswith("VX11 Ops Portal:")][-1]:]
+        welcome = lines[[n for n, line in enumerate(lines) if line.startswith("VX11 Ops Portal:")][-1] :]
         labels = [line.split(":")[0].strip() for line in welcome[1:-1]]
         assert labels == ["login", "API docs", "Operator console", "X-VX11-Token", "Power console", "Misbehave", "Logs"]
         assert welcome[-1] == "Ctrl-C stops everything."
         assert "celery@" not in terminal.read_text()  # the worker's banner went to its log file
-        _wait_for(lambda: "vx11sqla+sqlite" in (tmp_path / "log" / "worker.log").read_text(), 30,
-                  "the worker's log shows no embedded SQLite broker")
+        _wait_for(
+            lambda: "vx11sqla+sqlite" in (tmp_path / "log" / "worker.log").read_text(),
+            30,
+            "the worker's log shows no embedded SQLite broker",
+        )
         assert state["control_url"] == f"http://127.0.0.1:{CONTROL_PORT + offset}"
 
         sim = _manage(env, "vx11", "sim", "hermes", "down")  # no --control-url: read from var/demo.json
@@ -88,8 +111,14 @@ def test_the_demo_supervises_its_children_and_sigterm_ends_them_all(tmp_path):
 
         first_worker = state["children"]["worker"]
         os.kill(first_worker, signal.SIGKILL)
-        restarted = _wait_for(lambda: json.loads((tmp_path / "demo.json").read_text())["restarts"]["worker"] == 1
-                              and json.loads((tmp_path / "demo.json").read_text()), 30, "the dead worker was not started again")
+        restarted = _wait_for(
+            lambda: (
+                json.loads((tmp_path / "demo.json").read_text())["restarts"]["worker"] == 1
+                and json.loads((tmp_path / "demo.json").read_text())
+            ),
+            30,
+            "the dead worker was not started again",
+        )
         assert restarted["children"]["worker"] != first_worker
         assert _state(restarted["children"]["worker"]) is not None
         assert "worker exited with code -9; started again" in (tmp_path / "log" / "demo.log").read_text()
@@ -108,7 +137,11 @@ def test_the_demo_supervises_its_children_and_sigterm_ends_them_all(tmp_path):
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
-    _wait_for(lambda: not _group_members(demo.pid), 30, f"processes of the demo's group outlived it: {_group_members(demo.pid)}")
+    _wait_for(
+        lambda: not _group_members(demo.pid),
+        30,
+        f"processes of the demo's group outlived it: {_group_members(demo.pid)}",
+    )
     assert _state(mcp_pid) is None, f"mcp (pid {mcp_pid}) outlived the demo"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", PORTS["mcp"] + offset), timeout=1).close()

@@ -24,7 +24,13 @@ T = 2.0  # client timeout for calls that should answer at once
 
 EXPECTED_HEALTH = {
     "tentaculo_link": {"status": "ok", "module": "tentaculo_link", "version": "7.0"},
-    "switch": {"status": "ok", "module": "switch", "active_model": "general-7b", "warm_model": "deepseek-r1-7b", "queue_size": 0},
+    "switch": {
+        "status": "ok",
+        "module": "switch",
+        "active_model": "general-7b",
+        "warm_model": "deepseek-r1-7b",
+        "queue_size": 0,
+    },
     "hermes": {"status": "ok", "module": "hermes", "version": "minimal"},
     "hormiguero": {"status": "ok", "service": "hormiguero", "version": "v7"},
     "manifestator": {"status": "healthy", "service": "manifestator"},
@@ -81,7 +87,11 @@ def test_shub_is_initializing_during_warmup(monkeypatch):
     """The end of warm-up is judged at a time given to warming_up(), never by waiting: a warm-up longer than any
     slow start keeps the first answer "initializing" on a loaded machine."""
     with SimFleet(ephemeral=True, shub_warmup=60) as fleet:
-        assert health(fleet, "shub").json() == {"status": "initializing", "module": "shubniggurath", "version": "7.0-FASE1"}
+        assert health(fleet, "shub").json() == {
+            "status": "initializing",
+            "module": "shubniggurath",
+            "version": "7.0-FASE1",
+        }
         warming_up = fleet.warming_up
         # the handler asks as if a minute had passed
         monkeypatch.setattr(fleet, "warming_up", lambda: warming_up(now=time.monotonic() + 60))
@@ -91,7 +101,9 @@ def test_shub_is_initializing_during_warmup(monkeypatch):
 def test_hermes_tools(sim):
     body = httpx.get(sim.base_url("hermes") + "/tools", timeout=T).json()
     assert {"name": "deepseek_r1", "available": True, "version": "1.0"} in body["cli_tools"]
-    assert body["local_models"] and all(set(m) == {"name", "size", "loaded"} and isinstance(m["loaded"], bool) for m in body["local_models"])
+    assert body["local_models"] and all(
+        set(m) == {"name", "size", "loaded"} and isinstance(m["loaded"], bool) for m in body["local_models"]
+    )
 
 
 def test_shub_metrics_answers_only_the_included_keys(sim):
@@ -104,7 +116,9 @@ def test_shub_metrics_answers_only_the_included_keys(sim):
     assert set(httpx.post(url, json={"include": ["queue"]}, timeout=T).json()) == {"queue"}
 
 
-@pytest.mark.parametrize("content", [b"not json", b'{"include": "sessions"}', b'{"include": ["sessions", "weather"]}', b"[1]", b"{}"])
+@pytest.mark.parametrize(
+    "content", [b"not json", b'{"include": "sessions"}', b'{"include": ["sessions", "weather"]}', b"[1]", b"{}"]
+)
 def test_shub_metrics_rejects_a_bad_body(sim, content):
     response = httpx.post(sim.base_url("shub") + "/metrics", content=content, timeout=T)
     assert response.status_code == 400 and "detail" in response.json()
@@ -311,7 +325,9 @@ def test_an_excluded_module_is_left_to_its_own_process():
     """The demo's power modules: the simulator leaves their ports free and refuses to set their modes."""
     from tests.conftest import free_port
 
-    for _ in range(50):  # fixed ports (an excluded module's process must know its own): find an offset where all are free
+    for _ in range(
+        50
+    ):  # fixed ports (an excluded module's process must know its own): find an offset where all are free
         offset = free_port() - PORTS["mcp"]  # mcp's port is free; the others follow it by their reference distances
         if not all(1024 < port + offset < 65535 for port in PORTS.values()):
             continue

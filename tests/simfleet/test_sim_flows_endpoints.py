@@ -35,12 +35,19 @@ def test_gateway_sends_intents_and_results_to_madre(sim):
     body = intent(sim, via="tentaculo_link").json()
     assert body["status"] == "DONE" and set(body["intent"]) == INTENT_KEYS
     result = httpx.get(url(sim, "tentaculo_link", f"/vx11/result/{body['correlation_id']}"), timeout=T).json()
-    assert result == {"correlation_id": body["correlation_id"], "intent_id": body["intent"]["intent_id"],
-                      "plan_id": body["plan"]["plan_id"], "status": "DONE"}
+    assert result == {
+        "correlation_id": body["correlation_id"],
+        "intent_id": body["intent"]["intent_id"],
+        "plan_id": body["plan"]["plan_id"],
+        "status": "DONE",
+    }
 
 
 def test_gateway_passes_the_query_string_and_upstream_errors_through(sim):
-    assert httpx.get(url(sim, "tentaculo_link", "/vx11/manifestator/drift?correlation_id=nope"), timeout=T).status_code == 404
+    assert (
+        httpx.get(url(sim, "tentaculo_link", "/vx11/manifestator/drift?correlation_id=nope"), timeout=T).status_code
+        == 404
+    )
     sim.set_mode("madre", "error")
     assert intent(sim, via="tentaculo_link").status_code == 500
 
@@ -50,7 +57,9 @@ def test_gateway_answers_502_for_a_down_module_and_504_for_a_hanging_one(sim, mo
 
     sim.set_mode("hermes", "down")
     response = httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T)
-    assert response.status_code == 502 and response.json() == {"detail": "upstream hermes unreachable: ClientConnectorError"}
+    assert response.status_code == 502 and response.json() == {
+        "detail": "upstream hermes unreachable: ClientConnectorError"
+    }
     assert response.headers["X-VX11-Simulated"] == "1"
 
     monkeypatch.setattr(simmod, "PROXY_TIMEOUT", 0.2)
@@ -67,7 +76,11 @@ def test_gateway_404s_an_unknown_upstream(sim, path):
 
 def test_the_gateway_itself_obeys_its_mode(sim):
     sim.set_mode("tentaculo_link", "garbage")
-    assert httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T).headers["content-type"].startswith("text/plain")
+    assert (
+        httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T)
+        .headers["content-type"]
+        .startswith("text/plain")
+    )
 
 
 # -- madre ---------------------------------------------------------------------------------------
@@ -76,8 +89,17 @@ def test_the_gateway_itself_obeys_its_mode(sim):
 def test_a_low_risk_intent_is_planned_and_done(sim):
     body = intent(sim, session_id="s-1").json()
     i, plan = body["intent"], body["plan"]
-    assert (i["session_id"], i["mode"], i["risk"], i["requires_confirmation"], i["targets"]) == ("s-1", "MADRE", "LOW", False, ["switch"])
-    assert set(i["dsl"]) == {"domain", "action", "parameters", "confidence", "original_text"} and i["dsl"]["action"] == "status"
+    assert (i["session_id"], i["mode"], i["risk"], i["requires_confirmation"], i["targets"]) == (
+        "s-1",
+        "MADRE",
+        "LOW",
+        False,
+        ["switch"],
+    )
+    assert (
+        set(i["dsl"]) == {"domain", "action", "parameters", "confidence", "original_text"}
+        and i["dsl"]["action"] == "status"
+    )
     assert set(plan) == PLAN_KEYS and plan["status"] == "DONE" and plan["intent_id"] == i["intent_id"]
     assert [s["type"] for s in plan["steps"]] == ["SYSTEM_HEALTHCHECK", "CALL_SWITCH", "NOOP"]
     assert all(set(s) == STEP_KEYS and s["status"] == "done" for s in plan["steps"])
@@ -109,7 +131,10 @@ def test_stopping_madre_or_the_gateway_is_denied(sim):
     assert intent(sim, text="kill hermes").json()["intent"]["risk"] == "HIGH"
 
 
-@pytest.mark.parametrize("body", [{}, {"text": ""}, {"text": "x", "mode": "LOUD"}, {"text": "x", "require": ["spawner"]}, {"text": "x" * 2001}])
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"text": ""}, {"text": "x", "mode": "LOUD"}, {"text": "x", "require": ["spawner"]}, {"text": "x" * 2001}],
+)
 def test_a_bad_intent_is_a_422(sim, body):
     response = httpx.post(url(sim, "madre", "/vx11/intent"), json=body, timeout=T)
     assert response.status_code == 422 and response.json()["detail"]
@@ -139,11 +164,28 @@ def test_a_scan_runs_the_four_ants_and_reports_the_drift_incident(sim):
     body = scan(sim).json()
     assert [a["name"] for a in body["ants"]] == list(ANTS) and body["status"] == "done"
     [incident] = body["incidents"]
-    assert set(incident) == {"id", "kind", "severity", "status", "evidence", "correlation_id", "suggested_actions", "scan_id", "created_at"}
-    assert (incident["kind"], incident["status"], incident["suggested_actions"]) == ("fs_drift", "open", ["manifestator_patch"])
+    assert set(incident) == {
+        "id",
+        "kind",
+        "severity",
+        "status",
+        "evidence",
+        "correlation_id",
+        "suggested_actions",
+        "scan_id",
+        "created_at",
+    }
+    assert (incident["kind"], incident["status"], incident["suggested_actions"]) == (
+        "fs_drift",
+        "open",
+        ["manifestator_patch"],
+    )
     stored = httpx.get(url(sim, "hormiguero", f"/hormiguero/incidents/{incident['id']}"), timeout=T).json()
     assert stored == incident
-    assert incident in httpx.get(url(sim, "hormiguero", "/hormiguero/incidents?status=open"), timeout=T).json()["incidents"]
+    assert (
+        incident
+        in httpx.get(url(sim, "hormiguero", "/hormiguero/incidents?status=open"), timeout=T).json()["incidents"]
+    )
 
 
 def test_the_health_ant_reports_dead_siblings(sim):
@@ -159,22 +201,39 @@ def test_a_bad_scan_is_a_422(sim, body):
 
 def test_manifestator_answers_drift_and_a_patch_for_the_incident(sim):
     incident = scan(sim, ants=["fs_drift"]).json()["incidents"][0]
-    drift = httpx.get(url(sim, "manifestator", "/drift"), params={"correlation_id": incident["correlation_id"]}, timeout=T).json()
-    assert (drift["status"], drift["correlation_id"], drift["modules"]) == ("drift_detected", incident["correlation_id"], FS_DRIFT)
-    patch = httpx.post(url(sim, "manifestator", "/generate-patch"), json={"drift_id": drift["drift_id"], "correlation_id": incident["correlation_id"]}, timeout=T).json()
+    drift = httpx.get(
+        url(sim, "manifestator", "/drift"), params={"correlation_id": incident["correlation_id"]}, timeout=T
+    ).json()
+    assert (drift["status"], drift["correlation_id"], drift["modules"]) == (
+        "drift_detected",
+        incident["correlation_id"],
+        FS_DRIFT,
+    )
+    patch = httpx.post(
+        url(sim, "manifestator", "/generate-patch"),
+        json={"drift_id": drift["drift_id"], "correlation_id": incident["correlation_id"]},
+        timeout=T,
+    ).json()
     assert (patch["status"], patch["drift_id"]) == ("proposed", drift["drift_id"])
-    assert patch["operations"] == [{"op": "add", "path": "/shubniggurath/engines/", "value": {"type": "dir"}},
-                                   {"op": "remove", "path": "/switch/hermes/tmp_cache/"}]
+    assert patch["operations"] == [
+        {"op": "add", "path": "/shubniggurath/engines/", "value": {"type": "dir"}},
+        {"op": "remove", "path": "/switch/hermes/tmp_cache/"},
+    ]
 
 
-@pytest.mark.parametrize("body, status", [({}, 422), ({"drift_id": "drift-0"}, 404), ({"correlation_id": "nope"}, 404), (None, 422)])
+@pytest.mark.parametrize(
+    "body, status", [({}, 422), ({"drift_id": "drift-0"}, 404), ({"correlation_id": "nope"}, 404), (None, 422)]
+)
 def test_a_bad_patch_request_is_refused(sim, body, status):
     response = httpx.post(url(sim, "manifestator", "/generate-patch"), json=body, timeout=T)
     assert response.status_code == status and response.json()["detail"]
 
 
 def test_manifestator_health_is_unchanged(sim):
-    assert httpx.get(url(sim, "manifestator", "/health"), timeout=T).json() == {"status": "healthy", "service": "manifestator"}
+    assert httpx.get(url(sim, "manifestator", "/health"), timeout=T).json() == {
+        "status": "healthy",
+        "service": "manifestator",
+    }
 
 
 def test_memory_is_bounded():

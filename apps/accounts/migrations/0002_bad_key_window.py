@@ -4,22 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BadKeyWindow',
+            name="BadKeyWindow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('address', models.CharField(help_text='REMOTE_ADDR (daphne --proxy-headers sets it behind a proxy)', max_length=64, unique=True)),
-                ('window_start', models.DateTimeField(db_index=True)),
-                ('failures', models.PositiveIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "address",
+                    models.CharField(
+                        help_text="REMOTE_ADDR (daphne --proxy-headers sets it behind a proxy)",
+                        max_length=64,
+                        unique=True,
+                    ),
+                ),
+                ("window_start", models.DateTimeField(db_index=True)),
+                ("failures", models.PositiveIntegerField(default=0)),
             ],
             options={
-                'verbose_name': 'bad API key window',
+                "verbose_name": "bad API key window",
             },
         ),
     ]

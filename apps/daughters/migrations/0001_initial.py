@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,93 +16,199 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Daughter',
+            name="Daughter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('purpose', models.CharField(blank=True, max_length=300)),
-                ('kind', models.CharField(max_length=32)),
-                ('params', models.JSONField(default=dict)),
-                ('spawn_uuid', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('priority', models.PositiveSmallIntegerField(default=2, help_text='copied from the task; lower runs first')),
-                ('ttl_seconds', models.PositiveIntegerField(default=300)),
-                ('status', models.CharField(choices=[('spawned', 'Spawned'), ('running', 'Running'), ('restarting', 'Restarting'), ('finished', 'Finished'), ('failed', 'Failed'), ('killed', 'Killed'), ('expired', 'Expired'), ('mutated', 'Mutated')], default='spawned', max_length=10)),
-                ('mutation_level', models.PositiveSmallIntegerField(default=0, help_text='retries so far')),
-                ('error_last', models.TextField(blank=True)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('dispatched_at', models.DateTimeField(blank=True, help_text='handed to a worker (counts against the cap)', null=True)),
-                ('started_at', models.DateTimeField(blank=True, help_text='first start; the TTL counts from here', null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('reaped_at', models.DateTimeField(blank=True, help_text="the reaper's last touch (marks one sweep's rows)", null=True)),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='children', to='daughters.daughter')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("purpose", models.CharField(blank=True, max_length=300)),
+                ("kind", models.CharField(max_length=32)),
+                ("params", models.JSONField(default=dict)),
+                ("spawn_uuid", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                (
+                    "priority",
+                    models.PositiveSmallIntegerField(default=2, help_text="copied from the task; lower runs first"),
+                ),
+                ("ttl_seconds", models.PositiveIntegerField(default=300)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("spawned", "Spawned"),
+                            ("running", "Running"),
+                            ("restarting", "Restarting"),
+                            ("finished", "Finished"),
+                            ("failed", "Failed"),
+                            ("killed", "Killed"),
+                            ("expired", "Expired"),
+                            ("mutated", "Mutated"),
+                        ],
+                        default="spawned",
+                        max_length=10,
+                    ),
+                ),
+                ("mutation_level", models.PositiveSmallIntegerField(default=0, help_text="retries so far")),
+                ("error_last", models.TextField(blank=True)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "dispatched_at",
+                    models.DateTimeField(
+                        blank=True, help_text="handed to a worker (counts against the cap)", null=True
+                    ),
+                ),
+                (
+                    "started_at",
+                    models.DateTimeField(blank=True, help_text="first start; the TTL counts from here", null=True),
+                ),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "reaped_at",
+                    models.DateTimeField(
+                        blank=True, help_text="the reaper's last touch (marks one sweep's rows)", null=True
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="children",
+                        to="daughters.daughter",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='DaughterAttempt',
+            name="DaughterAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('attempt_number', models.PositiveSmallIntegerField()),
-                ('status', models.CharField(choices=[('running', 'Running'), ('success', 'Success'), ('error', 'Error'), ('timeout', 'Timeout'), ('cancelled', 'Cancelled')], default='running', max_length=10)),
-                ('worker', models.CharField(blank=True, max_length=200)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('output', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('daughter', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempts', to='daughters.daughter')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("attempt_number", models.PositiveSmallIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("success", "Success"),
+                            ("error", "Error"),
+                            ("timeout", "Timeout"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="running",
+                        max_length=10,
+                    ),
+                ),
+                ("worker", models.CharField(blank=True, max_length=200)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("output", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "daughter",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="attempts", to="daughters.daughter"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['daughter_id', 'attempt_number'],
+                "ordering": ["daughter_id", "attempt_number"],
             },
         ),
         migrations.CreateModel(
-            name='DaughterTask',
+            name="DaughterTask",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('intent_id', models.CharField(blank=True, max_length=64)),
-                ('source', models.CharField(choices=[('shub', 'Shub'), ('operator', 'Operator'), ('madre', 'Madre'), ('daughters', 'Daughters')], default='madre', max_length=10)),
-                ('priority', models.PositiveSmallIntegerField(help_text='0 shub, 1 operator, 2 madre, 3 daughters; lower runs first')),
-                ('task_type', models.CharField(choices=[('short', 'short'), ('long', 'long')], default='short', max_length=5)),
-                ('description', models.CharField(blank=True, max_length=500)),
-                ('max_retries', models.PositiveSmallIntegerField(default=2)),
-                ('plan', models.JSONField(blank=True, default=dict, help_text='the daughters asked for, as spawned')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('planning', 'Planning'), ('running', 'Running'), ('retrying', 'Retrying'), ('completed', 'Completed'), ('failed', 'Failed'), ('expired', 'Expired'), ('cancelled', 'Cancelled')], default='pending', max_length=10)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('updated', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("intent_id", models.CharField(blank=True, max_length=64)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("shub", "Shub"),
+                            ("operator", "Operator"),
+                            ("madre", "Madre"),
+                            ("daughters", "Daughters"),
+                        ],
+                        default="madre",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "priority",
+                    models.PositiveSmallIntegerField(
+                        help_text="0 shub, 1 operator, 2 madre, 3 daughters; lower runs first"
+                    ),
+                ),
+                (
+                    "task_type",
+                    models.CharField(choices=[("short", "short"), ("long", "long")], default="short", max_length=5),
+                ),
+                ("description", models.CharField(blank=True, max_length=500)),
+                ("max_retries", models.PositiveSmallIntegerField(default=2)),
+                ("plan", models.JSONField(blank=True, default=dict, help_text="the daughters asked for, as spawned")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("planning", "Planning"),
+                            ("running", "Running"),
+                            ("retrying", "Retrying"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("expired", "Expired"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("created", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("updated", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddField(
-            model_name='daughter',
-            name='task',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='daughters', to='daughters.daughtertask'),
+            model_name="daughter",
+            name="task",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="daughters", to="daughters.daughtertask"
+            ),
         ),
         migrations.AddIndex(
-            model_name='daughtertask',
-            index=models.Index(fields=['status', 'created'], name='dtask_status_created'),
+            model_name="daughtertask",
+            index=models.Index(fields=["status", "created"], name="dtask_status_created"),
         ),
         migrations.AddIndex(
-            model_name='daughter',
-            index=models.Index(fields=['status', 'dispatched_at', 'priority', 'id'], name='daughter_queue'),
+            model_name="daughter",
+            index=models.Index(fields=["status", "dispatched_at", "priority", "id"], name="daughter_queue"),
         ),
         migrations.AddIndex(
-            model_name='daughter',
-            index=models.Index(fields=['status', 'expires_at'], name='daughter_ttl'),
+            model_name="daughter",
+            index=models.Index(fields=["status", "expires_at"], name="daughter_ttl"),
         ),
         migrations.AddIndex(
-            model_name='daughter',
-            index=models.Index(fields=['status', 'last_heartbeat_at'], name='daughter_heartbeat'),
+            model_name="daughter",
+            index=models.Index(fields=["status", "last_heartbeat_at"], name="daughter_heartbeat"),
         ),
         migrations.AddIndex(
-            model_name='daughter',
-            index=models.Index(fields=['reaped_at'], name='daughter_reaped'),
+            model_name="daughter",
+            index=models.Index(fields=["reaped_at"], name="daughter_reaped"),
         ),
     ]

@@ -14,10 +14,14 @@ def load(apps, schema_editor):
     every, _ = IntervalSchedule.objects.get_or_create(every=settings.VX11_DAUGHTER_REAP_INTERVAL, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=REAPER_TASK,
-        defaults={"task": "apps.daughters.tasks.reap_daughters", "interval": every, "kwargs": json.dumps({}),
-                  "description": "Marks daughters past their TTL expired, retries or fails those without a heartbeat, "
-                                 "requeues lost dispatches and prunes old finished tasks.",
-                  "expire_seconds": max(5, settings.VX11_DAUGHTER_REAP_INTERVAL)},
+        defaults={
+            "task": "apps.daughters.tasks.reap_daughters",
+            "interval": every,
+            "kwargs": json.dumps({}),
+            "description": "Marks daughters past their TTL expired, retries or fails those without a heartbeat, "
+            "requeues lost dispatches and prunes old finished tasks.",
+            "expire_seconds": max(5, settings.VX11_DAUGHTER_REAP_INTERVAL),
+        },
     )
 
 

@@ -7,20 +7,23 @@ from django.db.models import OuterRef, Subquery
 def copy_from_tasks(apps, schema_editor):
     Daughter = apps.get_model("daughters", "Daughter")
     DaughterTask = apps.get_model("daughters", "DaughterTask")
-    Daughter.objects.update(max_retries=Subquery(DaughterTask.objects.filter(pk=OuterRef("task_id")).values("max_retries")[:1]))
+    Daughter.objects.update(
+        max_retries=Subquery(DaughterTask.objects.filter(pk=OuterRef("task_id")).values("max_retries")[:1])
+    )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daughters', '0002_reaper_schedule'),
+        ("daughters", "0002_reaper_schedule"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='daughter',
-            name='max_retries',
-            field=models.PositiveSmallIntegerField(default=2, help_text="copied from the task, so the reaper's UPDATE needs no join"),
+            model_name="daughter",
+            name="max_retries",
+            field=models.PositiveSmallIntegerField(
+                default=2, help_text="copied from the task, so the reaper's UPDATE needs no join"
+            ),
         ),
         migrations.RunPython(copy_from_tasks, migrations.RunPython.noop),
     ]

@@ -4,20 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daughters', '0003_daughter_max_retries'),
+        ("daughters", "0003_daughter_max_retries"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='daughterattempt',
-            name='host',
-            field=models.CharField(blank=True, help_text='where that process runs', max_length=255),
+            model_name="daughterattempt",
+            name="host",
+            field=models.CharField(blank=True, help_text="where that process runs", max_length=255),
         ),
         migrations.AddField(
-            model_name='daughterattempt',
-            name='pid',
-            field=models.PositiveIntegerField(blank=True, help_text="a command's process group while it runs", null=True),
+            model_name="daughterattempt",
+            name="pid",
+            field=models.PositiveIntegerField(
+                blank=True, help_text="a command's process group while it runs", null=True
+            ),
         ),
     ]

@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daughters', '0004_attempt_process'),
+        ("daughters", "0004_attempt_process"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='daughtertask',
-            options={'ordering': ['-id'], 'permissions': [('spawn_daughter', 'Can spawn daughters (API, admin, CLI)')]},
+            name="daughtertask",
+            options={"ordering": ["-id"], "permissions": [("spawn_daughter", "Can spawn daughters (API, admin, CLI)")]},
         ),
     ]

@@ -5,29 +5,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('daughters', '0005_spawn_daughter_permission'),
+        ("daughters", "0005_spawn_daughter_permission"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='daughtertask',
-            name='idempotency_key',
-            field=models.CharField(blank=True, editable=False, help_text="the spawning client's Idempotency-Key: its retries get this task (cleared after VX11_DAUGHTER_IDEMPOTENCY_HOURS)", max_length=255),
+            model_name="daughtertask",
+            name="idempotency_key",
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="the spawning client's Idempotency-Key: its retries get this task (cleared after VX11_DAUGHTER_IDEMPOTENCY_HOURS)",
+                max_length=255,
+            ),
         ),
         migrations.AddField(
-            model_name='daughtertask',
-            name='request_fingerprint',
-            field=models.CharField(blank=True, editable=False, help_text='SHA-256 of the spawn request the key came with', max_length=64),
+            model_name="daughtertask",
+            name="request_fingerprint",
+            field=models.CharField(
+                blank=True, editable=False, help_text="SHA-256 of the spawn request the key came with", max_length=64
+            ),
         ),
         migrations.AddIndex(
-            model_name='daughtertask',
-            index=models.Index(condition=models.Q(('idempotency_key', ''), _negated=True), fields=['created'], name='dtask_idempotency_age'),
+            model_name="daughtertask",
+            index=models.Index(
+                condition=models.Q(("idempotency_key", ""), _negated=True),
+                fields=["created"],
+                name="dtask_idempotency_age",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='daughtertask',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key', ''), _negated=True), fields=('created_by', 'idempotency_key'), name='dtask_idempotency_key'),
+            model_name="daughtertask",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key", ""), _negated=True),
+                fields=("created_by", "idempotency_key"),
+                name="dtask_idempotency_key",
+            ),
         ),
     ]

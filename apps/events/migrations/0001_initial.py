@@ -5,25 +5,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_id', models.CharField(blank=True, help_text='empty: a broadcast to every session', max_length=64)),
-                ('type', models.CharField(choices=[('message_received', 'message_received'), ('tool_call_requested', 'tool_call_requested'), ('tool_result_received', 'tool_result_received'), ('plan_updated', 'plan_updated'), ('status_changed', 'status_changed'), ('error_reported', 'error_reported')], max_length=32)),
-                ('timestamp', models.DateTimeField(default=django.utils.timezone.now)),
-                ('data', models.JSONField(default=dict)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "session_id",
+                    models.CharField(blank=True, help_text="empty: a broadcast to every session", max_length=64),
+                ),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("message_received", "message_received"),
+                            ("tool_call_requested", "tool_call_requested"),
+                            ("tool_result_received", "tool_result_received"),
+                            ("plan_updated", "plan_updated"),
+                            ("status_changed", "status_changed"),
+                            ("error_reported", "error_reported"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("timestamp", models.DateTimeField(default=django.utils.timezone.now)),
+                ("data", models.JSONField(default=dict)),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['session_id', 'id'], name='event_session_cursor'), models.Index(fields=['timestamp'], name='event_time')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["session_id", "id"], name="event_session_cursor"),
+                    models.Index(fields=["timestamp"], name="event_time"),
+                ],
             },
         ),
     ]

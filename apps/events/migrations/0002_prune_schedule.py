@@ -11,8 +11,12 @@ def add(apps, schema_editor):
     every_hour, _ = IntervalSchedule.objects.get_or_create(every=3600, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=NAME,
-        defaults={"task": "apps.events.tasks.prune_events", "interval": every_hour, "kwargs": "{}",
-                  "description": "Deletes stored events older than VX11_EVENT_RETENTION_HOURS, in chunks."},
+        defaults={
+            "task": "apps.events.tasks.prune_events",
+            "interval": every_hour,
+            "kwargs": "{}",
+            "description": "Deletes stored events older than VX11_EVENT_RETENTION_HOURS, in chunks.",
+        },
     )
 
 

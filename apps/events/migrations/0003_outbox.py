@@ -17,9 +17,13 @@ def add_relay(apps, schema_editor):
     every, _ = IntervalSchedule.objects.get_or_create(every=5, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=RELAY_TASK,
-        defaults={"task": "apps.events.tasks.relay_events", "interval": every, "kwargs": "{}",
-                  "description": "Sends stored events the channel layer did not take when they were published "
-                                 "(the layer was down, or the publisher ended first), oldest first."},
+        defaults={
+            "task": "apps.events.tasks.relay_events",
+            "interval": every,
+            "kwargs": "{}",
+            "description": "Sends stored events the channel layer did not take when they were published "
+            "(the layer was down, or the publisher ended first), oldest first.",
+        },
     )
 
 

@@ -7,100 +7,216 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Module',
+            name="Module",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('base_url', models.CharField(help_text='e.g. http://127.0.0.1:8001', max_length=300, validators=[apps.fleet.models.validate_http_url])),
-                ('health_path', models.CharField(default='/health', max_length=200)),
-                ('port', models.PositiveIntegerField(blank=True, editable=False, help_text='taken from the base URL', null=True)),
-                ('role', models.CharField(blank=True, max_length=200)),
-                ('core', models.BooleanField(default=False, help_text='one of the five core modules; a core module down fails `vx11 probe`')),
-                ('enabled', models.BooleanField(default=True)),
-                ('accepted_statuses', models.JSONField(default=apps.fleet.models.default_accepted_statuses, validators=[apps.fleet.models.validate_statuses])),
-                ('timeout', models.FloatField(default=apps.fleet.models.default_timeout, help_text='seconds', validators=[django.core.validators.MinValueValidator(0.05), django.core.validators.MaxValueValidator(60)])),
-                ('degraded_latency_ms', models.FloatField(blank=True, help_text='slower than this counts as degraded', null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('down_after', models.PositiveSmallIntegerField(default=3, help_text='failures in a row before down', validators=[django.core.validators.MinValueValidator(1)])),
-                ('up_after', models.PositiveSmallIntegerField(default=2, help_text='successes in a row before up', validators=[django.core.validators.MinValueValidator(1)])),
-                ('owned_tables', models.JSONField(blank=True, default=list, help_text='DB tables (or prefixes with *) this module owns')),
-                ('state', models.CharField(choices=[('up', 'up'), ('degraded', 'degraded'), ('down', 'down'), ('unknown', 'unknown')], default='unknown', max_length=10)),
-                ('state_since', models.DateTimeField(blank=True, null=True)),
-                ('last_checked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_outcome', models.CharField(blank=True, choices=[('ok', 'ok'), ('slow', 'slow (over the latency threshold)'), ('fail', 'failed')], max_length=4)),
-                ('last_status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('last_latency_ms', models.FloatField(blank=True, null=True)),
-                ('last_status_value', models.CharField(blank=True, max_length=64)),
-                ('last_error', models.CharField(blank=True, max_length=500)),
-                ('outcome_streak', models.PositiveIntegerField(default=0, help_text='results in a row equal to last_outcome')),
-                ('success_streak', models.PositiveIntegerField(default=0, help_text='ok or slow results in a row')),
-                ('uptime_24h', models.FloatField(blank=True, null=True)),
-                ('uptime_7d', models.FloatField(blank=True, null=True)),
-                ('uptime_30d', models.FloatField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "base_url",
+                    models.CharField(
+                        help_text="e.g. http://127.0.0.1:8001",
+                        max_length=300,
+                        validators=[apps.fleet.models.validate_http_url],
+                    ),
+                ),
+                ("health_path", models.CharField(default="/health", max_length=200)),
+                (
+                    "port",
+                    models.PositiveIntegerField(
+                        blank=True, editable=False, help_text="taken from the base URL", null=True
+                    ),
+                ),
+                ("role", models.CharField(blank=True, max_length=200)),
+                (
+                    "core",
+                    models.BooleanField(
+                        default=False, help_text="one of the five core modules; a core module down fails `vx11 probe`"
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "accepted_statuses",
+                    models.JSONField(
+                        default=apps.fleet.models.default_accepted_statuses,
+                        validators=[apps.fleet.models.validate_statuses],
+                    ),
+                ),
+                (
+                    "timeout",
+                    models.FloatField(
+                        default=apps.fleet.models.default_timeout,
+                        help_text="seconds",
+                        validators=[
+                            django.core.validators.MinValueValidator(0.05),
+                            django.core.validators.MaxValueValidator(60),
+                        ],
+                    ),
+                ),
+                (
+                    "degraded_latency_ms",
+                    models.FloatField(
+                        blank=True,
+                        help_text="slower than this counts as degraded",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                (
+                    "down_after",
+                    models.PositiveSmallIntegerField(
+                        default=3,
+                        help_text="failures in a row before down",
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "up_after",
+                    models.PositiveSmallIntegerField(
+                        default=2,
+                        help_text="successes in a row before up",
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "owned_tables",
+                    models.JSONField(
+                        blank=True, default=list, help_text="DB tables (or prefixes with *) this module owns"
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("up", "up"), ("degraded", "degraded"), ("down", "down"), ("unknown", "unknown")],
+                        default="unknown",
+                        max_length=10,
+                    ),
+                ),
+                ("state_since", models.DateTimeField(blank=True, null=True)),
+                ("last_checked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "last_outcome",
+                    models.CharField(
+                        blank=True,
+                        choices=[("ok", "ok"), ("slow", "slow (over the latency threshold)"), ("fail", "failed")],
+                        max_length=4,
+                    ),
+                ),
+                ("last_status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("last_latency_ms", models.FloatField(blank=True, null=True)),
+                ("last_status_value", models.CharField(blank=True, max_length=64)),
+                ("last_error", models.CharField(blank=True, max_length=500)),
+                (
+                    "outcome_streak",
+                    models.PositiveIntegerField(default=0, help_text="results in a row equal to last_outcome"),
+                ),
+                ("success_streak", models.PositiveIntegerField(default=0, help_text="ok or slow results in a row")),
+                ("uptime_24h", models.FloatField(blank=True, null=True)),
+                ("uptime_7d", models.FloatField(blank=True, null=True)),
+                ("uptime_30d", models.FloatField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['port', 'slug'],
+                "ordering": ["port", "slug"],
             },
         ),
         migrations.CreateModel(
-            name='HealthCheck',
+            name="HealthCheck",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('checked_at', models.DateTimeField()),
-                ('outcome', models.CharField(choices=[('ok', 'ok'), ('slow', 'slow (over the latency threshold)'), ('fail', 'failed')], max_length=4)),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('latency_ms', models.FloatField(blank=True, null=True)),
-                ('status_value', models.CharField(blank=True, max_length=64)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('module', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='checks', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("checked_at", models.DateTimeField()),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[("ok", "ok"), ("slow", "slow (over the latency threshold)"), ("fail", "failed")],
+                        max_length=4,
+                    ),
+                ),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("latency_ms", models.FloatField(blank=True, null=True)),
+                ("status_value", models.CharField(blank=True, max_length=64)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                (
+                    "module",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="checks", to="fleet.module"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-checked_at'],
-                'indexes': [models.Index(fields=['module', '-checked_at'], name='check_module_time'), models.Index(fields=['checked_at'], name='check_time')],
+                "ordering": ["-checked_at"],
+                "indexes": [
+                    models.Index(fields=["module", "-checked_at"], name="check_module_time"),
+                    models.Index(fields=["checked_at"], name="check_time"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Rollup',
+            name="Rollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.CharField(choices=[('minute', 'Minute'), ('hour', 'Hour'), ('day', 'Day')], max_length=6)),
-                ('bucket_start', models.DateTimeField()),
-                ('count', models.PositiveIntegerField()),
-                ('failures', models.PositiveIntegerField()),
-                ('latency_samples', models.PositiveIntegerField(default=0)),
-                ('latency_min', models.FloatField(null=True)),
-                ('latency_avg', models.FloatField(null=True)),
-                ('latency_p95', models.FloatField(null=True)),
-                ('latency_max', models.FloatField(null=True)),
-                ('module', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rollups', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "period",
+                    models.CharField(choices=[("minute", "Minute"), ("hour", "Hour"), ("day", "Day")], max_length=6),
+                ),
+                ("bucket_start", models.DateTimeField()),
+                ("count", models.PositiveIntegerField()),
+                ("failures", models.PositiveIntegerField()),
+                ("latency_samples", models.PositiveIntegerField(default=0)),
+                ("latency_min", models.FloatField(null=True)),
+                ("latency_avg", models.FloatField(null=True)),
+                ("latency_p95", models.FloatField(null=True)),
+                ("latency_max", models.FloatField(null=True)),
+                (
+                    "module",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="rollups", to="fleet.module"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-bucket_start'],
-                'indexes': [models.Index(fields=['period', 'bucket_start'], name='rollup_period_time')],
-                'constraints': [models.UniqueConstraint(fields=('module', 'period', 'bucket_start'), name='rollup_unique_bucket')],
+                "ordering": ["-bucket_start"],
+                "indexes": [models.Index(fields=["period", "bucket_start"], name="rollup_period_time")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("module", "period", "bucket_start"), name="rollup_unique_bucket")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='StateChange',
+            name="StateChange",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField()),
-                ('from_state', models.CharField(choices=[('up', 'up'), ('degraded', 'degraded'), ('down', 'down'), ('unknown', 'unknown')], max_length=10)),
-                ('to_state', models.CharField(choices=[('up', 'up'), ('degraded', 'degraded'), ('down', 'down'), ('unknown', 'unknown')], max_length=10)),
-                ('reason', models.CharField(max_length=500)),
-                ('module', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='state_changes', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("at", models.DateTimeField()),
+                (
+                    "from_state",
+                    models.CharField(
+                        choices=[("up", "up"), ("degraded", "degraded"), ("down", "down"), ("unknown", "unknown")],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "to_state",
+                    models.CharField(
+                        choices=[("up", "up"), ("degraded", "degraded"), ("down", "down"), ("unknown", "unknown")],
+                        max_length=10,
+                    ),
+                ),
+                ("reason", models.CharField(max_length=500)),
+                (
+                    "module",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="state_changes", to="fleet.module"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['module', '-at'], name='change_module_time')],
+                "ordering": ["-at", "-id"],
+                "indexes": [models.Index(fields=["module", "-at"], name="change_module_time")],
             },
         ),
     ]

@@ -21,18 +21,28 @@ def load(apps, schema_editor):
 
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    every_probe, _ = IntervalSchedule.objects.get_or_create(every=settings.VX11_PROBE_INTERVAL_SECONDS, period="seconds")
+    every_probe, _ = IntervalSchedule.objects.get_or_create(
+        every=settings.VX11_PROBE_INTERVAL_SECONDS, period="seconds"
+    )
     every_minute, _ = IntervalSchedule.objects.get_or_create(every=60, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=PROBE_TASK,
-        defaults={"task": "apps.fleet.tasks.probe_fleet", "interval": every_probe, "kwargs": json.dumps({}),
-                  "description": "Probes every enabled module concurrently, one round per tick.",
-                  "expire_seconds": max(5, settings.VX11_PROBE_INTERVAL_SECONDS)},
+        defaults={
+            "task": "apps.fleet.tasks.probe_fleet",
+            "interval": every_probe,
+            "kwargs": json.dumps({}),
+            "description": "Probes every enabled module concurrently, one round per tick.",
+            "expire_seconds": max(5, settings.VX11_PROBE_INTERVAL_SECONDS),
+        },
     )
     PeriodicTask.objects.get_or_create(
         name=HISTORY_TASK,
-        defaults={"task": "apps.fleet.tasks.maintain_fleet_history", "interval": every_minute, "kwargs": json.dumps({}),
-                  "description": "Rolls raw checks up per minute/hour/day, refreshes uptime, prunes in chunks."},
+        defaults={
+            "task": "apps.fleet.tasks.maintain_fleet_history",
+            "interval": every_minute,
+            "kwargs": json.dumps({}),
+            "description": "Rolls raw checks up per minute/hour/day, refreshes uptime, prunes in chunks.",
+        },
     )
 
 

@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0002_reference_fleet_and_schedule'),
+        ("fleet", "0002_reference_fleet_and_schedule"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='module',
-            name='simulated',
-            field=models.BooleanField(default=False, help_text="served by the demo fleet's simulator (apps.simfleet), not the real module"),
+            model_name="module",
+            name="simulated",
+            field=models.BooleanField(
+                default=False, help_text="served by the demo fleet's simulator (apps.simfleet), not the real module"
+            ),
         ),
     ]

@@ -7,69 +7,144 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0003_module_simulated'),
+        ("fleet", "0003_module_simulated"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='statechange',
-            name='claimed_at',
-            field=models.DateTimeField(blank=True, db_index=True, editable=False, help_text='when the notification sweep took this change (null = not yet)', null=True),
+            model_name="statechange",
+            name="claimed_at",
+            field=models.DateTimeField(
+                blank=True,
+                db_index=True,
+                editable=False,
+                help_text="when the notification sweep took this change (null = not yet)",
+                null=True,
+            ),
         ),
         migrations.CreateModel(
-            name='NotificationChannel',
+            name="NotificationChannel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('kind', models.CharField(choices=[('webhook', 'webhook (JSON POST)'), ('email', 'e-mail')], default='webhook', max_length=7)),
-                ('target', models.CharField(help_text='webhook: the URL; e-mail: comma-separated addresses', max_length=1000)),
-                ('secret', models.CharField(blank=True, help_text='webhook HMAC-SHA256 key, stored as given; empty = unsigned', max_length=200)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('modules', models.ManyToManyField(blank=True, help_text='none selected = every module', related_name='notification_channels', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("webhook", "webhook (JSON POST)"), ("email", "e-mail")],
+                        default="webhook",
+                        max_length=7,
+                    ),
+                ),
+                (
+                    "target",
+                    models.CharField(help_text="webhook: the URL; e-mail: comma-separated addresses", max_length=1000),
+                ),
+                (
+                    "secret",
+                    models.CharField(
+                        blank=True,
+                        help_text="webhook HMAC-SHA256 key, stored as given; empty = unsigned",
+                        max_length=200,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "modules",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="none selected = every module",
+                        related_name="notification_channels",
+                        to="fleet.module",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='MaintenanceWindow',
+            name="MaintenanceWindow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('starts_at', models.DateTimeField()),
-                ('ends_at', models.DateTimeField()),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('modules', models.ManyToManyField(related_name='maintenance_windows', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("starts_at", models.DateTimeField()),
+                ("ends_at", models.DateTimeField()),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                ("modules", models.ManyToManyField(related_name="maintenance_windows", to="fleet.module")),
             ],
             options={
-                'ordering': ['-starts_at'],
-                'indexes': [models.Index(fields=['ends_at', 'starts_at'], name='window_time')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('ends_at__gt', models.F('starts_at'))), name='window_ends_after_start')],
+                "ordering": ["-starts_at"],
+                "indexes": [models.Index(fields=["ends_at", "starts_at"], name="window_time")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("ends_at__gt", models.F("starts_at"))), name="window_ends_after_start"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('sent', 'sent'), ('failed', 'failed'), ('muted', 'muted (maintenance window)')], default='pending', max_length=7)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, help_text='pending only: not before this', null=True)),
-                ('last_error', models.CharField(blank=True, max_length=500)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now)),
-                ('state_change', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='fleet.statechange')),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='fleet.notificationchannel')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("sent", "sent"),
+                            ("failed", "failed"),
+                            ("muted", "muted (maintenance window)"),
+                        ],
+                        default="pending",
+                        max_length=7,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "next_attempt_at",
+                    models.DateTimeField(blank=True, help_text="pending only: not before this", null=True),
+                ),
+                ("last_error", models.CharField(blank=True, max_length=500)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "state_change",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="fleet.statechange"
+                    ),
+                ),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="fleet.notificationchannel",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'deliveries',
-                'ordering': ['-created', '-id'],
-                'indexes': [models.Index(fields=['status', 'next_attempt_at'], name='delivery_due'), models.Index(fields=['created'], name='delivery_created')],
-                'constraints': [models.UniqueConstraint(fields=('state_change', 'channel'), name='delivery_unique_change_channel')],
+                "verbose_name_plural": "deliveries",
+                "ordering": ["-created", "-id"],
+                "indexes": [
+                    models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+                    models.Index(fields=["created"], name="delivery_created"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("state_change", "channel"), name="delivery_unique_change_channel")
+                ],
             },
         ),
     ]

@@ -20,10 +20,14 @@ def load(apps, schema_editor):
     every_10s, _ = IntervalSchedule.objects.get_or_create(every=10, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=NOTIFY_TASK,
-        defaults={"task": "apps.fleet.tasks.send_notifications", "interval": every_10s, "kwargs": json.dumps({}),
-                  "description": "Claims new state changes, creates one delivery per channel (muted inside a "
-                                 "maintenance window), sends due webhooks and e-mails with backoff.",
-                  "expire_seconds": 10},
+        defaults={
+            "task": "apps.fleet.tasks.send_notifications",
+            "interval": every_10s,
+            "kwargs": json.dumps({}),
+            "description": "Claims new state changes, creates one delivery per channel (muted inside a "
+            "maintenance window), sends due webhooks and e-mails with backoff.",
+            "expire_seconds": 10,
+        },
     )
 
 

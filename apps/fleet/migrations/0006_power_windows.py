@@ -5,35 +5,48 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0005_notifications_schedule'),
+        ("fleet", "0005_notifications_schedule"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='maintenancewindow',
-            name='closed_at',
-            field=models.DateTimeField(blank=True, help_text='closed early (or by the expiry checker); no longer covers after this', null=True),
+            model_name="maintenancewindow",
+            name="closed_at",
+            field=models.DateTimeField(
+                blank=True, help_text="closed early (or by the expiry checker); no longer covers after this", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='maintenancewindow',
-            name='expired_handled_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='when the power checker claimed this window at its expiry', null=True),
+            model_name="maintenancewindow",
+            name="expired_handled_at",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="when the power checker claimed this window at its expiry",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='maintenancewindow',
-            name='mode',
-            field=models.CharField(blank=True, choices=[('ttl', 'ttl: stop the services at expiry'), ('hold', 'hold: leave the services as they are')], help_text='power windows only', max_length=4),
+            model_name="maintenancewindow",
+            name="mode",
+            field=models.CharField(
+                blank=True,
+                choices=[("ttl", "ttl: stop the services at expiry"), ("hold", "hold: leave the services as they are")],
+                help_text="power windows only",
+                max_length=4,
+            ),
         ),
         migrations.AddField(
-            model_name='maintenancewindow',
-            name='source',
-            field=models.CharField(choices=[('admin', 'maintenance (admin)'), ('power', 'power window')], default='admin', max_length=5),
+            model_name="maintenancewindow",
+            name="source",
+            field=models.CharField(
+                choices=[("admin", "maintenance (admin)"), ("power", "power window")], default="admin", max_length=5
+            ),
         ),
         migrations.AddIndex(
-            model_name='maintenancewindow',
-            index=models.Index(fields=['source', 'closed_at', 'ends_at'], name='window_power_open'),
+            model_name="maintenancewindow",
+            index=models.Index(fields=["source", "closed_at", "ends_at"], name="window_power_open"),
         ),
     ]

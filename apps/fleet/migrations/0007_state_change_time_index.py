@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0006_power_windows'),
+        ("fleet", "0006_power_windows"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='statechange',
-            index=models.Index(fields=['at'], name='change_time'),
+            model_name="statechange",
+            index=models.Index(fields=["at"], name="change_time"),
         ),
     ]

@@ -5,26 +5,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0007_state_change_time_index'),
+        ("fleet", "0007_state_change_time_index"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SchedulerWatch',
+            name="SchedulerWatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('stalled_since', models.DateTimeField(blank=True, null=True)),
-                ('reason', models.CharField(blank=True, max_length=500)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("stalled_since", models.DateTimeField(blank=True, null=True)),
+                ("reason", models.CharField(blank=True, max_length=500)),
             ],
             options={
-                'verbose_name': 'scheduler watch',
+                "verbose_name": "scheduler watch",
             },
         ),
         migrations.AlterField(
-            model_name='statechange',
-            name='module',
-            field=models.ForeignKey(blank=True, help_text='empty: the portal itself (scheduler stalled or recovered)', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='state_changes', to='fleet.module'),
+            model_name="statechange",
+            name="module",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="empty: the portal itself (scheduler stalled or recovered)",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="state_changes",
+                to="fleet.module",
+            ),
         ),
     ]

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,109 +15,233 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Flow',
+            name="Flow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='short name used by the CLI and API, e.g. A', max_length=32, unique=True)),
-                ('title', models.CharField(blank=True, max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('enabled', models.BooleanField(default=True, help_text='run on beat and counted in contract_coherence_pct')),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="short name used by the CLI and API, e.g. A", max_length=32, unique=True
+                    ),
+                ),
+                ("title", models.CharField(blank=True, max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "enabled",
+                    models.BooleanField(default=True, help_text="run on beat and counted in contract_coherence_pct"),
+                ),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ContractCoherence',
+            name="ContractCoherence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('computed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('passed', models.PositiveIntegerField()),
-                ('total', models.PositiveIntegerField()),
-                ('pct', models.FloatField(blank=True, help_text='0-100; empty (NV) when no enabled flow has run', null=True)),
-                ('detail', models.JSONField(default=dict, help_text='flow name -> status of its latest run')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("computed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("passed", models.PositiveIntegerField()),
+                ("total", models.PositiveIntegerField()),
+                (
+                    "pct",
+                    models.FloatField(
+                        blank=True, help_text="0-100; empty (NV) when no enabled flow has run", null=True
+                    ),
+                ),
+                ("detail", models.JSONField(default=dict, help_text="flow name -> status of its latest run")),
             ],
             options={
-                'ordering': ['-computed_at', '-id'],
-                'indexes': [models.Index(fields=['computed_at'], name='coherence_time')],
+                "ordering": ["-computed_at", "-id"],
+                "indexes": [models.Index(fields=["computed_at"], name="coherence_time")],
             },
         ),
         migrations.CreateModel(
-            name='FlowRun',
+            name="FlowRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('running', 'running'), ('passed', 'passed'), ('failed', 'failed')], default='running', max_length=8)),
-                ('trigger', models.CharField(help_text='beat, admin, api, cli, daughter', max_length=16)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('duration_ms', models.FloatField(blank=True, null=True)),
-                ('failed_step', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('reason', models.CharField(blank=True, max_length=1000)),
-                ('captured', models.JSONField(blank=True, default=dict, help_text='values captured by each step, by step number')),
-                ('flow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='flows.flow')),
-                ('triggered_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("running", "running"), ("passed", "passed"), ("failed", "failed")],
+                        default="running",
+                        max_length=8,
+                    ),
+                ),
+                ("trigger", models.CharField(help_text="beat, admin, api, cli, daughter", max_length=16)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("duration_ms", models.FloatField(blank=True, null=True)),
+                ("failed_step", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("reason", models.CharField(blank=True, max_length=1000)),
+                (
+                    "captured",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="values captured by each step, by step number"
+                    ),
+                ),
+                (
+                    "flow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="flows.flow"
+                    ),
+                ),
+                (
+                    "triggered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started_at', '-id'],
+                "ordering": ["-started_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Step',
+            name="Step",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveSmallIntegerField(help_text='1-based; later steps refer to it as {{ steps.N.name }}')),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('kind', models.CharField(choices=[('http', 'HTTP call to a module'), ('db', 'database rows appear'), ('spawn', 'spawn a daughter')], default='http', max_length=8)),
-                ('module', models.CharField(blank=True, help_text='http: module slug', max_length=64)),
-                ('method', models.CharField(blank=True, default='GET', max_length=8)),
-                ('path', models.CharField(blank=True, help_text='http: e.g. /madre/plans/{{ steps.2.plan_id }}', max_length=500)),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('body', models.JSONField(blank=True, help_text='http: JSON body (templates allowed in strings)', null=True)),
-                ('timeout', models.FloatField(blank=True, help_text='http: seconds; empty = VX11_FLOW_HTTP_TIMEOUT', null=True)),
-                ('expect_status', models.PositiveSmallIntegerField(blank=True, default=200, help_text='http: empty = any status', null=True)),
-                ('max_latency_ms', models.FloatField(blank=True, null=True)),
-                ('checks', models.JSONField(blank=True, default=list, help_text='http: [{"path": "$.status", "equals": "ok"}, ...]; ops: equals, exists, one_of, regex')),
-                ('capture', models.JSONField(blank=True, default=dict, help_text='{"plan_id": "$.plan.plan_id"}; spawn steps always capture task_id')),
-                ('db', models.JSONField(blank=True, default=dict, help_text='db: {"model": "daughters.Daughter", "filter": {...}, "expect": {...}, "fail_on": {...}, "within": 30}')),
-                ('spawn', models.JSONField(blank=True, default=dict, help_text='spawn: {"kind": "http", "params": {...}, "ttl_seconds": 30}')),
-                ('flow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='flows.flow')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "position",
+                    models.PositiveSmallIntegerField(
+                        help_text="1-based; later steps refer to it as {{ steps.N.name }}"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("http", "HTTP call to a module"),
+                            ("db", "database rows appear"),
+                            ("spawn", "spawn a daughter"),
+                        ],
+                        default="http",
+                        max_length=8,
+                    ),
+                ),
+                ("module", models.CharField(blank=True, help_text="http: module slug", max_length=64)),
+                ("method", models.CharField(blank=True, default="GET", max_length=8)),
+                (
+                    "path",
+                    models.CharField(
+                        blank=True, help_text="http: e.g. /madre/plans/{{ steps.2.plan_id }}", max_length=500
+                    ),
+                ),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                (
+                    "body",
+                    models.JSONField(blank=True, help_text="http: JSON body (templates allowed in strings)", null=True),
+                ),
+                (
+                    "timeout",
+                    models.FloatField(blank=True, help_text="http: seconds; empty = VX11_FLOW_HTTP_TIMEOUT", null=True),
+                ),
+                (
+                    "expect_status",
+                    models.PositiveSmallIntegerField(
+                        blank=True, default=200, help_text="http: empty = any status", null=True
+                    ),
+                ),
+                ("max_latency_ms", models.FloatField(blank=True, null=True)),
+                (
+                    "checks",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='http: [{"path": "$.status", "equals": "ok"}, ...]; ops: equals, exists, one_of, regex',
+                    ),
+                ),
+                (
+                    "capture",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='{"plan_id": "$.plan.plan_id"}; spawn steps always capture task_id',
+                    ),
+                ),
+                (
+                    "db",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='db: {"model": "daughters.Daughter", "filter": {...}, "expect": {...}, "fail_on": {...}, "within": 30}',
+                    ),
+                ),
+                (
+                    "spawn",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='spawn: {"kind": "http", "params": {...}, "ttl_seconds": 30}',
+                    ),
+                ),
+                (
+                    "flow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="steps", to="flows.flow"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['flow', 'position'],
+                "ordering": ["flow", "position"],
             },
         ),
         migrations.CreateModel(
-            name='StepResult',
+            name="StepResult",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveSmallIntegerField()),
-                ('name', models.CharField(max_length=100)),
-                ('kind', models.CharField(max_length=8)),
-                ('status', models.CharField(choices=[('passed', 'passed'), ('failed', 'failed'), ('skipped', 'skipped')], max_length=8)),
-                ('reason', models.CharField(blank=True, max_length=1000)),
-                ('request', models.JSONField(blank=True, default=dict, help_text='method, URL, headers (secrets masked), body excerpt; or the DB query')),
-                ('response_status', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('response_excerpt', models.TextField(blank=True, help_text='at most VX11_FLOW_EXCERPT_CHARS characters')),
-                ('duration_ms', models.FloatField(blank=True, null=True)),
-                ('captured', models.JSONField(blank=True, default=dict)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='flows.flowrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("position", models.PositiveSmallIntegerField()),
+                ("name", models.CharField(max_length=100)),
+                ("kind", models.CharField(max_length=8)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("passed", "passed"), ("failed", "failed"), ("skipped", "skipped")], max_length=8
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=1000)),
+                (
+                    "request",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="method, URL, headers (secrets masked), body excerpt; or the DB query",
+                    ),
+                ),
+                ("response_status", models.PositiveSmallIntegerField(blank=True, null=True)),
+                (
+                    "response_excerpt",
+                    models.TextField(blank=True, help_text="at most VX11_FLOW_EXCERPT_CHARS characters"),
+                ),
+                ("duration_ms", models.FloatField(blank=True, null=True)),
+                ("captured", models.JSONField(blank=True, default=dict)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="steps", to="flows.flowrun"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'position'],
+                "ordering": ["run", "position"],
             },
         ),
         migrations.AddIndex(
-            model_name='flowrun',
-            index=models.Index(fields=['flow', '-started_at'], name='flowrun_flow_time'),
+            model_name="flowrun",
+            index=models.Index(fields=["flow", "-started_at"], name="flowrun_flow_time"),
         ),
         migrations.AddIndex(
-            model_name='flowrun',
-            index=models.Index(fields=['started_at'], name='flowrun_time'),
+            model_name="flowrun",
+            index=models.Index(fields=["started_at"], name="flowrun_time"),
         ),
         migrations.AddConstraint(
-            model_name='step',
-            constraint=models.UniqueConstraint(fields=('flow', 'position'), name='flow_step_position'),
+            model_name="step",
+            constraint=models.UniqueConstraint(fields=("flow", "position"), name="flow_step_position"),
         ),
     ]

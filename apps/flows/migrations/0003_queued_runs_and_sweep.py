@@ -13,9 +13,13 @@ def add(apps, schema_editor):
     every, _ = IntervalSchedule.objects.get_or_create(every=300, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=SWEEP_TASK,
-        defaults={"task": "apps.flows.tasks.sweep_stale_runs", "interval": every, "kwargs": "{}",
-                  "description": "Fails flow runs still queued or running past VX11_FLOW_RUN_STALE_SECONDS "
-                                 "(or twice the flow's longest wait); their unreached steps are stored as skipped."},
+        defaults={
+            "task": "apps.flows.tasks.sweep_stale_runs",
+            "interval": every,
+            "kwargs": "{}",
+            "description": "Fails flow runs still queued or running past VX11_FLOW_RUN_STALE_SECONDS "
+            "(or twice the flow's longest wait); their unreached steps are stored as skipped.",
+        },
     )
 
 
@@ -33,13 +37,18 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="flowrun",
             name="started_at",
-            field=models.DateTimeField(default=django.utils.timezone.now, help_text="when it started; for a queued run, when it was queued"),
+            field=models.DateTimeField(
+                default=django.utils.timezone.now, help_text="when it started; for a queued run, when it was queued"
+            ),
         ),
         migrations.AlterField(
             model_name="flowrun",
             name="status",
-            field=models.CharField(choices=[("queued", "queued"), ("running", "running"), ("passed", "passed"), ("failed", "failed")],
-                                   default="running", max_length=8),
+            field=models.CharField(
+                choices=[("queued", "queued"), ("running", "running"), ("passed", "passed"), ("failed", "failed")],
+                default="running",
+                max_length=8,
+            ),
         ),
         migrations.AddIndex(
             model_name="flowrun",

@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('flows', '0003_queued_runs_and_sweep'),
+        ("flows", "0003_queued_runs_and_sweep"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='flow',
-            options={'ordering': ['name'], 'permissions': [('run_flow', 'Can run a flow now (API, admin, CLI)')]},
+            name="flow",
+            options={"ordering": ["name"], "permissions": [("run_flow", "Can run a flow now (API, admin, CLI)")]},
         ),
     ]

@@ -9,10 +9,10 @@ SWEEP_TASK = "flows: sweep interrupted runs"
 
 DESCRIPTIONS = {
     30: "Fails flow runs still queued or running past VX11_FLOW_RUN_STALE_SECONDS (or twice the flow's longest wait), "
-        "and running runs without a heartbeat for VX11_FLOW_RUN_SILENT_SECONDS; their unreached steps are stored as "
-        "skipped.",
+    "and running runs without a heartbeat for VX11_FLOW_RUN_SILENT_SECONDS; their unreached steps are stored as "
+    "skipped.",
     300: "Fails flow runs still queued or running past VX11_FLOW_RUN_STALE_SECONDS "
-         "(or twice the flow's longest wait); their unreached steps are stored as skipped.",
+    "(or twice the flow's longest wait); their unreached steps are stored as skipped.",
 }
 
 
@@ -22,7 +22,8 @@ def sweep_every(seconds: int, was: int):
         PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
         every, _ = IntervalSchedule.objects.get_or_create(every=seconds, period="seconds")
         PeriodicTask.objects.filter(name=SWEEP_TASK, interval__every=was, interval__period="seconds").update(
-            interval=every, description=DESCRIPTIONS[seconds])
+            interval=every, description=DESCRIPTIONS[seconds]
+        )
 
     return change
 
@@ -38,8 +39,10 @@ class Migration(migrations.Migration):
             model_name="flowrun",
             name="heartbeat_at",
             field=models.DateTimeField(
-                blank=True, null=True,
-                help_text="while it runs: its runner's last sign of life (every VX11_FLOW_RUN_HEARTBEAT_SECONDS)"),
+                blank=True,
+                null=True,
+                help_text="while it runs: its runner's last sign of life (every VX11_FLOW_RUN_HEARTBEAT_SECONDS)",
+            ),
         ),
         migrations.RunPython(sweep_every(30, was=300), sweep_every(300, was=30)),
     ]

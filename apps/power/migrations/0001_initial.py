@@ -9,57 +9,153 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('fleet', '0006_power_windows'),
+        ("fleet", "0006_power_windows"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ServiceControl',
+            name="ServiceControl",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('backend', models.CharField(choices=[('process', 'process (the portal runs the command)'), ('compose', 'docker compose'), ('systemd', 'systemd unit')], default='compose', max_length=7)),
-                ('command', models.JSONField(blank=True, default=list, help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]', validators=[apps.power.models.validate_argv])),
-                ('compose_service', models.CharField(blank=True, help_text='compose: the service name (default: the module slug)', max_length=100)),
-                ('systemd_unit', models.CharField(blank=True, help_text='systemd: the unit, e.g. vx11-madre.service', max_length=200)),
-                ('stop_grace_sec', models.FloatField(default=apps.power.models.default_grace, help_text='process: seconds between SIGTERM and SIGKILL', validators=[django.core.validators.MinValueValidator(0), django.core.validators.MaxValueValidator(300)])),
-                ('pid', models.PositiveIntegerField(blank=True, editable=False, help_text='process: the pid the portal started', null=True)),
-                ('pid_started_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('busy_since', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('busy_with', models.CharField(blank=True, editable=False, max_length=100)),
-                ('module', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='control', to='fleet.module')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "backend",
+                    models.CharField(
+                        choices=[
+                            ("process", "process (the portal runs the command)"),
+                            ("compose", "docker compose"),
+                            ("systemd", "systemd unit"),
+                        ],
+                        default="compose",
+                        max_length=7,
+                    ),
+                ),
+                (
+                    "command",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='process: the argument list, e.g. ["/usr/bin/python3", "-m", "apps.simfleet.serve_one", "madre", "--port", "8001"]',
+                        validators=[apps.power.models.validate_argv],
+                    ),
+                ),
+                (
+                    "compose_service",
+                    models.CharField(
+                        blank=True, help_text="compose: the service name (default: the module slug)", max_length=100
+                    ),
+                ),
+                (
+                    "systemd_unit",
+                    models.CharField(
+                        blank=True, help_text="systemd: the unit, e.g. vx11-madre.service", max_length=200
+                    ),
+                ),
+                (
+                    "stop_grace_sec",
+                    models.FloatField(
+                        default=apps.power.models.default_grace,
+                        help_text="process: seconds between SIGTERM and SIGKILL",
+                        validators=[
+                            django.core.validators.MinValueValidator(0),
+                            django.core.validators.MaxValueValidator(300),
+                        ],
+                    ),
+                ),
+                (
+                    "pid",
+                    models.PositiveIntegerField(
+                        blank=True, editable=False, help_text="process: the pid the portal started", null=True
+                    ),
+                ),
+                ("pid_started_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("busy_since", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("busy_with", models.CharField(blank=True, editable=False, max_length=100)),
+                (
+                    "module",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="control", to="fleet.module"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['module__port', 'module__slug'],
-                'permissions': [('control_services', 'Can start, stop and restart VX11 services and open power windows')],
+                "ordering": ["module__port", "module__slug"],
+                "permissions": [
+                    ("control_services", "Can start, stop and restart VX11 services and open power windows")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PowerAction',
+            name="PowerAction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('actor', models.CharField(help_text='the user, or the system part that acted (window checker)', max_length=150)),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('service', models.CharField(help_text='the module; the mode for a mode change; the modules of a window', max_length=200)),
-                ('action', models.CharField(help_text='start, stop, restart, mode, window_open, window_close', max_length=20)),
-                ('plan', models.JSONField(blank=True, default=dict)),
-                ('applied', models.BooleanField(default=False, help_text='the action was carried out (not only planned, not refused)')),
-                ('result', models.CharField(choices=[('ok', 'ok'), ('refused', 'refused'), ('error', 'error')], max_length=7)),
-                ('http_status', models.PositiveSmallIntegerField()),
-                ('message', models.CharField(max_length=500)),
-                ('output', models.TextField(blank=True, help_text='the last 4000 characters; the evidence folder has it all')),
-                ('duration_ms', models.FloatField(default=0)),
-                ('evidence_path', models.CharField(blank=True, max_length=500)),
-                ('parent', models.ForeignKey(blank=True, help_text='the mode change or window expiry this action is a step of', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='power.poweraction')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "actor",
+                    models.CharField(
+                        help_text="the user, or the system part that acted (window checker)", max_length=150
+                    ),
+                ),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "service",
+                    models.CharField(
+                        help_text="the module; the mode for a mode change; the modules of a window", max_length=200
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(help_text="start, stop, restart, mode, window_open, window_close", max_length=20),
+                ),
+                ("plan", models.JSONField(blank=True, default=dict)),
+                (
+                    "applied",
+                    models.BooleanField(
+                        default=False, help_text="the action was carried out (not only planned, not refused)"
+                    ),
+                ),
+                (
+                    "result",
+                    models.CharField(choices=[("ok", "ok"), ("refused", "refused"), ("error", "error")], max_length=7),
+                ),
+                ("http_status", models.PositiveSmallIntegerField()),
+                ("message", models.CharField(max_length=500)),
+                (
+                    "output",
+                    models.TextField(blank=True, help_text="the last 4000 characters; the evidence folder has it all"),
+                ),
+                ("duration_ms", models.FloatField(default=0)),
+                ("evidence_path", models.CharField(blank=True, max_length=500)),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="the mode change or window expiry this action is a step of",
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="power.poweraction",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['user', 'applied', 'at'], name='power_action_rate'), models.Index(fields=['at'], name='power_action_time')],
+                "ordering": ["-at", "-id"],
+                "indexes": [
+                    models.Index(fields=["user", "applied", "at"], name="power_action_rate"),
+                    models.Index(fields=["at"], name="power_action_time"),
+                ],
             },
         ),
     ]

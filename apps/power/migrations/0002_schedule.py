@@ -19,14 +19,22 @@ def load(apps, schema_editor):
     hourly, _ = IntervalSchedule.objects.get_or_create(every=3600, period="seconds")
     PeriodicTask.objects.get_or_create(
         name=WINDOW_TASK,
-        defaults={"task": "apps.power.tasks.check_power_windows", "interval": every, "kwargs": json.dumps({}),
-                  "description": "Stops the modules of a ttl power window when it expires (madre checks every 1 s).",
-                  "expire_seconds": max(2, settings.VX11_POWER_WINDOW_CHECK_SECONDS)},
+        defaults={
+            "task": "apps.power.tasks.check_power_windows",
+            "interval": every,
+            "kwargs": json.dumps({}),
+            "description": "Stops the modules of a ttl power window when it expires (madre checks every 1 s).",
+            "expire_seconds": max(2, settings.VX11_POWER_WINDOW_CHECK_SECONDS),
+        },
     )
     PeriodicTask.objects.get_or_create(
         name=PRUNE_TASK,
-        defaults={"task": "apps.power.tasks.prune_power_actions", "interval": hourly, "kwargs": json.dumps({}),
-                  "description": "Deletes power actions older than VX11_POWER_ACTION_RETENTION_DAYS, in chunks."},
+        defaults={
+            "task": "apps.power.tasks.prune_power_actions",
+            "interval": hourly,
+            "kwargs": json.dumps({}),
+            "description": "Deletes power actions older than VX11_POWER_ACTION_RETENTION_DAYS, in chunks.",
+        },
     )
 
 

@@ -6,33 +6,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('fleet', '0006_power_windows'),
-        ('power', '0002_schedule'),
+        ("fleet", "0006_power_windows"),
+        ("power", "0002_schedule"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='poweraction',
-            name='result',
-            field=models.CharField(choices=[('ok', 'ok'), ('refused', 'refused'), ('error', 'error'), ('pending', 'pending (running)')], max_length=7),
+            model_name="poweraction",
+            name="result",
+            field=models.CharField(
+                choices=[("ok", "ok"), ("refused", "refused"), ("error", "error"), ("pending", "pending (running)")],
+                max_length=7,
+            ),
         ),
         migrations.CreateModel(
-            name='WindowStop',
+            name="WindowStop",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('done', 'stopped'), ('gave_up', 'given up')], default='pending', max_length=7)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('retry_at', models.DateTimeField(default=django.utils.timezone.now, help_text='not tried again before this')),
-                ('claimed_at', models.DateTimeField(blank=True, help_text='a checker is stopping it now (conditional UPDATE)', null=True)),
-                ('last_action', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='power.poweraction')),
-                ('module', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.module')),
-                ('window', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='fleet.maintenancewindow')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("pending", "pending"), ("done", "stopped"), ("gave_up", "given up")],
+                        default="pending",
+                        max_length=7,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "retry_at",
+                    models.DateTimeField(default=django.utils.timezone.now, help_text="not tried again before this"),
+                ),
+                (
+                    "claimed_at",
+                    models.DateTimeField(
+                        blank=True, help_text="a checker is stopping it now (conditional UPDATE)", null=True
+                    ),
+                ),
+                (
+                    "last_action",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="power.poweraction",
+                    ),
+                ),
+                (
+                    "module",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="fleet.module"),
+                ),
+                (
+                    "window",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="fleet.maintenancewindow"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['state', 'retry_at'], name='window_stop_due')],
-                'constraints': [models.UniqueConstraint(fields=('window', 'module'), name='window_stop_once')],
+                "indexes": [models.Index(fields=["state", "retry_at"], name="window_stop_due")],
+                "constraints": [models.UniqueConstraint(fields=("window", "module"), name="window_stop_once")],
             },
         ),
     ]

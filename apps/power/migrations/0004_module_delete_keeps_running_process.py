@@ -3,7 +3,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("power", "0003_window_stops_pending_result"),
     ]
@@ -12,6 +11,8 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="servicecontrol",
             name="module",
-            field=models.OneToOneField(on_delete=apps.power.models.protect_running, related_name="control", to="fleet.module"),
+            field=models.OneToOneField(
+                on_delete=apps.power.models.protect_running, related_name="control", to="fleet.module"
+            ),
         ),
     ]

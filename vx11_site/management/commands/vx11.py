@@ -13,7 +13,7 @@ PREFIX = "vx11_"
 
 
 def verbs() -> dict[str, str]:
-    return {name[len(PREFIX):]: app for name, app in get_commands().items() if name.startswith(PREFIX)}
+    return {name[len(PREFIX) :]: app for name, app in get_commands().items() if name.startswith(PREFIX)}
 
 
 class Command(BaseCommand):

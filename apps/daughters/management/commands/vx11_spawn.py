@@ -30,7 +30,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("kind", help="http, command, sleep, flow")
-        parser.add_argument("params", nargs="*", help="key=value (text) or key:=value (JSON) params, e.g. command=uptime seconds:=2")
+        parser.add_argument(
+            "params", nargs="*", help="key=value (text) or key:=value (JSON) params, e.g. command=uptime seconds:=2"
+        )
         parser.add_argument("--params-json", help="all params as one JSON object")
         parser.add_argument("--source", default="operator", choices=list(PRIORITIES))
         parser.add_argument("--description", default="")
@@ -56,9 +58,16 @@ class Command(BaseCommand):
                 raise CommandError(f"--params-json is not JSON: {exc}") from None
         params.update(parse_param(p) for p in options["params"])
         try:
-            task = DaughterTask.spawn(options["kind"], params, source=options["source"], description=options["description"],
-                                      ttl_seconds=options["ttl"], max_retries=options["max_retries"], count=options["count"],
-                                      user=user)
+            task = DaughterTask.spawn(
+                options["kind"],
+                params,
+                source=options["source"],
+                description=options["description"],
+                ttl_seconds=options["ttl"],
+                max_retries=options["max_retries"],
+                count=options["count"],
+                user=user,
+            )
         except ValidationError as exc:
             raise CommandError(validation_detail(exc)) from None
         if not options["json"]:
@@ -68,12 +77,32 @@ class Command(BaseCommand):
         task.refresh_from_db()
         daughters = list(task.daughters.order_by("id"))
         if options["json"]:
-            self.stdout.write(json.dumps({"task_id": task.pk, "status": task.status, "daughters": [
-                {"id": d.pk, "name": d.name, "status": d.status, "mutation_level": d.mutation_level, "error": d.error_last or None,
-                 "result": d.result} for d in daughters]}, indent=2, default=str))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "task_id": task.pk,
+                        "status": task.status,
+                        "daughters": [
+                            {
+                                "id": d.pk,
+                                "name": d.name,
+                                "status": d.status,
+                                "mutation_level": d.mutation_level,
+                                "error": d.error_last or None,
+                                "result": d.result,
+                            }
+                            for d in daughters
+                        ],
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             for d in daughters:
-                self.stdout.write(f"#{d.pk:<6} {d.name:<20} {d.status:<9} retries={d.mutation_level} {d.error_last[:120]}")
+                self.stdout.write(
+                    f"#{d.pk:<6} {d.name:<20} {d.status:<9} retries={d.mutation_level} {d.error_last[:120]}"
+                )
         if options["wait"] and task.status != DaughterTask.Status.COMPLETED:
             self.stderr.write(f"task #{task.pk} ended {task.status}")
             raise SystemExit(1)
@@ -91,5 +120,7 @@ class Command(BaseCommand):
             now_ended = task.daughters.filter(status__in=Daughter.FINAL).count()
             bar.update(now_ended - ended)
             ended = now_ended
-            bar.set_postfix_str(task.daughters.exclude(status__in=Daughter.FINAL).values_list("status", flat=True).first() or "done")
+            bar.set_postfix_str(
+                task.daughters.exclude(status__in=Daughter.FINAL).values_list("status", flat=True).first() or "done"
+            )
         bar.close()

@@ -36,8 +36,11 @@ class Command(BaseCommand):
         for flow in flows:
             steps = flow.steps.count()
             bar = tqdm(total=steps, desc=f"flow {flow.name}", unit="step", disable=as_json, file=self.stderr._out)
-            run = flow.run(trigger="cli", user=user,
-                           on_step=lambda r: (bar.update(1), bar.set_postfix_str(f"{r.position} {r.status}")))
+            run = flow.run(
+                trigger="cli",
+                user=user,
+                on_step=lambda r: (bar.update(1), bar.set_postfix_str(f"{r.position} {r.status}")),
+            )
             bar.close()
             runs.append(run)
         if as_json:
@@ -46,7 +49,9 @@ class Command(BaseCommand):
             for run in runs:
                 self.stdout.write(f"{run.flow.name:<6} {run.status:<7} {run.duration_ms:>9.1f} ms  {run.reason}")
                 for step in run.steps.all():
-                    self.stdout.write(f"  {step.position:>2}. {step.name:<36} {step.status:<7} {step.duration_ms or 0:>8.1f} ms  {step.reason}")
+                    self.stdout.write(
+                        f"  {step.position:>2}. {step.name:<36} {step.status:<7} {step.duration_ms or 0:>8.1f} ms  {step.reason}"
+                    )
         failed = [run.flow.name for run in runs if not run.passed]
         if failed:
             self.stderr.write(f"flow(s) failed: {', '.join(failed)}")
@@ -56,13 +61,25 @@ class Command(BaseCommand):
         rows = []
         for flow in Flow.summarised(Flow.objects.all()):
             last = flow.last_run()
-            rows.append({"name": flow.name, "title": flow.title, "enabled": flow.enabled, "steps": flow.step_count(),
-                         "last_status": last.status if last else None, "last_run_at": last.started_at.isoformat() if last else None})
+            rows.append(
+                {
+                    "name": flow.name,
+                    "title": flow.title,
+                    "enabled": flow.enabled,
+                    "steps": flow.step_count(),
+                    "last_status": last.status if last else None,
+                    "last_run_at": last.started_at.isoformat() if last else None,
+                }
+            )
         if options["json"]:
-            self.stdout.write(json.dumps({"flows": rows, "contract_coherence_pct": Flow.contract_coherence_pct()}, indent=2))
+            self.stdout.write(
+                json.dumps({"flows": rows, "contract_coherence_pct": Flow.contract_coherence_pct()}, indent=2)
+            )
             return
         for row in rows:
-            self.stdout.write(f"{row['name']:<6} {'on ' if row['enabled'] else 'off'} {row['steps']:>2} steps  {row['last_status'] or 'never run':<9}  {row['title']}")
+            self.stdout.write(
+                f"{row['name']:<6} {'on ' if row['enabled'] else 'off'} {row['steps']:>2} steps  {row['last_status'] or 'never run':<9}  {row['title']}"
+            )
         self.stdout.write(f"contract_coherence_pct: {Flow.contract_coherence_pct()}")
 
     def do_load(self, options):
@@ -91,7 +108,19 @@ class Command(BaseCommand):
 
     @staticmethod
     def run_json(run) -> dict:
-        return {**run.summary(), "steps": [
-            {"position": s.position, "name": s.name, "kind": s.kind, "status": s.status, "reason": s.reason,
-             "duration_ms": s.duration_ms, "response_status": s.response_status, "captured": s.captured}
-            for s in run.steps.all()]}
+        return {
+            **run.summary(),
+            "steps": [
+                {
+                    "position": s.position,
+                    "name": s.name,
+                    "kind": s.kind,
+                    "status": s.status,
+                    "reason": s.reason,
+                    "duration_ms": s.duration_ms,
+                    "response_status": s.response_status,
+                    "captured": s.captured,
+                }
+                for s in run.steps.all()
+            ],
+        }

@@ -24,9 +24,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
-        sub.add_parser("status", help="every enabled module: backend, running, pid, in a window").add_argument("--json", action="store_true")
+        sub.add_parser("status", help="every enabled module: backend, running, pid, in a window").add_argument(
+            "--json", action="store_true"
+        )
         sub.add_parser("check-windows", help="run the expiry checker once").add_argument("--json", action="store_true")
-        demo = sub.add_parser("demo-controls", help="give demo modules the process backend: python -m apps.simfleet.serve_one SLUG --port PORT")
+        demo = sub.add_parser(
+            "demo-controls",
+            help="give demo modules the process backend: python -m apps.simfleet.serve_one SLUG --port PORT",
+        )
         demo.add_argument("slugs", nargs="+")
 
     def handle(self, *args, **options):
@@ -37,13 +42,17 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
-        self.stdout.write(f"service control {control_line(status['service_control_allowed'])}; "
-                          f"window required: {status['window_required']}; open power window: {status['window'] or 'none'}")
+        self.stdout.write(
+            f"service control {control_line(status['service_control_allowed'])}; "
+            f"window required: {status['window_required']}; open power window: {status['window'] or 'none'}"
+        )
         for s in status["services"]:
             running = {True: "running", False: "stopped", None: "-"}[s["running"]]
-            self.stdout.write(f"{s['service']:<16} {s['state']:<9} {s['backend'] or 'no backend':<10} {running:<8} "
-                              f"pid {s['pid'] or '-':<8} {'in window' if s['in_window'] else ''}"
-                              + (f" ({s['error']})" if s.get("error") else ""))
+            self.stdout.write(
+                f"{s['service']:<16} {s['state']:<9} {s['backend'] or 'no backend':<10} {running:<8} "
+                f"pid {s['pid'] or '-':<8} {'in window' if s['in_window'] else ''}"
+                + (f" ({s['error']})" if s.get("error") else "")
+            )
 
     def do_check_windows(self, options):
         actions = expire_windows()
@@ -64,5 +73,7 @@ class Command(BaseCommand):
             if module.port is None:
                 raise CommandError(f"{slug} has no port in its base URL ({module.base_url})")
             argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(module.port)]
-            ServiceControl.objects.update_or_create(module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv})
+            ServiceControl.objects.update_or_create(
+                module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv}
+            )
             self.stdout.write(f"{slug}: process backend, {' '.join(argv)}")

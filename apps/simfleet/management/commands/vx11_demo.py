@@ -58,7 +58,9 @@ def admin_login() -> str:
         path.write_text(secrets.token_urlsafe(12))
         path.chmod(0o600)
     password = path.read_text().strip()
-    user, created = get_user_model().objects.get_or_create(username=ADMIN_USER, defaults={"is_staff": True, "is_superuser": True})
+    user, created = get_user_model().objects.get_or_create(
+        username=ADMIN_USER, defaults={"is_staff": True, "is_superuser": True}
+    )
     if created or not user.check_password(password):
         user.set_password(password)
         user.is_staff = user.is_superuser = user.is_active = True
@@ -87,7 +89,9 @@ class Child:
         with self.log_path.open("ab") as log:
             # unbuffered, so `tail -f var/log/<name>.log` shows each line as it happens
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self.proc = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -118,12 +122,21 @@ class Command(BaseCommand):
     help = "Run the demo fleet (simulated VX11 modules) and, unless --fleet-only, the portal around it."
 
     def add_arguments(self, parser):
-        parser.add_argument("--port-offset", type=int, default=0, help="move every simulated module's port by this much")
+        parser.add_argument(
+            "--port-offset", type=int, default=0, help="move every simulated module's port by this much"
+        )
         parser.add_argument("--portal-port", type=int, default=8080, help="daphne's port (default 8080)")
-        parser.add_argument("--fleet-only", action="store_true", help="only the simulated modules; no worker, beat or daphne")
-        parser.add_argument("--shub-warmup", type=float, default=10.0, help="seconds shub answers 'initializing' (as the real one does)")
-        parser.add_argument("--power-modules", default="mcp",
-                            help="comma-separated modules run as their own processes under the power manager (default mcp; '' for none)")
+        parser.add_argument(
+            "--fleet-only", action="store_true", help="only the simulated modules; no worker, beat or daphne"
+        )
+        parser.add_argument(
+            "--shub-warmup", type=float, default=10.0, help="seconds shub answers 'initializing' (as the real one does)"
+        )
+        parser.add_argument(
+            "--power-modules",
+            default="mcp",
+            help="comma-separated modules run as their own processes under the power manager (default mcp; '' for none)",
+        )
 
     def handle(self, *args, **options):
         for stream in (sys.stdout, sys.stderr):  # each line reaches a terminal, a pipe or a log file at once
@@ -134,16 +147,26 @@ class Command(BaseCommand):
         powered = [slug for slug in options["power_modules"].split(",") if slug.strip()]
         unknown = sorted(set(powered) - set(PORTS))
         if unknown:
-            raise CommandError(f"--power-modules: unknown module(s) {', '.join(unknown)}; expected some of: {', '.join(PORTS)}")
+            raise CommandError(
+                f"--power-modules: unknown module(s) {', '.join(unknown)}; expected some of: {', '.join(PORTS)}"
+            )
         if powered:  # the demo's own modules only: control is on unless the environment says otherwise
             os.environ.setdefault("VX11_ALLOW_SERVICE_CONTROL", "1")
             settings.VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", True)  # as the settings read it
         call_command("migrate", verbosity=0, interactive=False)
         self.log_dir = settings.VAR_DIR / "log"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.state = {"portal_url": None, "control_url": None, "port_offset": offset, "power_modules": powered,
-                      "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL, "log_dir": str(self.log_dir),
-                      "children": {}, "restarts": {}, "started_at": time.time()}
+        self.state = {
+            "portal_url": None,
+            "control_url": None,
+            "port_offset": offset,
+            "power_modules": powered,
+            "service_control_allowed": settings.VX11_ALLOW_SERVICE_CONTROL,
+            "log_dir": str(self.log_dir),
+            "children": {},
+            "restarts": {},
+            "started_at": time.time(),
+        }
         # both set here, SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps it so
         for stop in STOP_SIGNALS:
             signal.signal(stop, _stop)
@@ -151,7 +174,9 @@ class Command(BaseCommand):
         try:
             sim.start()
         except OSError as exc:
-            raise CommandError(f"cannot start the demo fleet: {exc}. Another demo running? Try --port-offset 100") from None
+            raise CommandError(
+                f"cannot start the demo fleet: {exc}. Another demo running? Try --port-offset 100"
+            ) from None
         children: list[Child] = []
         try:
             self.state["control_url"] = sim.control_url
@@ -162,7 +187,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {slug:<16} http://127.0.0.1:{port}/health")
             self.start_powered(sim, powered)
             results, _ = run_round()
-            self.stdout.write(f"First probe round: {sum(r.outcome != 'fail' for r in results)}/{len(results)} answering.")
+            self.stdout.write(
+                f"First probe round: {sum(r.outcome != 'fail' for r in results)}/{len(results)} answering."
+            )
             if not options["fleet_only"]:
                 children = self.start_portal(options["portal_port"])
                 self.state["portal_url"] = f"http://127.0.0.1:{options['portal_port']}"
@@ -186,21 +213,35 @@ class Command(BaseCommand):
     def record(self, children: list["Child"]) -> None:
         self.state["children"] = {child.name: child.proc.pid for child in children}
         self.state["restarts"] = {child.name: len(child.restarts) for child in children}
-        self.state["powered_pids"] = dict(ServiceControl.objects.filter(module__slug__in=self.state["power_modules"])
-                                          .values_list("module__slug", "pid"))
+        self.state["powered_pids"] = dict(
+            ServiceControl.objects.filter(module__slug__in=self.state["power_modules"]).values_list(
+                "module__slug", "pid"
+            )
+        )
         running_demo.record(self.state)
 
     def print_welcome(self, powered: list[str]) -> None:
         """The block a newcomer needs, printed last so nothing scrolls it away."""
         url = self.state["portal_url"]
         password = admin_login()
-        rows = [("login", f"{ADMIN_USER} / {password}"), ("API docs", f"{url}/api/docs"),
-                ("Operator console", f"{url}/operator/console"),
-                ("X-VX11-Token", f"{settings.VX11_TOKEN}  (operator endpoints; {url.replace('http', 'ws')}/ws/<session>?token=...)")]
+        rows = [
+            ("login", f"{ADMIN_USER} / {password}"),
+            ("API docs", f"{url}/api/docs"),
+            ("Operator console", f"{url}/operator/console"),
+            (
+                "X-VX11-Token",
+                f"{settings.VX11_TOKEN}  (operator endpoints; {url.replace('http', 'ws')}/ws/<session>?token=...)",
+            ),
+        ]
         if powered:
             control = "ON for the demo" if settings.VX11_ALLOW_SERVICE_CONTROL else "OFF"
-            rows.append(("Power console", f"{url}/admin/power/servicecontrol/console/  ({', '.join(powered)} under the power "
-                                          f"manager; service control {control}; open a window before applying)"))
+            rows.append(
+                (
+                    "Power console",
+                    f"{url}/admin/power/servicecontrol/console/  ({', '.join(powered)} under the power "
+                    f"manager; service control {control}; open a window before applying)",
+                )
+            )
         rows.append(("Misbehave", "python manage.py vx11 sim hermes down   (also: slow, hang, error, garbage, ok)"))
         logs = ", ".join(str(self.log_dir / f"{name}.log") for name in ("worker", "beat", "daphne", "demo"))
         rows.append(("Logs", logs))
@@ -215,15 +256,21 @@ class Command(BaseCommand):
         Ctrl-C and SIGTERM wait until the start is recorded, so the demo never loses track of a process it started
         (remembered by a handler, not blocked: a blocked signal would stay blocked in the started process)."""
         asked_to_stop = []
-        previous = {stop: signal.signal(stop, lambda signum, frame: asked_to_stop.append(signum)) for stop in STOP_SIGNALS}
+        previous = {
+            stop: signal.signal(stop, lambda signum, frame: asked_to_stop.append(signum)) for stop in STOP_SIGNALS
+        }
         try:
             for slug in powered:
                 port = int(sim.base_url(slug).rsplit(":", 1)[1])
                 argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
-                ServiceControl.objects.update_or_create(module=Module.objects.get(slug=slug),
-                                                        defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv})
+                ServiceControl.objects.update_or_create(
+                    module=Module.objects.get(slug=slug),
+                    defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv},
+                )
                 row = perform(None, slug, "start", True, system="demo")
-                self.stdout.write(f"  {slug:<16} http://127.0.0.1:{port}/health  own process, power manager: {row.message}")
+                self.stdout.write(
+                    f"  {slug:<16} http://127.0.0.1:{port}/health  own process, power manager: {row.message}"
+                )
         finally:
             for stop, handler in previous.items():
                 signal.signal(stop, handler)
@@ -241,18 +288,45 @@ class Command(BaseCommand):
                 self.stderr.write(f"{slug}: could not stop through the power manager: {exc}")
             control = ServiceControl.objects.filter(module__slug=slug).first()
             if control and backends.pid_alive(control.pid, control.command):
-                self.stdout.write(f"{slug}: pid {control.pid} {backends.terminate(control.pid, control.stop_grace_sec)}")
+                self.stdout.write(
+                    f"{slug}: pid {control.pid} {backends.terminate(control.pid, control.stop_grace_sec)}"
+                )
 
     def start_portal(self, port: int) -> list[Child]:
         python = sys.executable
         # beat is a child of its own (not `worker -B`): a worker that dies and is started again must not leave an
         # orphaned beat behind that schedules everything twice
         # threads, not prefork: a flow that waits for its daughter holds a slot, and eight cost less memory than two forks
-        worker = [python, "-m", "celery", "-A", "vx11_site", "worker", "-l", "WARNING", "-P", "threads", "--concurrency", "8"]
-        beat = [python, "-m", "celery", "-A", "vx11_site", "beat", "-l", "WARNING",
-                "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
+        worker = [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "vx11_site",
+            "worker",
+            "-l",
+            "WARNING",
+            "-P",
+            "threads",
+            "--concurrency",
+            "8",
+        ]
+        beat = [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "vx11_site",
+            "beat",
+            "-l",
+            "WARNING",
+            "--scheduler",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+        ]
         daphne = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "vx11_site.asgi:application"]
-        children = [Child(name, argv, self.log_dir) for name, argv in (("worker", worker), ("beat", beat), ("daphne", daphne))]
+        children = [
+            Child(name, argv, self.log_dir) for name, argv in (("worker", worker), ("beat", beat), ("daphne", daphne))
+        ]
         for child in children:
             child.start()
         return children
@@ -262,11 +336,15 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             for child in children:
                 if child.died():
-                    raise CommandError(f"{child.name} exited with code {child.proc.returncode} at start; see {child.log_path}")
+                    raise CommandError(
+                        f"{child.name} exited with code {child.proc.returncode} at start; see {child.log_path}"
+                    )
             if backends.health_answers(f"http://127.0.0.1:{port}/health"):
                 return
             time.sleep(0.2)
-        raise CommandError(f"the portal did not answer on port {port} within {timeout:g} s; see {self.log_dir / 'daphne.log'}")
+        raise CommandError(
+            f"the portal did not answer on port {port} within {timeout:g} s; see {self.log_dir / 'daphne.log'}"
+        )
 
     def supervise(self, children: list[Child]) -> None:
         """Until Ctrl-C or SIGTERM: start again a child that died, and reap power modules the console stopped."""

@@ -25,8 +25,11 @@ class Command(BaseCommand):
         parser.add_argument("slug", nargs="?", help=f"simulated module: {', '.join(PORTS)}")
         parser.add_argument("mode", nargs="?", help=f"one of: {', '.join(MODES)}")
         parser.add_argument("--delay", type=float, help='seconds for mode "slow"')
-        parser.add_argument("--control-url", help="the simulator's control server (default: the running demo's, "
-                            f"from var/demo.json, else http://127.0.0.1:{CONTROL_PORT})")
+        parser.add_argument(
+            "--control-url",
+            help="the simulator's control server (default: the running demo's, "
+            f"from var/demo.json, else http://127.0.0.1:{CONTROL_PORT})",
+        )
         parser.add_argument("--list", action="store_true", help="print the modes and exit")
 
     def handle(self, *args, **options):
@@ -38,7 +41,10 @@ class Command(BaseCommand):
         url = (options["control_url"] or default_control_url()).rstrip("/") + "/_sim"
         if slug is None:
             for slug, state in self.call("GET", url)["modules"].items():
-                self.stdout.write(f"{slug:<15} port {state['port']:<6} {state['mode']}" + (f" {state['delay']}s" if state["delay"] is not None else ""))
+                self.stdout.write(
+                    f"{slug:<15} port {state['port']:<6} {state['mode']}"
+                    + (f" {state['delay']}s" if state["delay"] is not None else "")
+                )
             return
         if slug not in PORTS:
             raise CommandError(f"unknown module {slug!r}; expected one of: {', '.join(PORTS)}")
@@ -57,7 +63,9 @@ class Command(BaseCommand):
             response = httpx.request(method, url, json=payload, timeout=5)
             body = response.json()
         except (httpx.HTTPError, httpx.InvalidURL) as err:
-            raise CommandError(f"no simulated fleet answering at {url} ({err.__class__.__name__}); start the demo fleet first") from None
+            raise CommandError(
+                f"no simulated fleet answering at {url} ({err.__class__.__name__}); start the demo fleet first"
+            ) from None
         except ValueError:
             raise CommandError(f"{url} answered with something that is not the VX11 simulator") from None
         if response.status_code != 200:
