@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 # Set up and run the whole test suite (SQLite by default; DATABASE_URL/REDIS_URL switch to PostgreSQL/Redis).
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff (format check + lint, rules in pyproject.toml) and mypy on the modules [tool.mypy] lists; CI runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/probe_round.py

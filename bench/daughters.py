@@ -261,7 +261,7 @@ def main():
     print(
         f"\nDaughters on {args.workers} workers x {args.threads} threads, PostgreSQL + Redis, cap {args.workers * args.threads} running"
     )
-    print(f"| figure | result | goal |\n|---|---|---|")
+    print("| figure | result | goal |\n|---|---|---|")
     print(f"| baseline: no-op Celery tasks | {base:,.0f} tasks/s | |")
     print(
         f"| spawn ({args.singles:,} one-daughter tasks, one by one, workers running) | {run['spawn_per_s']:,.0f} spawns/s | |"

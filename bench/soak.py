@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -200,7 +200,7 @@ def main() -> None:
         token = (var_dir / "vx11_token").read_text().strip()
         password = (var_dir / "demo-admin-password").read_text().strip()
         tally = Tally()
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         began = time.monotonic()
         until = began + args.minutes * 60
         threads = [

@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -89,7 +90,7 @@ def cpu_seconds() -> float:
 async def publish_events(layer, run: str, n: int, interval: float, cursor: int) -> dict:
     """group_send n envelopes to the broadcast group, back to back (interval 0) or one every
     `interval` seconds on an absolute schedule (a late send does not push the later ones back)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     start = time.perf_counter()
     started_at = time.time()
@@ -102,7 +103,7 @@ async def publish_events(layer, run: str, n: int, interval: float, cursor: int) 
         envelope = {
             "type": "status_changed",
             "session_id": None,
-            "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
             "data": {"run": run, "seq": i, "t": now},
             "cursor": cursor + i,  # unique: the consumer de-duplicates by cursor when it polls
         }

@@ -18,7 +18,6 @@ from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 

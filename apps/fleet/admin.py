@@ -2,7 +2,6 @@ from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.utils import timezone
-from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from vx11_site.display import ConflictWhenProtected, RecordAdmin, badge, svg_chart

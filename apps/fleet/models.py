@@ -222,7 +222,7 @@ class Module(models.Model):
         """
         if rows is None:
             rows = list(cls.objects.filter(enabled=True).values("slug", "state", "core", "simulated"))
-        summary = {state: 0 for state in State.values}
+        summary = dict.fromkeys(State.values, 0)
         for row in rows:
             summary[row["state"]] += 1
         summary["total"] = len(rows)

@@ -10,13 +10,13 @@ and waits for the module's /health to come up or go away.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-import json
 from pathlib import Path
 
 import httpx

@@ -24,8 +24,7 @@ import logging
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -469,7 +468,7 @@ def remove_evidence(path: str) -> bool:
 
 def write_evidence(row: PowerAction, output: str) -> str:
     try:
-        folder = evidence_dir(row.action, row.service, row.at.astimezone(dt_timezone.utc))
+        folder = evidence_dir(row.action, row.service, row.at.astimezone(UTC))
         result = {k: v for k, v in row.as_dict().items() if k not in ("plan", "output", "out_dir", "steps")}
         result["steps"] = list(row.steps.values_list("id", flat=True)) if row.action == "mode" else []
         (folder / "plan.json").write_text(json.dumps(row.plan, indent=2, default=str))

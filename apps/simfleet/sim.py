@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -102,7 +102,7 @@ async def mark_simulated(request, response):
 def health_body(fleet, slug):
     body = dict(HEALTH[slug])
     if slug == "madre":
-        body["time"] = datetime.now(timezone.utc).isoformat()
+        body["time"] = datetime.now(UTC).isoformat()
         body["deps"] = {dep: fleet.dep_state(dep) for dep in MADRE_DEPS}
     if slug == "shub" and fleet.warming_up():
         body["status"] = "initializing"
@@ -188,7 +188,7 @@ class Memory:
 
 
 def now_iso():
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 async def json_body(request, required=True):
@@ -229,7 +229,7 @@ async def proxy(fleet, request):
                     content_type=upstream.content_type,
                     headers={"X-VX11-Upstream": target},
                 )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return web.json_response({"detail": f"upstream {target} timed out after {PROXY_TIMEOUT:g} s"}, status=504)
     except aiohttp.ClientError as err:
         return web.json_response({"detail": f"upstream {target} unreachable: {type(err).__name__}"}, status=502)
@@ -559,7 +559,7 @@ class SimFleet:
         self._wanted_control_port = control_port
         self.control_port = None
         self._ports = {}  # slug -> port actually bound; kept while a module is down
-        self._modes = {slug: ("ok", None) for slug in PORTS}  # slug -> (mode, delay)
+        self._modes = dict.fromkeys(PORTS, ("ok", None))  # slug -> (mode, delay)
         self._modes_lock = threading.Lock()
         self._runners = {}  # slug -> AppRunner of each module that is listening now
         self._control_runner = None

@@ -7,8 +7,8 @@ import pytest
 from django.test import RequestFactory
 from kombu.exceptions import OperationalError
 
-from vx11_site.api import BROKER_RETRY_AFTER, on_broker_unreachable
 from tests.conftest import celery_sends_to, free_port
+from vx11_site.api import BROKER_RETRY_AFTER, on_broker_unreachable
 
 
 def test_an_unreachable_broker_is_a_503_with_retry_after():

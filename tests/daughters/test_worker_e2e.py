@@ -6,7 +6,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.test import Client
 
 from apps.daughters.models import Daughter, DaughterTask
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.apps import apps as django_apps
 from channels.testing import WebsocketCommunicator
+from django.apps import apps as django_apps
 from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone

@@ -1,6 +1,6 @@
 """Rollups, uptime from rollups, and chunked pruning, on hand-computed data."""
 
-from datetime import datetime, timedelta, timezone as dt_tz
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import override_settings
@@ -8,7 +8,7 @@ from django.test import override_settings
 from apps.fleet.models import HealthCheck, Module, Rollup, maintain_history, p95
 
 pytestmark = pytest.mark.django_db
-DAY = datetime(2026, 11, 20, tzinfo=dt_tz.utc)
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def check(module, at, outcome="ok", latency=10.0):

@@ -2,9 +2,9 @@
 modules pointed at `sim`, and short step timeouts so a hanging module costs half a second."""
 
 import pytest
+from flow_helpers import STEP_TIMEOUT
 
 from apps.flows.models import Flow
-from flow_helpers import STEP_TIMEOUT
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """Flow A (gateway -> switch -> hermes -> madre) against the demo fleet: passes, and fails at the
 right step with the right reason when hermes is down or madre answers garbage."""
 
+from flow_helpers import reason_of, steps_of
+
 from apps.events.models import Event
 from apps.flows.models import FlowRun
-
-from flow_helpers import reason_of, steps_of
 
 
 def test_flow_a_passes_and_stores_each_step(flows):

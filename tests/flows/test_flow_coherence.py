@@ -6,11 +6,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from flow_helpers import steps_of
 
 from apps.events.models import Event
 from apps.flows import tasks
 from apps.flows.models import ContractCoherence, Flow, FlowRun, StepResult
-from flow_helpers import steps_of
 
 
 def test_coherence_is_nv_until_a_flow_runs(flows):
@@ -141,8 +141,9 @@ def test_prune_deletes_old_runs_and_their_steps_in_chunks(flows, settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_flow_daughter_runs_a_flow(flows, eager_celery):
-    from apps.daughters.models import DaughterTask
     from django.core.exceptions import ValidationError
+
+    from apps.daughters.models import DaughterTask
 
     task = DaughterTask.spawn("flow", {"flow": "C"}, source="operator", description="flow C as a daughter")
     daughter = task.daughters.get()

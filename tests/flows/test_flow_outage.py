@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from flow_helpers import steps_of
 
 from apps.events.models import Event
 from apps.flows import tasks
 from apps.flows.models import Flow, FlowRun
-from flow_helpers import steps_of
 from tests.conftest import celery_sends_to, free_port
 
 

@@ -8,7 +8,7 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.fleet.models import HealthCheck, Module, State
-from apps.simfleet.sim import HERMES_TOOLS, HEALTH, SimFleet
+from apps.simfleet.sim import HEALTH, HERMES_TOOLS, SimFleet
 
 TOKEN = "test-token-123"
 ENDPOINTS = ["/operator/vx11/overview", "/operator/shub/dashboard", "/operator/resources"]

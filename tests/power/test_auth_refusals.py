@@ -7,16 +7,14 @@ is validated); the power routes write the PowerAction row (and its evidence fold
 import json
 from datetime import timedelta
 
-import pytest
 from django.contrib.auth.models import Permission
 from django.db.models import F
 from django.test import Client
 
-from tests.power.conftest import post
-
 from apps.accounts.models import ApiKey
 from apps.power import models as power
-from apps.power.models import PowerAction, ServiceControl
+from apps.power.models import PowerAction
+from tests.power.conftest import post
 
 READ_ONLY = "API key 'viewer ro' is read-only; POST needs a read-write key"
 

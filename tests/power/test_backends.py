@@ -3,7 +3,6 @@
 import pytest
 
 from apps.power.models import PowerAction, ServiceControl
-
 from tests.power.conftest import post
 
 

@@ -5,9 +5,8 @@ import json
 import pytest
 from django.test import Client
 
-from tests.power.conftest import post
-
 from apps.power.models import PowerAction, ServiceControl
+from tests.power.conftest import post
 
 
 def refused(response, status, *words):

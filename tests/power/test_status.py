@@ -105,7 +105,7 @@ def test_missing_tools(power_api, controls, monkeypatch, tmp_path):
 
 
 def test_hung_tool_times_out(power_on, power_api, controls, stand_in):
-    stand_in("docker", replies={s: ("[]", 0) for s in ("switch", "hermes-svc", "mcp")})
+    stand_in("docker", replies=dict.fromkeys(("switch", "hermes-svc", "mcp"), ("[]", 0)))
     slow = stand_in("systemctl")
     slow.path.write_text(slow.path.read_text().replace("import json, sys", "import json, sys, time; time.sleep(5)"))
     power_on.VX11_POWER_COMMAND_TIMEOUT = 0.5

@@ -10,7 +10,6 @@ from apps.fleet.models import MaintenanceWindow
 from apps.power.backends import pid_alive
 from apps.power.models import PowerAction, ServiceControl, WindowStop, expire_windows
 from apps.power.tasks import check_power_windows
-
 from tests.power.conftest import post
 
 

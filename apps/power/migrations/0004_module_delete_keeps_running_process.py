@@ -1,5 +1,6 @@
-import apps.power.models
 from django.db import migrations, models
+
+import apps.power.models
 
 
 class Migration(migrations.Migration):
