@@ -259,20 +259,24 @@ def main():
     recreate_db(drop_only=True)
 
     print(
-        f"\nDaughters on {args.workers} workers x {args.threads} threads, PostgreSQL + Redis, cap {args.workers * args.threads} running"
+        f"\nDaughters on {args.workers} workers x {args.threads} threads, PostgreSQL + Redis, "
+        f"cap {args.workers * args.threads} running"
     )
     print("| figure | result | goal |\n|---|---|---|")
     print(f"| baseline: no-op Celery tasks | {base:,.0f} tasks/s | |")
     print(
-        f"| spawn ({args.singles:,} one-daughter tasks, one by one, workers running) | {run['spawn_per_s']:,.0f} spawns/s | |"
+        f"| spawn ({args.singles:,} one-daughter tasks, one by one, workers running) "
+        f"| {run['spawn_per_s']:,.0f} spawns/s | |"
     )
     print(
-        f"| spawn, run and finish {args.count:,} daughters | {run['seconds']:.1f} s = {run['e2e_per_s']:,.0f} daughters/s "
+        f"| spawn, run and finish {args.count:,} daughters "
+        f"| {run['seconds']:.1f} s = {run['e2e_per_s']:,.0f} daughters/s "
         f"({run['e2e_per_s'] / base:.2f}x the no-op baseline) | none set; all {args.count:,} finished |"
     )
     r = reap["result"]
     print(
-        f"| reaper, one sweep over {args.reap_rows:,} rows | {reap['seconds']:.2f} s (expired {r['expired']:,}, retried {r['retried']:,}, "
+        f"| reaper, one sweep over {args.reap_rows:,} rows "
+        f"| {reap['seconds']:.2f} s (expired {r['expired']:,}, retried {r['retried']:,}, "
         f"failed {r['failed']:,}) | set-based |"
     )
     print(

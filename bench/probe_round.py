@@ -158,7 +158,7 @@ def healthy_round(ports, timeout, repeat):
         "raw": median(raw_walls),
         "probe_walls": probe_walls,
         "raw_walls": raw_walls,
-        "pair_ratios": [p / r for p, r in zip(probe_walls, raw_walls)],
+        "pair_ratios": [p / r for p, r in zip(probe_walls, raw_walls, strict=True)],
         "probe_ok": min(probe_ok),
         "raw_ok": min(raw_ok),
     }
@@ -442,7 +442,8 @@ def print_part1(args, p1):
     mixed, healthy, T = p1["mixed"], p1["healthy"], args.timeout
     n_hang = round(args.endpoints * args.hanging)
     print(
-        f"\nPart 1 - probe round: {args.endpoints} loopback origins, T = {T:g} s, RLIMIT_NOFILE {p1['fd_limit']}, median of {args.repeat}"
+        f"\nPart 1 - probe round: {args.endpoints} loopback origins, T = {T:g} s, "
+        f"RLIMIT_NOFILE {p1['fd_limit']}, median of {args.repeat}"
     )
     row("figure", "value", "goal", "")
     print("  " + "-" * 92)
@@ -466,10 +467,12 @@ def print_part1(args, p1):
     row("  ratio probe_targets / baseline", f"{ratio:.2f}x", "<= 2x", verdict(ratio, 2.0))
     row("  ok answers (probe / baseline, worst round)", f"{healthy['probe_ok']} / {healthy['raw_ok']}")
     print(
-        f"      runs: probe {', '.join(f'{w:.3f}' for w in healthy['probe_walls'])} s; baseline {', '.join(f'{w:.3f}' for w in healthy['raw_walls'])} s"
+        f"      runs: probe {', '.join(f'{w:.3f}' for w in healthy['probe_walls'])} s; "
+        f"baseline {', '.join(f'{w:.3f}' for w in healthy['raw_walls'])} s"
     )
     print(
-        f"      per-run ratios {min(healthy['pair_ratios']):.2f}x .. {max(healthy['pair_ratios']):.2f}x (client and server share the CPUs: read the spread as noise)"
+        f"      per-run ratios {min(healthy['pair_ratios']):.2f}x .. {max(healthy['pair_ratios']):.2f}x "
+        "(client and server share the CPUs: read the spread as noise)"
     )
     if p1["httpx"] is None:
         row("httpx.AsyncClient, mixed round", "not run", "(--with-httpx)")
@@ -485,19 +488,23 @@ def print_part2(f):
     a, b = f["day1"], f["dayN"]
     days = f["history_days"]
     print(
-        f"\nPart 2 - fleet API at scale: {f['backend']}, {f['modules']} modules, {f['requests']} requests per figure (django.test.Client)"
+        f"\nPart 2 - fleet API at scale: {f['backend']}, {f['modules']} modules, "
+        f"{f['requests']} requests per figure (django.test.Client)"
     )
     print(
-        f"  set-up: migrate {f['migrate_s']:.1f} s; rollups 1 day hourly {f['insert_1d_s']:.1f} s, {days} days hourly {f['insert_hourly_s']:.1f} s, daily {f['insert_daily_s']:.1f} s"
+        f"  set-up: migrate {f['migrate_s']:.1f} s; rollups 1 day hourly {f['insert_1d_s']:.1f} s, "
+        f"{days} days hourly {f['insert_hourly_s']:.1f} s, daily {f['insert_daily_s']:.1f} s"
     )
     print(
-        f"  {'history':<34} {'rollup rows':>12} {'/api/modules p50/p95':>22} {'/api/overview p50/p95':>23} {'refresh_uptimes':>16}"
+        f"  {'history':<34} {'rollup rows':>12} {'/api/modules p50/p95':>22} "
+        f"{'/api/overview p50/p95':>23} {'refresh_uptimes':>16}"
     )
     print("  " + "-" * 112)
     for label, s in (("(a) 1 day hourly", a), (f"(b) {days} d hourly + {days} d daily", b)):
         m, o = s["modules"], s["overview"]
         print(
-            f"  {label:<34} {s['rollups']:>12,} {m['p50']:>10.1f} / {m['p95']:>5.1f} ms {o['p50']:>11.1f} / {o['p95']:>5.1f} ms {s['refresh_ms']:>10.0f} ms"
+            f"  {label:<34} {s['rollups']:>12,} {m['p50']:>10.1f} / {m['p95']:>5.1f} ms "
+            f"{o['p50']:>11.1f} / {o['p95']:>5.1f} ms {s['refresh_ms']:>10.0f} ms"
         )
     row("/api/modules p50 (b)", f"{b['modules']['p50']:.1f} ms", "<= 20 ms", verdict(b["modules"]["p50"], 20))
     row("/api/overview p50 (b)", f"{b['overview']['p50']:.1f} ms", "<= 20 ms", verdict(b["overview"]["p50"], 20))
@@ -514,7 +521,8 @@ def print_part2(f):
     for label, s in (("(a)", a), ("(b)", b)):
         w = s["uptimes_since_ms"]
         print(
-            f"      refresh_uptimes {label}: uptimes_since 24h {w['24h']:.0f} ms, 7d {w['7d']:.0f} ms, 30d {w['30d']:.0f} ms; "
+            f"      refresh_uptimes {label}: uptimes_since 24h {w['24h']:.0f} ms, 7d {w['7d']:.0f} ms, "
+            f"30d {w['30d']:.0f} ms; "
             f"the rest (Module fetch + bulk_update of 3 fields) ~{s['refresh_ms'] - sum(w.values()):.0f} ms"
         )
     row(

@@ -528,7 +528,8 @@ async def run_config(config: Config, args, base_env: dict, tmp: Path) -> list[Re
         await fleet.open()
         stats = await fleet.get("/__bench/stats")
         log(
-            f"[{config.name}] {args.clients} clients connected in {time.perf_counter() - t:.1f} s ({stats['layer']}, capacity {stats['capacity']})"
+            f"[{config.name}] {args.clients} clients connected in {time.perf_counter() - t:.1f} s "
+            f"({stats['layer']}, capacity {stats['capacity']})"
         )
         if any(run.publisher == "bench" for run in config.runs):
             from channels_redis.core import RedisChannelLayer
@@ -550,7 +551,8 @@ async def run_config(config: Config, args, base_env: dict, tmp: Path) -> list[Re
                 external_counters=external_counters if external else None,
             )
             log(
-                f"[{config.name}] {spec.name:<14} pub={spec.publisher:<6} delivered {result.delivered:>7}/{result.expected} "
+                f"[{config.name}] {spec.name:<14} pub={spec.publisher:<6} "
+                f"delivered {result.delivered:>7}/{result.expected} "
                 f"min/client {result.min_per_client:>5} p50 {result.p50:8.1f} ms p99 {result.p99:8.1f} ms "
                 f"drain {result.drain_s:6.2f} s server CPU {result.server_cpu_s:5.2f} s drops {result.drops}"
             )
@@ -613,8 +615,8 @@ def print_table(results: list[Result]) -> None:
                 where,
             )
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     print(line.format(*header).rstrip())
     print("  ".join("-" * w for w in widths))
     for row in rows:
@@ -630,11 +632,13 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
 
     print()
     print(
-        f"Goals: Redis (capacity 5000, publisher inside daphne) delivers all; p99 <= {P99_RATIO_GOAL:g}x the in-memory p99 "
+        "Goals: Redis (capacity 5000, publisher inside daphne) delivers all; "
+        f"p99 <= {P99_RATIO_GOAL:g}x the in-memory p99 "
         f"and <= {P99_GOAL_MS:g} ms."
     )
     print(
-        f"Baseline: {BASELINE} (lossless, same capacity as Redis); the app's own in-memory config ({MEMORY_APP}) drops, so"
+        f"Baseline: {BASELINE} (lossless, same capacity as Redis); "
+        f"the app's own in-memory config ({MEMORY_APP}) drops, so"
     )
     print("its p99 covers only the messages it kept and is shown for reference.")
     for run in run_names:
@@ -649,7 +653,8 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
         )
         print(
             f"  {run:<14} p99 {fmt(redis_r.p99)} ms vs {fmt(base.p99) if base else '-'} ms = {fmt(x, 2)}x: "
-            f"{'MET' if x <= P99_RATIO_GOAL else 'NOT MET'}; <= {P99_GOAL_MS:g} ms: {'MET' if redis_r.p99 <= P99_GOAL_MS else 'NOT MET'}"
+            f"{'MET' if x <= P99_RATIO_GOAL else 'NOT MET'}; "
+            f"<= {P99_GOAL_MS:g} ms: {'MET' if redis_r.p99 <= P99_GOAL_MS else 'NOT MET'}"
             + (
                 f"   (vs {MEMORY_APP}: {fmt(ratio(redis_r, app), 2)}x, which delivered {app.delivered:,})"
                 if app
@@ -659,13 +664,15 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
         ext = find(REDIS, run, "bench")
         if ext:
             print(
-                f"  {run:<14} publisher outside daphne (as publish() from a Celery worker): delivered {ext.delivered:,}, "
+                f"  {run:<14} publisher outside daphne (as publish() from a Celery worker): "
+                f"delivered {ext.delivered:,}, "
                 f"p99 {fmt(ext.p99)} ms = {fmt(ratio(ext, base), 2)}x the baseline"
             )
     for r in results:
         if r.config == REDIS_SMALL:
             print(
-                f"  capacity 100, {r.run:<14} delivered {r.delivered:,}/{r.expected:,} ({100 * r.delivered / r.expected:.1f}%), "
+                f"  capacity 100, {r.run:<14} delivered {r.delivered:,}/{r.expected:,} "
+                f"({100 * r.delivered / r.expected:.1f}%), "
                 f"min {r.min_per_client}/client; "
                 + (", ".join(f"{k}={v:,}" for k, v in r.drops.items() if v) or "no drops")
             )
@@ -675,7 +682,8 @@ def print_goals(results: list[Result], run_names: list[str]) -> None:
             if r and redis_r:
                 print(
                     f"  what-if {config:<22} {run:<14} delivered {r.delivered:,}/{r.expected:,}, p99 {fmt(r.p99)} ms "
-                    f"({fmt(ratio(r, redis_r), 2)}x {REDIS}), server CPU {fmt(1e6 * r.server_cpu_s / max(r.delivered, 1), 0)} us/frame "
+                    f"({fmt(ratio(r, redis_r), 2)}x {REDIS}), "
+                    f"server CPU {fmt(1e6 * r.server_cpu_s / max(r.delivered, 1), 0)} us/frame "
                     f"vs {fmt(1e6 * redis_r.server_cpu_s / max(redis_r.delivered, 1), 0)}"
                 )
 
@@ -744,43 +752,53 @@ async def main_async(args) -> None:
         elapsed = time.perf_counter() - started
         print()
         print(
-            f"WebSocket fan-out: {args.clients} clients (one session id each) in group {GROUP}; one daphne process per configuration;"
+            f"WebSocket fan-out: {args.clients} clients (one session id each) in group {GROUP}; "
+            "one daphne process per configuration;"
         )
         print(
-            "latency = client receive time - send time embedded in the event (publisher inside daphne unless pub=bench)."
+            "latency = client receive time - send time embedded in the event "
+            "(publisher inside daphne unless pub=bench)."
         )
         print(
-            f"  {BASELINE:<22} InMemoryChannelLayer, capacity 5000 set by this bench in its daphne child (*), VX11_WS_POLL_SECONDS=0"
+            f"  {BASELINE:<22} InMemoryChannelLayer, capacity 5000 set by this bench in its daphne child (*), "
+            "VX11_WS_POLL_SECONDS=0"
         )
         print(
-            f"  {MEMORY_APP:<22} InMemoryChannelLayer as settings.py builds it (no CONFIG: capacity 100), VX11_WS_POLL_SECONDS=0"
+            f"  {MEMORY_APP:<22} InMemoryChannelLayer as settings.py builds it (no CONFIG: capacity 100), "
+            "VX11_WS_POLL_SECONDS=0"
         )
         if not args.skip_extra:
             print(
-                f"  {MEMORY_POLL:<22} as {MEMORY_APP}, with the app's default DB poll for the in-memory layer (1 s per client)"
+                f"  {MEMORY_POLL:<22} as {MEMORY_APP}, "
+                "with the app's default DB poll for the in-memory layer (1 s per client)"
             )
         print(f"  {REDIS:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=5000 (the project's default), expiry 60")
         print(f"  {REDIS_SMALL:<22} RedisChannelLayer, VX11_CHANNEL_CAPACITY=100 (channels-redis's own default)")
         if args.what_if:
             print(
-                f"  {PUBSUB:<22} what-if (*): channels_redis.pubsub.RedisPubSubChannelLayer set by this bench in its daphne child"
+                f"  {PUBSUB:<22} what-if (*): "
+                "channels_redis.pubsub.RedisPubSubChannelLayer set by this bench in its daphne child"
             )
             print(
-                f"  {DIRECT:<22} what-if (*): as {REDIS}, vx11.event handed to the handler without channels' per-message"
+                f"  {DIRECT:<22} what-if (*): as {REDIS}, "
+                "vx11.event handed to the handler without channels' per-message"
             )
             print(f"  {'':<22} close_old_connections thread hop (EventConsumer.dispatch patched in the daphne child)")
         print(
-            "  drops: redis_over_capacity = group_send skipped a full channel key (one key per daphne process, i.e. one event"
+            "  drops: redis_over_capacity = group_send skipped a full channel key "
+            "(one key per daphne process, i.e. one event"
         )
         print(
-            "         for all its clients); redis_buffer_evicted = receive buffer overflow; memory_channel_full = ChannelFull per client"
+            "         for all its clients); redis_buffer_evicted = receive buffer overflow; "
+            "memory_channel_full = ChannelFull per client"
         )
         print()
         print_table(results)
         print_goals(results, [r.name for r in main_runs])
         print()
         print(
-            f"run time {elapsed:.1f} s; CPUs {os.cpu_count()}; RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+            f"run time {elapsed:.1f} s; CPUs {os.cpu_count()}; "
+            f"RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
         )
     finally:
         try:

@@ -141,7 +141,7 @@ def in_utc(value: datetime) -> datetime:
 
 
 Instant = Annotated[datetime, AfterValidator(in_utc)]
-# a row id the API takes: a positive 64-bit integer (SQLite cannot compare a larger one: it was a 500)
+# a row id the API takes: a positive 64-bit integer (SQLite raises on a larger one: a 500 instead of a 422)
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
@@ -262,7 +262,8 @@ def on_auth_error(request, exc):
     return api.create_response(
         request,
         {
-            "detail": "authentication required: send 'Authorization: Bearer <api key>' or 'X-API-Key', or log in as staff"
+            "detail": "authentication required: send 'Authorization: Bearer <api key>' or 'X-API-Key', "
+            "or log in as staff"
         },
         status=401,
     )

@@ -32,7 +32,8 @@ def bulk_set(objs: list, fields: list[str]) -> None:
     columns = [meta.get_field(name) for name in fields]
     with transaction.atomic(), connection.cursor() as cursor:
         qn = connection.ops.quote_name
-        sql = f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in columns)} WHERE {qn(meta.pk.column)} = %s"
+        assignments = ", ".join(f"{qn(f.column)} = %s" for f in columns)
+        sql = f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s"
         cursor.executemany(
             sql, [[f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns] + [obj.pk] for obj in objs]
         )

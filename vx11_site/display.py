@@ -36,7 +36,8 @@ def badge(status: str, /, css_class: str = "vx11-badge", **data) -> str:
     """A coloured status pill; `data` become data-* attributes (live.js finds badges by them)."""
     attrs = format_html_join("", ' data-{}="{}"', ((name.replace("_", "-"), value) for name, value in data.items()))
     return format_html(
-        '<span class="{}"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">{}</span>',
+        '<span class="{}"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">'
+        "{}</span>",
         css_class,
         attrs,
         STATUS_COLOURS.get(status, NEUTRAL),
@@ -67,7 +68,8 @@ def svg_chart(
     lines, legend = [], []
     for i, (label, data) in enumerate(series.items()):
         coords = " ".join(
-            f"{pad + (t.timestamp() - t0) / span_t * (width - 2 * pad):.1f},{height - pad - v / vmax * (height - 2 * pad):.1f}"
+            f"{pad + (t.timestamp() - t0) / span_t * (width - 2 * pad):.1f},"
+            f"{height - pad - v / vmax * (height - 2 * pad):.1f}"
             for t, v in data
             if v is not None
         )
@@ -78,10 +80,15 @@ def svg_chart(
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
         f'<text x="2" y="{pad}" font-size="11" fill="#666">{vmax:.0f} {unit}</text>'
         f'<text x="2" y="{height - pad}" font-size="11" fill="#666">0</text>'
-        f'<text x="{pad}" y="{height - 8}" font-size="11" fill="#666">{timezone.localtime(min(t for t, _ in points)):%m-%d %H:%M}</text>'
-        f'<text x="{width - pad - 70}" y="{height - 8}" font-size="11" fill="#666">{timezone.localtime(max(t for t, _ in points)):%m-%d %H:%M}</text>'
+        f'<text x="{pad}" y="{height - 8}" font-size="11" fill="#666">'
+        f"{timezone.localtime(min(t for t, _ in points)):%m-%d %H:%M}</text>"
+        f'<text x="{width - pad - 70}" y="{height - 8}" font-size="11" fill="#666">'
+        f"{timezone.localtime(max(t for t, _ in points)):%m-%d %H:%M}</text>"
     )
-    return f'<svg role="img" aria-label="{title}" width="{width}" height="{height}" style="background:#fafafa;border:1px solid #ddd">{axis}{"".join(lines)}{"".join(legend)}</svg>'
+    return (
+        f'<svg role="img" aria-label="{title}" width="{width}" height="{height}" '
+        f'style="background:#fafafa;border:1px solid #ddd">{axis}{"".join(lines)}{"".join(legend)}</svg>'
+    )
 
 
 class RecordAdmin(admin.ModelAdmin):

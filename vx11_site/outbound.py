@@ -111,7 +111,8 @@ def rules() -> tuple[Rules, Rules]:
 
 
 def refusal(host: str, address: str) -> str | None:
-    """Why connecting to `address` for `host` (the URL's host name, or the address itself) is refused; None if allowed."""
+    """Why connecting to `address` for `host` (the URL's host name, or the address itself) is refused;
+    None if allowed."""
     allow, deny = rules()
     host, checked = normal_host(host), ip(normal_host(address))
     if checked is None:

@@ -245,7 +245,7 @@ if REDIS_URL:
     # the daughters' reaper usually retries the daughter first (VX11_DAUGHTER_STALE_SECONDS).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("VX11_BROKER_VISIBILITY_TIMEOUT", 600)}
 else:
-    # sized like the Redis layer: the default capacity of 100 dropped half of a burst silently
+    # sized like the Redis layer: the default capacity of 100 drops half of a burst silently
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels.layers.InMemoryChannelLayer",
