@@ -7,7 +7,7 @@ from .models import Flow, FlowRun
 
 @shared_task(name="apps.flows.tasks.run_flow", soft_time_limit=1800)
 def run_flow(name: str) -> dict:
-    """One beat entry per flow (created by the data migration; schedules editable in the admin)."""
+    """One beat entry per canonical flow (vx11_site.schedules; schedules editable in the admin)."""
     flow = Flow.objects.filter(name=name).first()
     if flow is None:
         return {"flow": name, "status": "missing"}

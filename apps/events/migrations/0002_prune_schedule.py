@@ -1,27 +1,7 @@
-"""The beat entry that prunes stored events by age (editable in the admin)."""
+"""No operation: the beat entry that prunes stored events is in vx11_site.schedules, stored after every
+migrate. The migration stays so that the graph of every database that applied it is unchanged."""
 
 from django.db import migrations
-
-NAME = "events: prune stored events"
-
-
-def add(apps, schema_editor):
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    every_hour, _ = IntervalSchedule.objects.get_or_create(every=3600, period="seconds")
-    PeriodicTask.objects.get_or_create(
-        name=NAME,
-        defaults={
-            "task": "apps.events.tasks.prune_events",
-            "interval": every_hour,
-            "kwargs": "{}",
-            "description": "Deletes stored events older than VX11_EVENT_RETENTION_HOURS, in chunks.",
-        },
-    )
-
-
-def remove(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=NAME).delete()
 
 
 class Migration(migrations.Migration):
@@ -30,4 +10,4 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(add, remove)]
+    operations = []

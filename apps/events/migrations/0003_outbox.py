@@ -1,34 +1,13 @@
 """The outbox: an event is unsent (`sent_at` empty) until the channel layer has it; the beat entry
-"events: relay unsent events" sends what a publisher could not. Events stored before count as sent."""
+"events: relay unsent events" (vx11_site.schedules) sends what a publisher could not. Events stored before
+count as sent."""
 
 from django.db import migrations, models
-
-RELAY_TASK = "events: relay unsent events"
 
 
 def mark_existing_sent(apps, schema_editor):
     Event = apps.get_model("events", "Event")
     Event.objects.filter(sent_at__isnull=True).update(sent_at=models.F("timestamp"))
-
-
-def add_relay(apps, schema_editor):
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    every, _ = IntervalSchedule.objects.get_or_create(every=5, period="seconds")
-    PeriodicTask.objects.get_or_create(
-        name=RELAY_TASK,
-        defaults={
-            "task": "apps.events.tasks.relay_events",
-            "interval": every,
-            "kwargs": "{}",
-            "description": "Sends stored events the channel layer did not take when they were published "
-            "(the layer was down, or the publisher ended first), oldest first.",
-        },
-    )
-
-
-def remove_relay(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=RELAY_TASK).delete()
 
 
 class Migration(migrations.Migration):
@@ -48,5 +27,4 @@ class Migration(migrations.Migration):
             model_name="event",
             index=models.Index(condition=models.Q(("sent_at__isnull", True)), fields=["id"], name="event_unsent"),
         ),
-        migrations.RunPython(add_relay, remove_relay),
     ]

@@ -1,5 +1,5 @@
-"""Loads the three canonical E2E flows A, B, C and their beat entries: one PeriodicTask per flow (edit or
-disable its schedule in the admin) and a daily prune of old runs.
+"""Loads the three canonical E2E flows A, B, C. Their beat entries (one per flow, and a daily prune of old
+runs) are in vx11_site.schedules, stored after every migrate.
 
 The step rows are frozen here as literal data (what apps/flows/definitions/{A,B,C}.yaml gave through
 check_spec() and Step.fields_from() when this was written), so replaying migrations never depends on live
@@ -7,12 +7,8 @@ code: a later change to the validator or to Step's fields cannot break it. The Y
 `vx11 flow load`; tests/flows/test_definitions.py checks that these rows and the YAML still agree.
 """
 
-import json
-
-from django.conf import settings
 from django.db import migrations
 
-PRUNE_TASK = "flows: prune old runs"
 CANONICAL = ("A", "B", "C")
 
 # every Step field a row below leaves out takes this value
@@ -262,10 +258,6 @@ FLOWS = [
 ]
 
 
-def run_task_name(name: str) -> str:
-    return f"flows: run flow {name}"
-
-
 def load(apps, schema_editor):
     Flow = apps.get_model("flows", "Flow")
     StepRow = apps.get_model("flows", "Step")
@@ -277,35 +269,8 @@ def load(apps, schema_editor):
         if created:
             StepRow.objects.bulk_create([StepRow(flow=flow, **{**STEP_DEFAULTS, **step}) for step in spec["steps"]])
 
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    every, _ = IntervalSchedule.objects.get_or_create(every=settings.VX11_FLOW_INTERVAL_SECONDS, period="seconds")
-    daily, _ = IntervalSchedule.objects.get_or_create(every=1, period="days")
-    for name in CANONICAL:
-        PeriodicTask.objects.get_or_create(
-            name=run_task_name(name),
-            defaults={
-                "task": "apps.flows.tasks.run_flow",
-                "interval": every,
-                "kwargs": json.dumps({"name": name}),
-                "description": f"Runs E2E flow {name}; its result feeds contract_coherence_pct.",
-                "expire_seconds": max(30, settings.VX11_FLOW_INTERVAL_SECONDS),
-            },
-        )
-    PeriodicTask.objects.get_or_create(
-        name=PRUNE_TASK,
-        defaults={
-            "task": "apps.flows.tasks.prune_flow_runs",
-            "interval": daily,
-            "kwargs": json.dumps({}),
-            "description": "Deletes flow runs older than VX11_FLOW_RUN_RETENTION_DAYS, in chunks.",
-        },
-    )
-
 
 def unload(apps, schema_editor):
-    names = [run_task_name(n) for n in CANONICAL] + [PRUNE_TASK]
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name__in=names).delete()
     apps.get_model("flows", "Flow").objects.filter(name__in=CANONICAL).delete()
 
 

@@ -1,30 +1,8 @@
-"""Queued runs (API ?wait=false, the admin's Run now), an index for unfinished runs by age, and the
-beat entry that fails runs left queued or running past their bound (FlowRun.sweep_stale)."""
+"""Queued runs (API ?wait=false, the admin's Run now), and an index for unfinished runs by age: the beat
+entry "flows: sweep interrupted runs" (vx11_site.schedules) looks them up to fail those past their bound."""
 
 import django.utils.timezone
 from django.db import migrations, models
-
-SWEEP_TASK = "flows: sweep interrupted runs"
-
-
-def add(apps, schema_editor):
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    every, _ = IntervalSchedule.objects.get_or_create(every=300, period="seconds")
-    PeriodicTask.objects.get_or_create(
-        name=SWEEP_TASK,
-        defaults={
-            "task": "apps.flows.tasks.sweep_stale_runs",
-            "interval": every,
-            "kwargs": "{}",
-            "description": "Fails flow runs still queued or running past VX11_FLOW_RUN_STALE_SECONDS "
-            "(or twice the flow's longest wait); their unreached steps are stored as skipped.",
-        },
-    )
-
-
-def remove(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=SWEEP_TASK).delete()
 
 
 class Migration(migrations.Migration):
@@ -54,5 +32,4 @@ class Migration(migrations.Migration):
             model_name="flowrun",
             index=models.Index(fields=["status", "started_at"], name="flowrun_status_time"),
         ),
-        migrations.RunPython(add, remove),
     ]
