@@ -5,45 +5,47 @@
 - `fleet`: the ten reference modules pointed at `sim`, with a short timeout.
 - `admin_user`, `operator_key` (read-write, with OPERATOR_PERMISSIONS) / `readonly_key` / `plain_key` (read-write,
   no permission), `api` clients; `grant(user, "app.codename", ...)`.
+- `superuser_client` (logged in as `admin_user`) and `sample_rows`: a row behind most admin change pages.
 """
 
-import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from channels.layers import channel_layers
-from django.db import connection
+from django.contrib.auth.models import Group
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from apps.accounts.models import ApiKey
-from apps.fleet.models import Module
+from apps.daughters.models import DaughterTask
+from apps.fleet.models import MaintenanceWindow, Module, State, StateChange
 from apps.fleet.reference import reference_rows
-
-TEST_TIMEOUT = 0.5
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "e2e-token-456"
-
-
-def redis_url() -> str | None:
-    """The Redis for tests that need a real one; CI (VX11_REQUIRE_SERVICES=1) fails if it is missing."""
-    url = os.environ.get("REDIS_URL") or os.environ.get("VX11_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    try:
-        import redis
-
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-        return url
-    except Exception as exc:
-        if os.environ.get("VX11_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis at {url} is required (VX11_REQUIRE_SERVICES=1) but does not answer: {exc}")
-        pytest.skip(f"no Redis at {url}: {exc}")
+from apps.flows.models import Flow
+from apps.power.manager import refuse_request
+from apps.power.models import ServiceControl
+from tests.helpers import (
+    OPERATOR_PERMISSIONS,
+    ROOT,
+    TOKEN,
+    WorkerProcess,
+    celery_sends_to,
+    channel_layer,
+    database_url_of_test_db,
+    free_port,
+    give,
+    point_fleet_at,
+    redis_layer,
+    redis_url,
+    reset_celery_sender,
+)
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +65,6 @@ def sim(sim_session):
         sim_session.set_mode(slug, "ok")
 
 
-def point_fleet_at(sim, timeout: float = TEST_TIMEOUT) -> dict[str, Module]:
-    modules = {}
-    for row in reference_rows():
-        row.update(base_url=sim.base_url(row["slug"]), timeout=timeout)
-        module, _ = Module.objects.update_or_create(slug=row["slug"], defaults=row)
-        modules[module.slug] = module
-    return modules
-
-
 @pytest.fixture
 def fleet(db, sim):
     return point_fleet_at(sim)
@@ -80,34 +73,6 @@ def fleet(db, sim):
 @pytest.fixture
 def admin_user(db, django_user_model):
     return django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pass-123")
-
-
-# what the operator fixture may do: modules, probes, runs, spawns and cancels; not flow definitions
-# (tests/flows' `editor` adds those) nor power (tests/power's `controller` has it)
-OPERATOR_PERMISSIONS = [
-    "fleet.add_module",
-    "fleet.change_module",
-    "fleet.delete_module",
-    "flows.run_flow",
-    "daughters.spawn_daughter",
-    "daughters.change_daughtertask",
-    "daughters.change_daughter",
-]
-
-
-def give(user, *perms: str):
-    """Give `user` these permissions ("app.codename"); returns the user, reloaded so its permission cache is fresh."""
-    from django.contrib.auth.models import Permission
-    from django.db.models import Q
-
-    wanted = Q(pk__in=[])
-    for perm in perms:
-        app, codename = perm.split(".")
-        wanted |= Q(content_type__app_label=app, codename=codename)
-    found = list(Permission.objects.filter(wanted))
-    assert len(found) == len(perms), f"unknown permission among {perms}"
-    user.user_permissions.add(*found)
-    return type(user).objects.get(pk=user.pk)
 
 
 @pytest.fixture
@@ -142,35 +107,33 @@ def api(operator_key):
     return Client(headers={"Authorization": f"Bearer {operator_key}"})
 
 
-def database_url_of_test_db() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(s['NAME']).resolve()}"
-    return f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+@pytest.fixture
+def superuser_client(admin_user):
+    client = Client()
+    client.force_login(admin_user)
+    return client
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_demo_offset() -> int:
-    """A --port-offset at which every demo port (the ten modules and the control server) is free now; drawn at
-    random per process, so two suites running at once do not pick the same one."""
-    from apps.simfleet.sim import CONTROL_PORT, PORTS
-
-    draw = random.Random(os.getpid() * 1_000_003 + time.monotonic_ns())
-    for _ in range(50):
-        offset = draw.randrange(1000, 50000, 100)  # the demo accepts up to 50000
-        try:
-            for port in [*PORTS.values(), CONTROL_PORT]:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return offset
-    pytest.fail("no offset with eleven free ports in 50 tries")
+@pytest.fixture
+def sample_rows(admin_user, settings, tmp_path):
+    """A row for most models' change pages, beyond what the migrations seed (modules, flows, schedules):
+    made through the models' own APIs. Nothing reaches a worker: on_commit never runs inside the test's
+    transaction."""
+    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"  # the power audit row writes its evidence folder
+    modules = [Module.objects.update_or_create(slug=row["slug"], defaults=row)[0] for row in reference_rows()]
+    now = timezone.now()
+    StateChange.objects.create(module=modules[0], at=now, from_state=State.UNKNOWN, to_state=State.UP, reason="sample")
+    window = MaintenanceWindow.objects.create(
+        starts_at=now, ends_at=now + timedelta(hours=1), created_by=admin_user, reason="sample"
+    )
+    window.modules.add(modules[0])
+    Group.objects.create(name="operators")
+    ApiKey.issue(admin_user, "sample")
+    DaughterTask.spawn("sleep", {"seconds": 1}, user=admin_user)
+    Flow.objects.order_by("pk").first().queue(trigger="admin", user=admin_user)
+    ServiceControl.objects.create(module=modules[0])
+    refuse_request(admin_user, "start", modules[0].slug, {}, 403, "sample refusal")
+    return modules
 
 
 @pytest.fixture
@@ -215,15 +178,6 @@ def daphne(transactional_db, tmp_path):
     log.close()
 
 
-def _reset_celery_sender(app) -> None:
-    """Drop the Celery app's cached connection pool, producer pool, queues and router, so the
-    next send uses the current conf (kombu keeps one pool per broker URL; only references go)."""
-    app._pool = None
-    app.amqp._producer_pool = None
-    for cached in ("queues", "router"):
-        app.amqp.__dict__.pop(cached, None)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def private_celery_queue(tmp_path_factory):
     """What tests send to Celery (a spawn's dispatch after commit) goes to a queue of this run's
@@ -235,79 +189,14 @@ def private_celery_queue(tmp_path_factory):
     if app.conf.broker_url.startswith("vx11sqla"):
         changes["broker_url"] = f"vx11sqla+sqlite:///{tmp_path_factory.mktemp('celery-broker') / 'broker.sqlite3'}"
     app.conf.update(changes)
-    _reset_celery_sender(app)
+    reset_celery_sender(app)
     yield
     app.conf.update(saved)
-    _reset_celery_sender(app)
+    reset_celery_sender(app)
     if app.conf.broker_url.startswith("redis"):
         import redis
 
         redis.Redis.from_url(app.conf.broker_url).delete(changes["task_default_queue"])
-
-
-@contextlib.contextmanager
-def celery_sends_to(broker: str, queue: str):
-    """Point this process's Celery app (the sender) at a real broker and queue, then back."""
-    from vx11_site.celery import app
-
-    saved = {k: app.conf[k] for k in ("broker_url", "task_default_queue", "broker_transport_options")}
-    app.conf.update(broker_url=broker, task_default_queue=queue, broker_transport_options={})
-    _reset_celery_sender(app)
-    try:
-        yield
-    finally:
-        app.conf.update(saved)
-        _reset_celery_sender(app)
-
-
-class WorkerProcess:
-    """A real `celery worker` on the test database and a private Redis queue."""
-
-    def __init__(self, env: dict, name: str, log: Path):
-        self.env, self.name, self.log, self.proc = env, name, log, None
-
-    def start(self, concurrency: int = 4, ready_within: float = 60) -> "WorkerProcess":
-        """Start and wait until the worker says it is ready, so a test's own timeouts never include
-        the worker's start-up (seconds on a loaded machine)."""
-        readies = self.log.read_text().count(" ready.") if self.log.exists() else 0
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "vx11_site",
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-l",
-                "INFO",
-                "-n",
-                f"{self.name}-{time.monotonic_ns()}@%h",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log.open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + ready_within
-        while self.log.read_text().count(" ready.") <= readies:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not start:\n{self.output()}")
-            time.sleep(0.1)
-        return self
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        """Kill the worker's whole process group (SIGKILL: no warm shutdown, nothing acknowledged)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
-
-    def output(self) -> str:
-        return self.log.read_text()[-4000:]
 
 
 @pytest.fixture
@@ -344,45 +233,6 @@ def daughter_worker(transactional_db, tmp_path, settings):
     import redis
 
     redis.Redis.from_url(broker).delete(queue)
-
-
-def redis_server(port: int) -> subprocess.Popen:
-    """A private redis-server (no persistence) on `port`, answering; kill its process group to make an outage."""
-    import redis
-
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
-            return server
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.1)
-
-
-def redis_layer(url: str, prefix: str) -> dict:
-    """CHANNEL_LAYERS for a channels-redis layer at `url` whose keys start with `prefix` (a test's own groups)."""
-    return {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": prefix}}
-    }
-
-
-@contextlib.contextmanager
-def channel_layer(config: dict):
-    """This process's channel layer built from `config` (CHANNEL_LAYERS), then the settings' own again."""
-    from channels.layers import get_channel_layer
-
-    with override_settings(CHANNEL_LAYERS=config):
-        channel_layers.backends.clear()
-        try:
-            yield get_channel_layer()
-        finally:
-            channel_layers.backends.clear()
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 from kombu import Connection
 
 import vx11_site.celery  # noqa: F401  registers the vx11sqla transport
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"connect_args": {"timeout": 30}}
 
 PRODUCER = """

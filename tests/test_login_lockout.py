@@ -29,11 +29,14 @@ def test_failures_lock_that_username_from_that_address(admin_user, settings):
     client = from_address("10.1.1.1")
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         r = log_in(client, "wrong")
-        assert r.status_code == 200 and b"Please enter the correct username and password" in r.content
+        assert r.status_code == 200
+        assert b"Please enter the correct username and password" in r.content
     r = log_in(client, "wrong")
     assert r.status_code == 429
     page = r.content.decode()
-    assert "Login locked" in page and "<strong>admin</strong>" in page and "locked for 15 minutes" in page
+    assert "Login locked" in page
+    assert "<strong>admin</strong>" in page
+    assert "locked for 15 minutes" in page
     assert "axes_reset_username admin" in page
     assert r["Retry-After"] == "900"
 
@@ -54,7 +57,8 @@ def test_the_lock_ends_after_the_cool_off(admin_user, settings):
     attempt.attempt_time -= settings.AXES_COOLOFF_TIME + timedelta(seconds=1)  # the cool-off passes
     attempt.save()
     r = log_in(client, "admin-pass-123")
-    assert r.status_code == 302 and r["Location"] == "/admin/"
+    assert r.status_code == 302
+    assert r["Location"] == "/admin/"
 
 
 def test_a_success_resets_the_count(admin_user, settings):
@@ -74,5 +78,6 @@ def test_lockout_page_under_asgi(admin_user, settings):
     post = async_to_sync(client.post)
     for _ in range(settings.AXES_FAILURE_LIMIT):
         r = post(LOGIN, {"username": "admin", "password": "wrong"})
-    assert r.status_code == 429 and r["Retry-After"] == "900"
+    assert r.status_code == 429
+    assert r["Retry-After"] == "900"
     assert "<strong>admin</strong>" in r.content.decode()

@@ -8,23 +8,14 @@ portal itself. Also: `/` leads to the admin (its "View site" link) and /favicon.
 
 import re
 import struct
-from datetime import timedelta
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import pytest
-from django.contrib import admin
-from django.contrib.auth.models import Group
-from django.test import Client, RequestFactory
-from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
-from django.utils import timezone
+from django.test import Client
+from django.urls import resolve, reverse
 
-from apps.accounts.models import ApiKey
-from apps.daughters.models import DaughterTask
-from apps.fleet.models import MaintenanceWindow, Module, State, StateChange
-from apps.fleet.reference import reference_rows
-from apps.flows.models import Flow
-from apps.power.models import ServiceControl, refuse_request
+from tests.helpers import admin_pages, docs_urls, ninja_namespaces
 
 HOST = "testserver"  # the test client's host: the portal's own
 # a CSS url(...) or @import with an authority (http://host, //host) is a load from that host
@@ -98,76 +89,6 @@ def body(response) -> bytes:
     return b"".join(response.streaming_content) if response.streaming else response.content
 
 
-# every NinjaAPI the portal mounts (its /api/, madre's /madre/, any later one): the namespaces with a docs page
-NINJA_NAMESPACES = [
-    r.namespace
-    for r in get_resolver().url_patterns
-    if isinstance(r, URLResolver) and r.namespace and "openapi-view" in r.reverse_dict
-]
-
-
-def docs_urls() -> list[str]:
-    return [reverse(f"{namespace}:openapi-view") for namespace in NINJA_NAMESPACES]
-
-
-@pytest.fixture
-def superuser_client(admin_user):
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
-def sample_rows(admin_user, settings, tmp_path):
-    """A row for most models' change pages, beyond what the migrations seed (modules, flows, schedules):
-    made through the models' own APIs. Nothing reaches a worker: on_commit never runs inside the test's
-    transaction."""
-    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"  # the power audit row writes its evidence folder
-    modules = [Module.objects.update_or_create(slug=row["slug"], defaults=row)[0] for row in reference_rows()]
-    now = timezone.now()
-    StateChange.objects.create(module=modules[0], at=now, from_state=State.UNKNOWN, to_state=State.UP, reason="sample")
-    window = MaintenanceWindow.objects.create(
-        starts_at=now, ends_at=now + timedelta(hours=1), created_by=admin_user, reason="sample"
-    )
-    window.modules.add(modules[0])
-    Group.objects.create(name="operators")
-    ApiKey.issue(admin_user, "sample")
-    DaughterTask.spawn("sleep", {"seconds": 1}, user=admin_user)
-    Flow.objects.order_by("pk").first().queue(trigger="admin", user=admin_user)
-    ServiceControl.objects.create(module=modules[0])
-    refuse_request(admin_user, "start", modules[0].slug, {}, 403, "sample refusal")
-    return modules
-
-
-def parameterless(patterns) -> list[str]:
-    """Names of a ModelAdmin's URL patterns that take no argument: its list, add page and own views
-    (the power console, the flow file upload, ...)."""
-    return [p.name for p in patterns if isinstance(p, URLPattern) and not p.pattern.converters and p.name]
-
-
-def admin_pages(user) -> list[str]:
-    """Every admin page a superuser may open, found from the admin's registry and each ModelAdmin's URLs."""
-    request = RequestFactory().get("/admin/")
-    request.user = user
-    pages = [reverse("admin:index"), reverse("admin:password_change")]
-    app_labels = sorted({model._meta.app_label for model in admin.site._registry})
-    pages += [reverse("admin:app_list", args=[label]) for label in app_labels]
-    for model, model_admin in admin.site._registry.items():
-        opts = model._meta
-        for name in parameterless(model_admin.get_urls()):
-            if name.endswith("_add") and not model_admin.has_add_permission(request):
-                continue  # records the portal writes itself: the add page is a 403 by design
-            pages.append(reverse(f"admin:{name}"))
-        sample = model_admin.get_queryset(request).order_by("pk").first()
-        if sample is None:
-            continue
-        for view in ("change", "history"):
-            pages.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_{view}", args=[sample.pk]))
-        if model_admin.has_delete_permission(request, sample):
-            pages.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_delete", args=[sample.pk]))
-    return pages
-
-
 def foreign_urls(page: str, html: str) -> list[str]:
     links = parse(html)
     found = [f"{page}: <{tag} {attribute}={url!r}>" for tag, attribute, url in links.urls if foreign(url)]
@@ -200,7 +121,7 @@ def test_no_page_loads_anything_from_another_host(superuser_client, admin_user, 
     assert not missing_icon, f"admin pages without the portal's icon: {missing_icon}"
 
 
-@pytest.mark.parametrize("namespace", NINJA_NAMESPACES)
+@pytest.mark.parametrize("namespace", ninja_namespaces())
 def test_api_docs_assets_are_served_by_the_portal(client, namespace):
     response = client.get(reverse(f"{namespace}:openapi-view"))
     assert response.status_code == 200
@@ -250,7 +171,8 @@ def test_favicon_is_a_real_icon(client, superuser_client):
     width, height, _, _, _, _, size, offset = struct.unpack("<BBBBHHII", icon[6:22])
     assert (width, height) == (32, 32)
     image = icon[offset : offset + size]
-    assert image.startswith(b"\x89PNG\r\n\x1a\n") and struct.unpack(">II", image[16:24]) == (32, 32)
+    assert image.startswith(b"\x89PNG\r\n\x1a\n")
+    assert struct.unpack(">II", image[16:24]) == (32, 32)
     assert client.head("/favicon.ico").status_code == 200
 
     # the admin pages link the same icon, as a static file the portal serves

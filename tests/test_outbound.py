@@ -12,7 +12,6 @@ import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import aiohttp
 import httpx
@@ -29,9 +28,9 @@ from apps.fleet.probe import run_round
 from apps.flows.models import Flow
 from apps.operator import upstream
 from apps.power import backends
+from tests.helpers import ROOT
 from vx11_site import outbound
 
-ROOT = Path(__file__).resolve().parents[1]
 METADATA = "http://169.254.169.254/latest/meta-data/"
 LOOPBACK_DENIED = ["127.0.0.0/8"]
 
@@ -130,10 +129,12 @@ def test_the_api_refuses_a_module_the_portal_may_not_call(api, base_url, needle)
     response = api.post(
         "/api/modules", {"slug": "probe-me", "name": "x", "base_url": base_url}, content_type="application/json"
     )
-    assert response.status_code == 422 and needle in response.json()["detail"]
+    assert response.status_code == 422
+    assert needle in response.json()["detail"]
     assert not Module.objects.filter(slug="probe-me").exists()
     response = api.patch("/api/modules/hermes", {"base_url": base_url}, content_type="application/json")
-    assert response.status_code == 422 and needle in response.json()["detail"]
+    assert response.status_code == 422
+    assert needle in response.json()["detail"]
     assert Module.objects.get(slug="hermes").base_url != base_url
 
 
@@ -164,7 +165,8 @@ def test_the_admin_form_refuses_it(admin_user):
         "owned_tables": "[]",
     }
     response = client.post("/admin/fleet/module/add/", form)
-    assert response.status_code == 200 and "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
+    assert response.status_code == 200
+    assert "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
     assert not Module.objects.filter(slug="meta").exists()
 
 
@@ -179,7 +181,8 @@ def test_a_webhook_into_a_denied_range_is_refused(admin_user):
         "/admin/fleet/notificationchannel/add/",
         {"name": "meta", "kind": "webhook", "target": METADATA, "enabled": "on"},
     )
-    assert response.status_code == 200 and "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
+    assert response.status_code == 200
+    assert "169.254.169.254 is in VX11_OUTBOUND_DENY" in response.content.decode()
     assert not NotificationChannel.objects.exists()
 
 
@@ -210,7 +213,8 @@ def test_a_probe_of_a_name_resolving_into_a_denied_range_fails(fleet, sim, setti
     assert ok.outcome == "ok"
     settings.VX11_OUTBOUND_DENY = LOOPBACK_DENIED
     (result,), _ = run_round([module])
-    assert result.outcome == "fail" and "localhost (127.0.0.1) is in VX11_OUTBOUND_DENY (127.0.0.0/8)" in result.error
+    assert result.outcome == "fail"
+    assert "localhost (127.0.0.1) is in VX11_OUTBOUND_DENY (127.0.0.0/8)" in result.error
 
 
 @pytest.mark.django_db(transaction=True)
@@ -221,7 +225,8 @@ def test_an_http_daughter_never_reads_a_refused_target(fleet, sim, settings):
     settings.VX11_OUTBOUND_DENY = LOOPBACK_DENIED
     daughter = DaughterTask.spawn("http", {"module": "hermes", "path": "/tools"}, max_retries=0).daughters.get()
     daughter.refresh_from_db()
-    assert daughter.status == "failed" and daughter.result is None
+    assert daughter.status == "failed"
+    assert daughter.result is None
     assert "localhost (127.0.0.1) is in VX11_OUTBOUND_DENY (127.0.0.0/8)" in daughter.attempts.get().error
 
 
@@ -230,12 +235,14 @@ def test_a_flow_step_fails_with_the_reason_and_stores_no_answer(fleet, deny_loop
     flow = Flow.save_spec({"name": "D", "steps": [{"module": "hermes", "path": "/tools"}]})
     run = flow.run()
     step = run.steps.get()
-    assert run.status == "failed" and step.status == "failed"
-    assert (
-        step.reason
-        == f"hermes at {fleet['hermes'].base_url}/tools: outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
+    assert run.status == "failed"
+    assert step.status == "failed"
+    assert step.reason == (
+        f"hermes at {fleet['hermes'].base_url}/tools: outbound request refused: "
+        "127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
     )
-    assert step.response_excerpt == "" and step.response_status is None
+    assert step.response_excerpt == ""
+    assert step.response_status is None
 
 
 @pytest.mark.django_db
@@ -264,7 +271,8 @@ def test_a_webhook_delivery_fails_with_the_reason(deny_loopback):
         receiver.shutdown()
         receiver.server_close()
     delivery = Delivery.objects.get()
-    assert delivery.status == "pending" and delivery.attempts == 1
+    assert delivery.status == "pending"
+    assert delivery.attempts == 1
     assert delivery.last_error == "outbound request refused: 127.0.0.1 is in VX11_OUTBOUND_DENY (127.0.0.0/8)"
 
 

@@ -12,8 +12,7 @@ from html.parser import HTMLParser
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import ROOT
-from tests.test_offline_ui import admin_pages, docs_urls, sample_rows, superuser_client  # noqa: F401 (fixtures)
+from tests.helpers import ROOT, admin_pages, docs_urls
 
 DATA_BLOCKS = {"application/json", "application/ld+json"}  # never executed, so CSP does not apply
 
@@ -54,27 +53,28 @@ def policy(response) -> dict[str, list[str]]:
     return {d.split()[0]: d.split()[1:] for d in (part.strip() for part in header.split(";")) if d}
 
 
-def test_every_page_has_the_policy_and_needs_nothing_it_forbids(superuser_client, admin_user, sample_rows):  # noqa: F811
+def test_every_page_has_the_policy_and_needs_nothing_it_forbids(superuser_client, admin_user, sample_rows):
     pages = admin_pages(admin_user) + [reverse("operator:operator-console"), *docs_urls()]
-    assert (
-        reverse("admin:power_console") in pages and reverse("admin:flows_flow_load") in pages and "/api/docs" in pages
-    )
+    assert reverse("admin:power_console") in pages
+    assert reverse("admin:flows_flow_load") in pages
+    assert "/api/docs" in pages
     fetched = {reverse("admin:login"): Client().get(reverse("admin:login"))}
     fetched.update((page, superuser_client.get(page)) for page in pages)
     problems = []
     for page, response in fetched.items():
         assert response.status_code == 200, f"{page}: {response.status_code}"
         csp = policy(response)
-        assert (
-            csp["script-src"] == ["'self'"] and csp["object-src"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"]
-        ), page
+        assert csp["script-src"] == ["'self'"], page
+        assert csp["object-src"] == ["'none'"], page
+        assert csp["frame-ancestors"] == ["'none'"], page
         problems += [f"{page}: {found}" for found in inline_code(response.content.decode())]
     assert not problems, "code a strict script-src blocks:\n" + "\n".join(problems)
 
 
 def test_json_answers_carry_the_policy_too(client):
     r = client.get("/api/modules")
-    assert r.status_code == 401 and policy(r)["default-src"] == ["'self'"]
+    assert r.status_code == 401
+    assert policy(r)["default-src"] == ["'self'"]
 
 
 def settings_process(env: dict, code: str = "", *args: str) -> subprocess.CompletedProcess:
@@ -135,7 +135,8 @@ def test_behind_the_proxy_a_forwarded_https_request_is_secure(client, settings):
     settings.SECURE_HSTS_SECONDS = 3600
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
     plain = client.get("/admin/login/")
-    assert plain.status_code == 301 and plain["Location"] == "https://testserver/admin/login/"
+    assert plain.status_code == 301
+    assert plain["Location"] == "https://testserver/admin/login/"
     assert client.get("/health").status_code != 301  # a load balancer's plain-http health check still answers
     forwarded = client.get("/admin/login/", headers={"X-Forwarded-Proto": "https"})
     assert forwarded.status_code == 200

@@ -7,7 +7,7 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vx11_site.settings import envbool, envfloat, envint, envsecret
 
 
@@ -15,7 +15,9 @@ def test_typed_helpers(monkeypatch, tmp_path):
     monkeypatch.setenv("X_BOOL", "Yes")
     monkeypatch.setenv("X_INT", "42")
     monkeypatch.setenv("X_FLOAT", "0.5")
-    assert envbool("X_BOOL", False) is True and envint("X_INT", 1) == 42 and envfloat("X_FLOAT", 1.0) == 0.5
+    assert envbool("X_BOOL", False) is True
+    assert envint("X_INT", 1) == 42
+    assert envfloat("X_FLOAT", 1.0) == 0.5
     assert envint("X_MISSING", 7) == 7
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
@@ -38,7 +40,10 @@ def test_unclear_values_fail_loudly(monkeypatch, fn, value, message):
 
 
 def test_redis_url_switches_broker_and_channel_layer():
-    code = "from django.conf import settings as s; print(s.CELERY_BROKER_URL, s.CHANNEL_LAYERS['default']['BACKEND'], s.DATABASES['default']['ENGINE'])"
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.CELERY_BROKER_URL, s.CHANNEL_LAYERS['default']['BACKEND'], s.DATABASES['default']['ENGINE'])"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["DJANGO_SETTINGS_MODULE"] = "vx11_site.settings"
     embedded = subprocess.run(

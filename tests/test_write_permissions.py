@@ -186,7 +186,8 @@ def test_admin_spawn_page_needs_spawn_daughter_and_a_flow_daughter_run_flow(desk
     add = reverse("admin:daughters_daughtertask_add")
     form = {"kind": "flow", "params": '{"flow": "A"}', "source": "operator", "max_retries": "0", "count": "1"}
     grant(desk.user, "daughters.add_daughtertask")  # the model's add permission is not spawning
-    assert desk.get(add).status_code == 403 and desk.post(add, form).status_code == 403
+    assert desk.get(add).status_code == 403
+    assert desk.post(add, form).status_code == 403
     grant(desk.user, "daughters.spawn_daughter")
     response = desk.post(add, form)
     assert response.status_code == 200
@@ -206,7 +207,9 @@ def test_schedule_actions_need_change_periodictask(desk, grant):
     act(desk, "django_celery_beat_periodictask", "disable_tasks", [schedule.pk])
     assert PeriodicTask.objects.get(pk=schedule.pk).enabled
     page = desk.get(reverse("admin:django_celery_beat_periodictask_changelist")).content.decode()
-    assert "run_tasks" not in page and "toggle_tasks" not in page  # not offered either
+    # not offered either
+    assert "run_tasks" not in page
+    assert "toggle_tasks" not in page
     grant(desk.user, "django_celery_beat.change_periodictask")
     act(desk, "django_celery_beat_periodictask", "disable_tasks", [schedule.pk])
     assert not PeriodicTask.objects.get(pk=schedule.pk).enabled
@@ -248,8 +251,10 @@ def test_the_cli_acts_as_a_named_user_and_needs_its_permissions(plain_key, grant
     for argv, what, perm in cases:
         with pytest.raises(CommandError) as refused:
             cli(*argv, "--as", "plain")
-        assert str(refused.value) == refusal(what, perm) and refused.value.returncode == 2
-    assert not DaughterTask.objects.exists() and not FlowRun.objects.exists()
+        assert str(refused.value) == refusal(what, perm)
+        assert refused.value.returncode == 2
+    assert not DaughterTask.objects.exists()
+    assert not FlowRun.objects.exists()
     assert not Flow.objects.filter(name="D").exists()
 
     grant(django_user_model.objects.get(username="plain"), "daughters.spawn_daughter")

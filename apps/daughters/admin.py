@@ -11,7 +11,8 @@ from django.utils.html import format_html, format_html_join
 from vx11_site.display import RecordAdmin, badge
 from vx11_site.permissions import MissingPermission, missing
 
-from .models import KINDS, Daughter, DaughterAttempt, DaughterTask, validate_params
+from .kinds import KINDS, validate_params
+from .models import Daughter, DaughterAttempt, DaughterTask
 
 
 class AgeFilter(admin.SimpleListFilter):

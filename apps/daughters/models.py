@@ -1,7 +1,7 @@
 """Madre's daughters: short-lived child tasks, run on Celery workers, kept in the database.
 
-The real madre kept daughters in memory and nothing noticed a dead one (REFERENCE.md section 2).
-Here every daughter is a row with its lifecycle:
+The real madre kept its daughters in memory only, so nothing noticed a dead one. Here every
+daughter is a row with its lifecycle:
 
     spawned ──dispatch──► (queued to a worker) ──claim──► running ──► finished
                                                              │ error / no heartbeat
@@ -24,14 +24,11 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 
-import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, connections, models, transaction
@@ -39,8 +36,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from apps.events.models import publish
-from apps.fleet.models import Module
-from vx11_site import display, outbound
+from vx11_site import display
 from vx11_site.db import bulk_set, prune_in_chunks
 from vx11_site.permissions import require
 
@@ -51,190 +47,6 @@ EVENT_ID_LIMIT = 200  # ids listed in one aggregated event
 HOST = socket.gethostname()[:255]  # as DaughterAttempt.host stores it
 ATTEMPT_ENV = "VX11_DAUGHTER_ATTEMPT"  # in a command's environment: which attempt it belongs to (orphan checks)
 TASK_EVENTS_ONE_BY_ONE = 10  # more changed tasks than this get one aggregated plan_updated event
-
-
-def tail(text: str | bytes | None, limit: int | None = None) -> str:
-    return display.tail(text, limit or settings.VX11_DAUGHTER_OUTPUT_CHARS)
-
-
-# --- kinds of work ------------------------------------------------------------------------------
-# A kind is a function (daughter, params) -> JSON-able result that raises to fail, plus an optional
-# validator (params) -> params that raises ValidationError. Other apps register theirs in ready()
-# (apps.flows registers "flow"), so this app never imports them.
-
-KINDS: dict[str, tuple] = {}
-KIND_PERMISSIONS: dict[str, tuple[str, ...]] = {}  # what spawning a kind needs besides daughters.spawn_daughter
-
-
-def register_kind(name: str, run, validate=None, permissions: tuple[str, ...] = ()) -> None:
-    KINDS[name] = (run, validate)
-    KIND_PERMISSIONS[name] = tuple(permissions)
-
-
-def validate_params(kind: str, params) -> dict:
-    if kind not in KINDS:
-        raise ValidationError({"kind": f"unknown kind {kind!r}; registered kinds: {', '.join(sorted(KINDS))}"})
-    if not isinstance(params, dict):
-        raise ValidationError({"params": "params must be a JSON object"})
-    validate = KINDS[kind][1]
-    return validate(params) if validate else params
-
-
-def _timeout(params: dict) -> float:
-    value = params.get("timeout", 30)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 3600:
-        raise ValidationError({"params": "timeout must be a number of seconds in (0, 3600]"})
-    return float(value)
-
-
-def validate_http(params: dict) -> dict:
-    unknown = set(params) - {"module", "method", "path", "body", "expect_status", "timeout"}
-    if unknown:
-        raise ValidationError({"params": f"unknown http params: {', '.join(sorted(unknown))}"})
-    if not Module.objects.filter(slug=params.get("module")).exists():
-        raise ValidationError({"params": f"module {params.get('module')!r} is not in the fleet"})
-    method = str(params.get("method", "GET")).upper()
-    if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}:
-        raise ValidationError({"params": f"method {method!r} is not an HTTP method"})
-    path = params.get("path", "/health")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValidationError({"params": "path must start with /"})
-    expect = params.get("expect_status", 200)
-    if not isinstance(expect, int) or not 100 <= expect <= 599:
-        raise ValidationError({"params": "expect_status must be an HTTP status code"})
-    return {**params, "method": method, "path": path, "expect_status": expect, "timeout": _timeout(params)}
-
-
-def run_http(daughter: Daughter, params: dict) -> dict:
-    """Call a fleet module; the answer's status must be the expected one."""
-    module = Module.objects.get(slug=params["module"])
-    url = module.base_url.rstrip("/") + params["path"]
-    started = time.monotonic()
-    try:
-        with outbound.client(timeout=params["timeout"]) as client:
-            response = client.request(params["method"], url, json=params.get("body"))
-    except httpx.HTTPError as exc:
-        refused = outbound.why(exc)
-        if refused:
-            raise RuntimeError(f"{params['method']} {url}: {refused}") from None
-        raise
-    result = {
-        "url": url,
-        "status_code": response.status_code,
-        "latency_ms": round((time.monotonic() - started) * 1000, 2),
-        "body": tail(response.text, 2000),
-    }
-    if response.status_code != params["expect_status"]:
-        raise RuntimeError(
-            f"{params['method']} {url} answered {response.status_code}, expected {params['expect_status']}"
-        )
-    return result
-
-
-def validate_command(params: dict) -> dict:
-    unknown = set(params) - {"command", "args", "timeout"}
-    if unknown:
-        raise ValidationError({"params": f"unknown command params: {', '.join(sorted(unknown))}"})
-    name = params.get("command")
-    if not isinstance(name, str) or name not in settings.VX11_DAUGHTER_COMMANDS:  # a list is no name (nor hashable)
-        raise ValidationError(
-            {
-                "params": f"command {name!r} is not in the allow-list (VX11_DAUGHTER_COMMANDS): "
-                f"{', '.join(sorted(settings.VX11_DAUGHTER_COMMANDS))}"
-            }
-        )
-    args = params.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) <= 1024 for a in args):
-        raise ValidationError({"params": "args must be a list of strings"})
-    return {"command": name, "args": args, "timeout": _timeout(params)}
-
-
-def command_entry(name: str) -> tuple[list[str], list[str]]:
-    """An allow-list entry's argument list and the environment names it asks for; an entry is
-    ["argv", ...] or {"argv": [...], "env": ["NAME", ...]} (VX11_DAUGHTER_COMMANDS)."""
-    entry = settings.VX11_DAUGHTER_COMMANDS[name]
-    if isinstance(entry, dict):
-        return list(entry["argv"]), list(entry.get("env", []))
-    return list(entry), []
-
-
-def command_env(names: list[str], attempt) -> dict[str, str]:
-    """What a command sees of the worker's environment: PATH, LANG and the names its entry asks for. The
-    worker's whole environment holds SECRET_KEY, VX11_TOKEN and the database URLs."""
-    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8")}
-    env.update({name: os.environ[name] for name in names if name in os.environ})
-    if attempt:
-        env[ATTEMPT_ENV] = str(attempt.pk)
-    return env
-
-
-def run_command(daughter: Daughter, params: dict) -> dict:
-    """Run an allow-listed command as an argument list (never a shell), with a timeout and a minimal
-    environment; stop it when killed. It runs in a process group of its own, and the whole group is
-    killed, so a grandchild holding the output pipe can neither outlive the timeout nor keep the worker waiting."""
-    argv, env_names = command_entry(params["command"])
-    argv = [*argv, *params["args"]]
-    attempt = getattr(daughter, "attempt", None)
-    env = command_env(env_names, attempt)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    if attempt:  # should this worker die, the reaper finds the group by it
-        DaughterAttempt.objects.filter(pk=attempt.pk).update(pid=proc.pid, host=HOST)
-    deadline = time.monotonic() + params["timeout"]
-
-    def kill_group() -> bytes:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            return proc.communicate(timeout=5)[0]
-        except subprocess.TimeoutExpired:  # a descendant that left the group still holds the pipe: stop reading
-            proc.kill()
-            return b""
-
-    try:
-        while True:
-            try:
-                output = proc.communicate(timeout=0.1)[0]
-                break
-            except subprocess.TimeoutExpired:
-                if daughter.stop.is_set() or time.monotonic() > deadline:
-                    output = kill_group()
-                    if daughter.stop.is_set():
-                        raise RuntimeError("stopped: the daughter was killed or reaped") from None
-                    raise TimeoutError(
-                        f"{argv[0]} timed out after {params['timeout']:g} s; output: {tail(output, 500)}"
-                    ) from None
-    finally:
-        if proc.poll() is None:
-            kill_group()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: {tail(output, 500)}")
-    return {"argv": argv, "exit_code": 0, "output": tail(output)}
-
-
-def validate_sleep(params: dict) -> dict:
-    unknown = set(params) - {"seconds", "fail"}
-    if unknown:
-        raise ValidationError({"params": f"unknown sleep params: {', '.join(sorted(unknown))}"})
-    seconds = params.get("seconds", 0)
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
-        raise ValidationError({"params": "seconds must be a number in [0, 3600]"})
-    if params.get("fail") not in (None, True, False):
-        raise ValidationError({"params": "fail must be true or false"})
-    return {"seconds": seconds, "fail": bool(params.get("fail"))}
-
-
-def run_sleep(daughter: Daughter, params: dict) -> dict:
-    """A harmless kind for drills and benchmarks: wait, then succeed (or fail when asked)."""
-    if daughter.stop.wait(params["seconds"]):
-        raise RuntimeError("stopped: the daughter was killed or reaped")
-    if params["fail"]:
-        raise RuntimeError("failed on purpose (sleep kind with fail=true)")
-    return {"slept": params["seconds"]}
-
-
-register_kind("http", run_http, validate_http)
-register_kind("command", run_command, validate_command)
-register_kind("sleep", run_sleep, validate_sleep)
 
 
 # --- the task and its daughters -----------------------------------------------------------------
@@ -337,6 +149,8 @@ class DaughterTask(models.Model):
         retries = settings.VX11_DAUGHTER_MAX_RETRIES if max_retries is None else max_retries
         if not 0 <= retries <= 10:
             raise ValidationError({"max_retries": "max_retries must be between 0 and 10"})
+        from .kinds import validate_params
+
         params = validate_params(kind, params)
         if parent_id is not None and not Daughter.objects.filter(pk=parent_id).exists():
             raise ValidationError({"parent_id": f"no daughter #{parent_id}"})
@@ -426,6 +240,8 @@ class DaughterTask(models.Model):
     def require_spawn_permission(user, kind: str) -> None:
         """Spawning needs daughters.spawn_daughter, plus what the kind asks for (a `flow` daughter runs a flow:
         flows.run_flow); checked by the API, the admin and the CLI, not by spawn(), which the portal calls itself."""
+        from .kinds import KIND_PERMISSIONS
+
         extra = KIND_PERMISSIONS.get(kind, ())
         what = f"spawning a {kind} daughter" if extra else "spawning a daughter"
         require(user, what, "daughters.spawn_daughter", *extra)
@@ -646,7 +462,8 @@ class Daughter(models.Model):
         }
         with transaction.atomic():  # the claim, its attempt and the task's status are seen together or not at all
             if not cls.objects.filter(pk=daughter_id, status__in=cls.QUEUED, mutation_level=level).update(**claim):
-                return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"  # a duplicate delivery, or killed
+                # a duplicate delivery, or killed
+                return f"not claimed (now {daughter.status}, level {daughter.mutation_level})"
             for field, value in claim.items():
                 setattr(daughter, field, value)
             attempt = DaughterAttempt.objects.create(
@@ -666,6 +483,8 @@ class Daughter(models.Model):
         """Run the kind in a thread; heartbeat meanwhile. A heartbeat that finds the row no longer
         running this attempt (killed, expired, reaped) stops the work."""
         self.stop = threading.Event()
+        from .kinds import KINDS
+
         run = KINDS[self.kind][0]
 
         def call():
@@ -760,7 +579,8 @@ class Daughter(models.Model):
 
     @classmethod
     def kill(cls, queryset, user=None) -> int:
-        """Cancel: every live daughter of the queryset becomes `killed`, saying by whom; running ones stop at their next heartbeat."""
+        """Cancel: every live daughter of the queryset becomes `killed`, saying by whom; running ones stop at
+        their next heartbeat."""
         now = timezone.now()
         why = f"killed (cancelled by {user.get_username()})" if getattr(user, "pk", None) else "killed (cancelled)"
         with transaction.atomic():
@@ -828,7 +648,8 @@ class Daughter(models.Model):
 
     @classmethod
     def _announce_sweep(cls, now, why: str, tasks_changed: list[int]) -> None:
-        """In the sweep's transaction: one event per status for the rows it touched (a sweep may touch 100,000), then the tasks."""
+        """In the sweep's transaction: one event per status for the rows it touched (a sweep may touch
+        100,000), then the tasks."""
         touched = cls.objects.filter(reaped_at=now)
         by_status = dict(touched.values_list("status").annotate(n=Count("id")).order_by())
         for status, n in by_status.items():
@@ -870,7 +691,11 @@ class DaughterAttempt(models.Model):
 
     def end(self, status: str, output: str = "", error: str = "") -> None:
         DaughterAttempt.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            status=status, ended_at=timezone.now(), output=tail(output), error=tail(error), pid=None
+            status=status,
+            ended_at=timezone.now(),
+            output=display.tail(output, settings.VX11_DAUGHTER_OUTPUT_CHARS),
+            error=display.tail(error, settings.VX11_DAUGHTER_OUTPUT_CHARS),
+            pid=None,
         )
 
     @classmethod

@@ -9,7 +9,8 @@ uptime and latency series come from the rollups only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -251,6 +252,9 @@ class HealthCheck(models.Model):
             models.Index(fields=["checked_at"], name="check_time"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.module_id}: {self.outcome} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
     @classmethod
     def record_round(cls, results: list[ProbeResult]) -> list[StateChange]:
         """Store a round in one bulk insert and fold it into each module's state."""
@@ -368,6 +372,77 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+@dataclass
+class Totals:
+    """Checks and failed checks, added up over some rollups or raw checks of one module."""
+
+    count: int = 0
+    failures: int = 0
+
+    @property
+    def uptime(self) -> float | None:
+        return 100.0 * (self.count - self.failures) / self.count if self.count else None
+
+
+@dataclass
+class RawTotals(Totals):
+    """One minute or hour bucket as its raw checks are read, with the latency of every answered check."""
+
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, outcome: str, latency: float | None) -> None:
+        self.count += 1
+        self.failures += outcome == Outcome.FAIL
+        if latency is not None:
+            self.latencies.append(latency)
+
+    def rollup_fields(self) -> dict:
+        latencies = self.latencies
+        return {
+            "count": self.count,
+            "failures": self.failures,
+            "latency_samples": len(latencies),
+            "latency_min": min(latencies) if latencies else None,
+            "latency_avg": sum(latencies) / len(latencies) if latencies else None,
+            "latency_p95": p95(latencies),
+            "latency_max": max(latencies) if latencies else None,
+        }
+
+
+@dataclass
+class HourlyTotals(Totals):
+    """One day bucket as its hour rollups are read: the extremes of the hours, and the sums of their
+    averages and p95s weighted by latency samples."""
+
+    samples: int = 0
+    mins: list[float] = field(default_factory=list)
+    maxs: list[float] = field(default_factory=list)
+    avg_sum: float = 0.0
+    p95_sum: float = 0.0
+
+    def add(self, hour: Rollup) -> None:
+        self.count += hour.count
+        self.failures += hour.failures
+        self.samples += hour.latency_samples
+        if hour.latency_samples:
+            self.mins.append(hour.latency_min)
+            self.maxs.append(hour.latency_max)
+            self.avg_sum += hour.latency_avg * hour.latency_samples
+            self.p95_sum += hour.latency_p95 * hour.latency_samples
+
+    def rollup_fields(self) -> dict:
+        samples = self.samples
+        return {
+            "count": self.count,
+            "failures": self.failures,
+            "latency_samples": samples,
+            "latency_min": min(self.mins) if self.mins else None,
+            "latency_avg": self.avg_sum / samples if samples else None,
+            "latency_p95": self.p95_sum / samples if samples else None,
+            "latency_max": max(self.maxs) if self.maxs else None,
+        }
+
+
 class Rollup(models.Model):
     """Aggregates of a module's checks over one minute, hour or day.
 
@@ -406,6 +481,9 @@ class Rollup(models.Model):
             # uptime refresh (sum per module since a time), watermark and prune by age
             models.Index(fields=["period", "bucket_start"], name="rollup_period_time"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.module_id}: {self.period} from {self.bucket_start:%Y-%m-%d %H:%M}"
 
     @property
     def uptime(self) -> float | None:
@@ -454,32 +532,16 @@ class Rollup(models.Model):
         if window is None:
             return 0
         start, end = window
-        buckets: dict[tuple[int, datetime], list] = {}
+        buckets: dict[tuple[int, datetime], RawTotals] = defaultdict(RawTotals)
         rows = HealthCheck.objects.filter(checked_at__gte=start, checked_at__lt=end).values_list(
             "module_id", "checked_at", "outcome", "latency_ms"
         )
         for module_id, checked_at, outcome, latency in rows.iterator(chunk_size=5000):
-            bucket = buckets.setdefault((module_id, cls.floor(checked_at, period)), [0, 0, []])
-            bucket[0] += 1
-            bucket[1] += outcome == Outcome.FAIL
-            if latency is not None:
-                bucket[2].append(latency)
-        objs = []
-        for (module_id, bucket_start), (count, failures, latencies) in buckets.items():
-            objs.append(
-                cls(
-                    module_id=module_id,
-                    period=period,
-                    bucket_start=bucket_start,
-                    count=count,
-                    failures=failures,
-                    latency_samples=len(latencies),
-                    latency_min=min(latencies) if latencies else None,
-                    latency_avg=sum(latencies) / len(latencies) if latencies else None,
-                    latency_p95=p95(latencies),
-                    latency_max=max(latencies) if latencies else None,
-                )
-            )
+            buckets[(module_id, cls.floor(checked_at, period))].add(outcome, latency)
+        objs = [
+            cls(module_id=module_id, period=period, bucket_start=bucket_start, **totals.rollup_fields())
+            for (module_id, bucket_start), totals in buckets.items()
+        ]
         cls._upsert(objs)
         return len(objs)
 
@@ -496,33 +558,12 @@ class Rollup(models.Model):
         end = min(end, cls.floor(hour_end, cls.Period.DAY)) if hour_end else start
         if start >= end:
             return 0
-        buckets: dict[tuple[int, datetime], list] = {}
-        for r in hours.filter(bucket_start__gte=start, bucket_start__lt=end).iterator(chunk_size=5000):
-            b = buckets.setdefault(
-                (r.module_id, cls.floor(r.bucket_start, cls.Period.DAY)), [0, 0, 0, [], [], 0.0, 0.0]
-            )
-            b[0] += r.count
-            b[1] += r.failures
-            b[2] += r.latency_samples
-            if r.latency_samples:
-                b[3].append(r.latency_min)
-                b[4].append(r.latency_max)
-                b[5] += r.latency_avg * r.latency_samples
-                b[6] += r.latency_p95 * r.latency_samples
+        buckets: dict[tuple[int, datetime], HourlyTotals] = defaultdict(HourlyTotals)
+        for hour in hours.filter(bucket_start__gte=start, bucket_start__lt=end).iterator(chunk_size=5000):
+            buckets[(hour.module_id, cls.floor(hour.bucket_start, cls.Period.DAY))].add(hour)
         objs = [
-            cls(
-                module_id=module_id,
-                period=cls.Period.DAY,
-                bucket_start=day,
-                count=count,
-                failures=failures,
-                latency_samples=samples,
-                latency_min=min(mins) if mins else None,
-                latency_avg=avg_sum / samples if samples else None,
-                latency_p95=p95_sum / samples if samples else None,
-                latency_max=max(maxs) if maxs else None,
-            )
-            for (module_id, day), (count, failures, samples, mins, maxs, avg_sum, p95_sum) in buckets.items()
+            cls(module_id=module_id, period=cls.Period.DAY, bucket_start=day, **totals.rollup_fields())
+            for (module_id, day), totals in buckets.items()
         ]
         cls._upsert(objs)
         return len(objs)
@@ -557,7 +598,7 @@ class Rollup(models.Model):
         Each level is read only over the ranges the coarser levels did not cover, as plain
         index ranges (an exclude() over the whole window made SQLite scan every hour row).
         """
-        totals: dict[int, list[int]] = {}
+        totals: dict[int, Totals] = defaultdict(Totals)
         covered: list[tuple[datetime, datetime]] = []
         for period in (cls.Period.DAY, cls.Period.HOUR, cls.Period.MINUTE):
             start, end = cls.ceil(since, period), cls.watermark(period)
@@ -566,23 +607,23 @@ class Rollup(models.Model):
             for a, b in _uncovered(start, end, covered):
                 rows = cls.objects.filter(period=period, bucket_start__gte=a, bucket_start__lt=b)
                 for row in rows.values("module_id").annotate(c=Sum("count"), f=Sum("failures")):
-                    t = totals.setdefault(row["module_id"], [0, 0])
-                    t[0] += row["c"]
-                    t[1] += row["f"]
+                    module_totals = totals[row["module_id"]]
+                    module_totals.count += row["c"]
+                    module_totals.failures += row["f"]
             covered.append((start, end))
-        return {mid: 100.0 * (c - f) / c for mid, (c, f) in totals.items() if c}
+        return {module_id: t.uptime for module_id, t in totals.items() if t.uptime is not None}
 
     @classmethod
     def refresh_uptimes(cls, now: datetime | None = None) -> None:
         now = now or timezone.now()
         windows = {"uptime_24h": timedelta(hours=24), "uptime_7d": timedelta(days=7), "uptime_30d": timedelta(days=30)}
-        values = {field: cls.uptimes_since(now - span) for field, span in windows.items()}
+        values = {column: cls.uptimes_since(now - span) for column, span in windows.items()}
         changed = []
         for m in Module.objects.only("id", *windows):
-            new = {field: values[field].get(m.id) for field in windows}
-            if any(getattr(m, field) != value for field, value in new.items()):
-                for field, value in new.items():
-                    setattr(m, field, value)
+            new = {column: values[column].get(m.id) for column in windows}
+            if any(getattr(m, column) != value for column, value in new.items()):
+                for column, value in new.items():
+                    setattr(m, column, value)
                 changed.append(m)
         bulk_set(changed, list(windows))
 

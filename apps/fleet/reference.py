@@ -1,7 +1,11 @@
-"""The ten VX11 modules as ../shared/vx11/REFERENCE.md section 1 lists them.
+"""The ten modules of a VX11 deployment, each an HTTP service answering GET /health on its own port.
+
+tentaculo_link, the gateway and only entry point, listens on 8000; madre (the orchestrator) on 8001, switch
+8002, hermes 8003, hormiguero 8004, manifestator 8005, mcp 8006, shub 8007 and spawner 8008; the operator
+backend on 8011. Five are core (CORE_SLUGS): while one of them is down the fleet is at most partial.
+`owned_tables` names the tables of VX11's database that each module owns (a trailing * matches a prefix).
 
 A constant table, read by the data migration and by the demo and test fixtures.
-`owned_tables` follows the explicit map of generate_db_map_from_db.py (section 6).
 """
 
 CORE_SLUGS = ("madre", "tentaculo_link", "switch", "spawner", "hormiguero")

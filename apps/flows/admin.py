@@ -13,7 +13,8 @@ from vx11_site import display
 from vx11_site.display import RecordAdmin, svg_chart
 from vx11_site.permissions import MissingPermission, missing, require
 
-from .models import ContractCoherence, Flow, FlowRun, Step, StepResult, check_references, check_spec
+from .models import ContractCoherence, Flow, FlowRun, Step, StepResult
+from .spec import check_references, check_spec
 
 
 def badge(status: str) -> str:
@@ -27,7 +28,8 @@ def history_strip(flow: Flow, limit: int = 20) -> str:
         return "—"
     return format_html_join(
         "",
-        '<a href="{}" title="#{} {} {}" style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
+        '<a href="{}" title="#{} {} {}" '
+        'style="display:inline-block;width:10px;height:14px;margin-right:2px;background:{}"></a>',
         (
             (
                 reverse("admin:flows_flowrun_change", args=[r.id]),
@@ -60,16 +62,15 @@ class StepFormSet(BaseInlineFormSet):
         forms.sort(key=lambda f: f.cleaned_data.get("position") or 0)
         positions = [f.cleaned_data.get("position") for f in forms]
         if positions != list(range(1, len(forms) + 1)):
-            raise ValidationError(
-                f"steps must be numbered 1 to {len(forms)} without gaps or repeats (got {', '.join(map(str, positions)) or 'none'})"
-            )
+            got = ", ".join(map(str, positions)) or "none"
+            raise ValidationError(f"steps must be numbered 1 to {len(forms)} without gaps or repeats (got {got})")
         spec = {"name": self.instance.name or "new", "steps": [f.instance.to_spec() for f in forms]}
         try:
             clean = check_spec(spec)
             check_references(clean["steps"], clean["name"])
         except ValidationError as exc:
             raise ValidationError(exc.messages) from None
-        for form, step in zip(forms, clean["steps"]):  # store the normalised form of each step
+        for form, step in zip(forms, clean["steps"], strict=True):  # store the normalised form of each step
             for field, value in Step.fields_from(step).items():
                 setattr(form.instance, field, value)
 
@@ -131,7 +132,8 @@ class FlowAdmin(admin.ModelAdmin):
         return missing(request.user, "flows.run_flow") is None
 
     def get_queryset(self, request):
-        """Step counts and recent runs attached (Flow.summarised): the list costs the same few queries for 3 flows or 100."""
+        """Step counts and recent runs attached (Flow.summarised): the list costs the same few queries for 3 flows
+        or 100."""
         return Flow.summarised(super().get_queryset(request))
 
     @admin.display(description="last result")
@@ -227,7 +229,7 @@ class FlowAdmin(admin.ModelAdmin):
             extra_context["can_run"] = self.has_run_permission(request)
             extra_context["history_strip"] = history_strip(flow, 50)
             extra_context["recent_runs"] = flow.runs.all()[:20]
-            finished = [r for r in flow.runs.exclude(duration_ms=None)[:100]][::-1]
+            finished = list(flow.runs.exclude(duration_ms=None)[:100])[::-1]
             extra_context["duration_chart"] = svg_chart(
                 {"run duration": [(r.started_at, r.duration_ms) for r in finished]},
                 title=f"duration of flow {flow.name}'s latest runs",

@@ -37,6 +37,6 @@ class FlowsConfig(AppConfig):
     verbose_name = "Flows"
 
     def ready(self):
-        from apps.daughters.models import register_kind
+        from apps.daughters.kinds import register_kind
 
         register_kind("flow", run_flow_daughter, validate_flow_params, permissions=("flows.run_flow",))

@@ -25,18 +25,8 @@ from apps.daughters.models import DaughterTask
 from apps.events.models import publish
 from vx11_site import outbound
 
-from .models import (
-    TEMPLATE,
-    ContractCoherence,
-    Flow,
-    FlowRun,
-    Step,
-    StepResult,
-    check_lookup,
-    env_allowed,
-    env_refused,
-    flow_model,
-)
+from .models import ContractCoherence, Flow, FlowRun, Step, StepResult
+from .spec import TEMPLATE, check_lookup, env_allowed, env_refused, flow_model
 
 MAX_RESPONSE_BYTES = 5_000_000  # a step reads at most this much of an answer
 SECRET_HEADERS = re.compile(r"token|key|secret|authorization|cookie|password", re.I)
@@ -52,7 +42,9 @@ class StepFailed(Exception):
 
 
 @dataclass
-class Outcome:
+class StepRecord:
+    """What a step's runner fills in as it goes, stored as the step's StepResult whether it passes or fails."""
+
     request: dict = field(default_factory=dict)
     response_status: int | None = None
     response_excerpt: str = ""
@@ -93,9 +85,8 @@ def render(value, captured: dict[int, dict]):
         ref, key = int(match[2]), match[3]
         found = captured.get(ref, {}).get(key, _MISSING)
         if found is _MISSING:
-            raise StepFailed(
-                f"template {match[0]}: step {ref} captured no value {key!r} (captured: {', '.join(captured.get(ref, {})) or 'nothing'})"
-            )
+            names = ", ".join(captured.get(ref, {})) or "nothing"
+            raise StepFailed(f"template {match[0]}: step {ref} captured no value {key!r} (captured: {names})")
         if found is None:
             raise StepFailed(f"template {match[0]}: step {ref} captured {key!r} as null")
         return found
@@ -135,7 +126,8 @@ def mask(value, secrets: tuple):
 # -- JSON paths ------------------------------------------------------------------------------
 
 
-def find(data, expr: str) -> list:
+def json_values(data, expr: str) -> list:
+    """The values at a JSONPath in `data`, in document order."""
     from jsonpath_ng.ext import parse
 
     return [m.value for m in parse(expr).find(data)]
@@ -143,7 +135,7 @@ def find(data, expr: str) -> list:
 
 def check_json(data, check: dict) -> None:
     path, op, want = check["path"], check["op"], check["value"]
-    found = find(data, path)
+    found = json_values(data, path)
     if op == "exists":
         if want and not found:
             raise StepFailed(f"{path} is missing from the response")
@@ -164,7 +156,7 @@ def check_json(data, check: dict) -> None:
 def capture_from(data, capture: dict) -> dict:
     values = {}
     for name, expr in capture.items():
-        found = find(data, expr)
+        found = json_values(data, expr)
         if not found:
             raise StepFailed(f"capture {name}: {expr} matched nothing in the response")
         values[name] = found[0] if len(found) == 1 else found
@@ -174,7 +166,7 @@ def capture_from(data, capture: dict) -> dict:
 # -- the three kinds -------------------------------------------------------------------------
 
 
-def masked(headers: dict) -> dict:
+def masked_headers(headers: dict) -> dict:
     return {k: ("***" if SECRET_HEADERS.search(k) else v) for k, v in headers.items()}
 
 
@@ -202,7 +194,7 @@ def fetch(method: str, url: str, headers: dict, body, timeout: float) -> httpx.R
     )
 
 
-def run_http(step: Step, captured: dict, out: Outcome) -> None:
+def run_http_step(step: Step, captured: dict, out: StepRecord) -> None:
     from apps.fleet.models import Module
 
     module = Module.objects.filter(slug=step.module).first()
@@ -211,7 +203,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
     path, headers = render(step.path, captured), render(step.headers or {}, captured)
     body = render(step.body, captured)
     url = module.base_url.rstrip("/") + path
-    out.request = {"method": step.method, "url": url, "headers": masked(headers)}
+    out.request = {"method": step.method, "url": url, "headers": masked_headers(headers)}
     if body is not None:
         out.request["body"] = excerpt(mask(json.dumps(body), out.secrets))
     timeout = min(step.timeout or settings.VX11_FLOW_HTTP_TIMEOUT, settings.VX11_FLOW_MAX_WAIT_SECONDS)
@@ -243,7 +235,7 @@ def run_http(step: Step, captured: dict, out: Outcome) -> None:
         out.captured = capture_from(data, step.capture or {})
 
 
-def run_db(step: Step, captured: dict, out: Outcome) -> None:
+def run_db_step(step: Step, captured: dict, out: StepRecord) -> None:
     spec = render(step.db, captured)
     try:  # checked at save too; again here for a step edited behind validation's back or a narrowed setting
         model = flow_model(spec["model"])
@@ -270,7 +262,8 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
             if bad is not None:
                 out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 raise StepFailed(
-                    f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: {describe_row(bad, lookups)}"
+                    f"{spec['model']} row {bad.pk} matches fail_on {short(spec['fail_on'])}: "
+                    f"{describe_row(bad, lookups)}"
                 )
             matching = rows.filter(**spec["expect"]).count() if spec["expect"] else count
             if count >= min_count and matching == count:
@@ -281,10 +274,12 @@ def run_db(step: Step, captured: dict, out: Outcome) -> None:
                 out.response_excerpt = excerpt(mask(describe_rows(rows, lookups), out.secrets))
                 if count < min_count:
                     raise StepFailed(
-                        f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; expected at least {min_count}"
+                        f"{count} {spec['model']} row(s) match {short(spec['filter'])} after {within:g} s; "
+                        f"expected at least {min_count}"
                     )
                 raise StepFailed(
-                    f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} after {within:g} s"
+                    f"{count - matching} of {count} {spec['model']} row(s) still not {short(spec['expect'])} "
+                    f"after {within:g} s"
                 )
             time.sleep(settings.VX11_FLOW_DB_POLL_SECONDS)
     except (FieldError, ValidationError, ValueError, TypeError) as exc:
@@ -305,7 +300,7 @@ def describe_rows(rows, lookups=()) -> str:
     return "\n".join(describe_row(row, lookups) for row in rows[:20])
 
 
-def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
+def run_spawn_step(step: Step, captured: dict, out: StepRecord) -> None:
     spec = render(step.spawn, captured)
     if str(spec.get("kind", "")).strip().lower() == "flow":
         raise StepFailed("spawn.kind 'flow' is refused: a flow may not start flows")
@@ -321,14 +316,14 @@ def run_spawn(step: Step, captured: dict, out: Outcome) -> None:
     out.response_excerpt = excerpt(json.dumps(out.captured, default=str))
     data = {}
     for name, expr in (step.capture or {}).items():  # extra captures read the summary above
-        found = find(out.captured, expr)
+        found = json_values(out.captured, expr)
         if not found:
             raise StepFailed(f"capture {name}: {expr} matched nothing in the spawned task")
         data[name] = found[0]
     out.captured.update(data)
 
 
-KIND_RUNNERS = {"http": run_http, "db": run_db, "spawn": run_spawn}
+KIND_RUNNERS = {"http": run_http_step, "db": run_db_step, "spawn": run_spawn_step}
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -363,7 +358,7 @@ def run_queued(run_id: int) -> FlowRun | None:
 
 
 @contextlib.contextmanager
-def heartbeat(run: FlowRun):
+def heartbeat_thread(run: FlowRun):
     """While the block runs, a thread marks the run alive every VX11_FLOW_RUN_HEARTBEAT_SECONDS, so the sweep tells
     a run whose process is gone (silent for VX11_FLOW_RUN_SILENT_SECONDS) from a long one. Inside an outer
     transaction nobody else sees the run, so nobody could sweep it: no thread then."""
@@ -398,7 +393,7 @@ def execute(run: FlowRun, on_step=None) -> FlowRun:
     step, and its end is stored only if the run is still running. Should the runner itself fail (the
     database, the process being stopped), the run ends as failed at once (FlowRun.end_on_error)."""
     try:
-        with heartbeat(run):
+        with heartbeat_thread(run):
             return _execute(run, on_step)
     except BaseException as exc:
         try:
@@ -474,7 +469,7 @@ def _execute(run: FlowRun, on_step) -> FlowRun:
 
 
 def run_step(run: FlowRun, step: Step, captured: dict, secrets: tuple = ()) -> StepResult:
-    out = Outcome(secrets=secrets)
+    out = StepRecord(secrets=secrets)
     started = time.perf_counter()
     status, reason = StepResult.Status.PASSED, ""
     try:

@@ -1,8 +1,10 @@
-"""WS /ws/{session_id}: the operator event stream, v7 contract (REFERENCE.md section 3).
+"""WS /ws/{session_id}: the operator event stream as VX11's operator backend v7 serves it. Every event is
+one JSON envelope `{type, session_id, timestamp, data, cursor}`, `type` one of the six canonical event types;
+the session's events and the broadcasts reach every client of that session.
 
-Auth by `X-VX11-Token` header or `?token=` (browsers cannot set WebSocket headers), or a
-per-user API key in either place, or a staff user's Django session (the live admin pages). On connect: a `connected` control message, then the
-stored events after `?cursor=`. Incoming `{event_type, data}` is validated and published
+Auth by `X-VX11-Token` header or `?token=` (browsers cannot set WebSocket headers), or a per-user API key in
+either place, or a staff user's Django session (the live admin pages). On connect: a `connected` control
+message, then the stored events after `?cursor=`. Incoming `{event_type, data}` is validated and published
 on the bus; plain text becomes `message_received`; bad JSON gets `error_reported`. A read-only
 API key may subscribe but not publish: what it sends gets `error_reported{error:"read_only"}`.
 """

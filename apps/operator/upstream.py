@@ -1,8 +1,11 @@
 """What the three v7 operator endpoints answer, built from the fleet registry and the modules themselves.
 
-Each builder returns the v7 body (REFERENCE.md section 3). A module that is missing from the registry,
-offline, too slow, or answering nonsense gives the documented fallback shape with an "error" note, never
-an exception: old VX11 clients render these bodies as they are.
+Each builder returns the body the v7 operator backend answers: GET /operator/vx11/overview the fleet's
+status with one entry per module, GET /operator/shub/dashboard shub's health, sessions, projects and
+resources, GET /operator/resources hermes' CLI tools and local models with the token budget. A module that
+is missing from the registry, offline, too slow, or answering nonsense gives the v7 fallback body (status
+"offline", empty or zero figures) with an "error" note, never an exception: old VX11 clients render these
+bodies as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from vx11_site import outbound
 MAX_BODY = 1024 * 1024
 HEALTHY_STATES = (State.UP, State.DEGRADED)
 
-# The v7 token budget was a constant in main_v7.py; no module reports it, so it stays one here.
+# The v7 token budget: no module reports one, and v7 clients expect these two numbers, so they are constants.
 MAX_TOKENS = 1000
 AVAILABLE_TOKENS = 950
 

@@ -1,4 +1,5 @@
-"""Operator backend v7 over HTTP: the same paths and bodies old VX11 clients expect (REFERENCE.md section 3).
+"""Operator backend v7 over HTTP, the paths and bodies old VX11 clients expect: GET /operator/vx11/overview,
+GET /operator/shub/dashboard and GET /operator/resources, each a JSON object (apps.operator.upstream builds it).
 
 Every endpoint needs the `X-VX11-Token` header (no `?token=` over HTTP; only /ws takes that, because
 browsers cannot set WebSocket headers). Errors keep the v7 shape `{error, status_code}`.

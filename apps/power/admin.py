@@ -13,18 +13,18 @@ from django.utils.html import format_html
 from apps.fleet.models import Module
 from vx11_site.display import ConflictWhenProtected, RecordAdmin, badge
 
-from . import models as power
-from .models import PowerAction, ServiceControl, WindowStop
+from . import manager
+from .models import ACTIONS, PowerAction, ServiceControl, WindowStop
 
 
 class ServiceForm(forms.Form):
     service = forms.SlugField(max_length=64)
-    action = forms.ChoiceField(choices=[(a, a) for a in power.ACTIONS])
+    action = forms.ChoiceField(choices=[(a, a) for a in ACTIONS])
     apply = forms.BooleanField(required=False)
 
 
 class ModeForm(forms.Form):
-    mode = forms.ChoiceField(choices=[(m, m) for m in power.MODES])
+    mode = forms.ChoiceField(choices=[(m, m) for m in manager.MODES])
     apply = forms.BooleanField(required=False)
 
 
@@ -86,7 +86,8 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
         return " ".join(obj.argv("start"))
 
     def get_deleted_objects(self, objs, request):
-        """A control whose process runs is not deleted, as its module is not (power.protect_running): the pid would be lost."""
+        """A control whose process runs is not deleted, as its module is not (models.protect_running): the pid
+        would be lost."""
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         running = [f"{control._meta.verbose_name} {control}: {control.in_use}" for control in objs if control.running()]
         return deleted, counts, perms_needed, [*protected, *running]
@@ -99,17 +100,17 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
 
     def console_view(self, request):
         """The power console: every module's state and backend with plan/start/stop/restart, the modes and
-        the power window. Every button goes through power.perform & co, so the guards, the rate limit and
+        the power window. Every button goes through manager.perform & co, so the guards, the rate limit and
         the audit row are the API's; a refusal is shown as the API would answer it."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         if request.method == "POST":
             self.console_post(request)
             return redirect("admin:power_console")
-        status = power.power_status()
+        status = manager.power_status()
         for service in status["services"]:
             service["badge"] = badge(service["state"], module=service["service"], state=service["state"])
-            service["never_stop"] = service["service"] in power.NEVER_STOP
+            service["never_stop"] = service["service"] in manager.NEVER_STOP
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -119,7 +120,7 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
             "mode_form": ModeForm(),
             "window_form": WindowForm(),
             "actions": PowerAction.objects.filter(parent=None)[:20],
-            "modes": power.MODES,
+            "modes": manager.MODES,
             "window_ends": datetime.fromisoformat(status["window"]["expires_at"]) if status["window"] else None,
         }
         return TemplateResponse(request, "admin/power/console.html", context)
@@ -131,7 +132,7 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
             if form.is_valid():
                 return report(
                     request,
-                    power.perform(
+                    manager.perform(
                         request.user,
                         form.cleaned_data["service"],
                         form.cleaned_data["action"],
@@ -142,25 +143,25 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
             form = ModeForm(request.POST)
             if form.is_valid():
                 return report(
-                    request, power.perform_mode(request.user, form.cleaned_data["mode"], form.cleaned_data["apply"])
+                    request, manager.perform_mode(request.user, form.cleaned_data["mode"], form.cleaned_data["apply"])
                 )
         elif op == "window_open":
             form = WindowForm(request.POST)
             if form.is_valid():
                 data = form.cleaned_data
-                return report(
-                    request,
-                    power.open_window(request.user, data["services"], data["ttl_sec"], data["mode"], data["reason"])[0],
+                opened, _ = manager.open_window(
+                    request.user, data["services"], data["ttl_sec"], data["mode"], data["reason"]
                 )
+                return report(request, opened)
         elif op == "window_close":
-            return report(request, power.close_window(request.user)[0])
+            return report(request, manager.close_window(request.user)[0])
         else:
             return messages.error(request, f"unknown operation {op!r}")
         # refused before any guard ran: audited as the API audits a body that fails validation
         asked = {k: v for k, v in request.POST.lists() if k != "csrfmiddlewaretoken"}
         action = request.POST.get("action", "") if op == "service" else op
         service = request.POST.get("service") or request.POST.get("mode") or ",".join(request.POST.getlist("services"))
-        row = power.refuse_request(
+        row = manager.refuse_request(
             request.user,
             action,
             service,

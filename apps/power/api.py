@@ -29,7 +29,8 @@ from vx11_site.api import (
     on_validation_error,
 )
 
-from . import models as power
+from . import manager
+from .models import PowerAction
 
 WRITE_PATH = re.compile(
     r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]*)/(?P<action>[^/]+)|(?P<mode>mode)"
@@ -68,7 +69,7 @@ def audit_refusal(request, user, status: int, message: str, **extra) -> None:
     """A write refused by the auth is a PowerAction row too (reads are not actions)."""
     if request.method not in SAFE_METHODS:
         action, service, plan = asked(request)
-        power.refuse_request(user, action, service, {**plan, **extra}, status, message)
+        manager.refuse_request(user, action, service, {**plan, **extra}, status, message)
 
 
 def audit_later_refusals(request, result):
@@ -168,7 +169,7 @@ class WindowIn(Schema):
 ACTION = {200: dict[str, Any], 403: Error, 404: Error, 409: Error, 429: Error, 502: Error}
 
 
-def answer(row: power.PowerAction) -> dict:
+def answer(row: PowerAction) -> dict:
     if row.http_status >= 400:
         raise HttpError(row.http_status, row.message)
     return row.as_dict()
@@ -188,41 +189,41 @@ def route(method: str, path: str, **kwargs):
 @route("get", "/power/status")
 def status(request):
     """Every enabled module: its backend, whether it runs, its window; the open power window."""
-    return power.power_status()
+    return manager.power_status()
 
 
 @route("post", "/power/service/start", response=ACTION)
 def service_start(request, payload: ServiceIn):
     """madre's plain start: applies at once (all guards still hold)."""
-    return answer(power.perform(request.user, payload.service, "start", True))
+    return answer(manager.perform(request.user, payload.service, "start", True))
 
 
 @route("post", "/power/service/stop", response=ACTION)
 def service_stop(request, payload: ServiceIn):
-    return answer(power.perform(request.user, payload.service, "stop", True))
+    return answer(manager.perform(request.user, payload.service, "stop", True))
 
 
 @route("post", "/power/service/{maybe_empty:service}/{action}", response=ACTION)
 def service_action(request, service: ServiceName, action: Literal["start", "stop", "restart"], payload: ApplyIn = None):
     """A plan, unless the body says {"apply": true}."""
-    return answer(power.perform(request.user, service, action, bool(payload and payload.apply)))
+    return answer(manager.perform(request.user, service, action, bool(payload and payload.apply)))
 
 
 @route("post", "/power/mode", response={code: out for code, out in ACTION.items() if code != 404})
 def mode(request, payload: ModeIn):
-    return answer(power.perform_mode(request.user, payload.mode, payload.apply))
+    return answer(manager.perform_mode(request.user, payload.mode, payload.apply))
 
 
 @route("post", "/power/window/open", response={200: dict[str, Any], 403: Error, 409: Error})
 def window_open(request, payload: WindowIn):
-    row, window = power.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
-    return {**answer(row), "window": power.window_dict(window)}
+    row, window = manager.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
+    return {**answer(row), "window": manager.window_dict(window)}
 
 
 @route("post", "/power/window/close", response={200: dict[str, Any], 403: Error, 404: Error})
 def window_close(request):
-    row, window = power.close_window(request.user)
-    return {**answer(row), "window": power.window_dict(window)}
+    row, window = manager.close_window(request.user)
+    return {**answer(row), "window": manager.window_dict(window)}
 
 
 madre_api = PortalAPI(

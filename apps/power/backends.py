@@ -1,7 +1,7 @@
 """How a service is started and stopped: process, docker compose or systemd.
 
-Every command is an argument list (never a shell) with a timeout. Each function returns an
-`Outcome` (ok, one-line message, output text); none raises for an expected failure.
+Every command is an argument list (never a shell) with a timeout. Each function returns a
+`BackendResult` (ok, one-line message, output text); none raises for an expected failure.
 
 The process backend owns the module's OS process: it starts the command in its own session,
 records the pid (the caller stores it), stops it with SIGTERM then SIGKILL after a grace period,
@@ -32,7 +32,7 @@ _children: dict[int, subprocess.Popen] = {}
 
 
 @dataclass
-class Outcome:
+class BackendResult:
     ok: bool
     message: str
     output: list[str] = field(default_factory=list)
@@ -43,26 +43,22 @@ class Outcome:
         return "\n".join(self.output)
 
 
-def tail(text: str, limit: int = OUTPUT_TAIL) -> str:
-    return display.tail(text, limit)
-
-
 # --- external commands: docker compose, systemctl ----------------------------------------------
 
 
-def run_command(argv: list[str], timeout: float | None = None) -> Outcome:
+def run_argv(argv: list[str], timeout: float | None = None) -> BackendResult:
     """Run one argument list; ok when it exits 0 within the timeout."""
     timeout = settings.VX11_POWER_COMMAND_TIMEOUT if timeout is None else timeout
     exe = shutil.which(argv[0])
     shown = " ".join(argv)
     if exe is None:
-        return Outcome(False, f"{argv[0]!r} not found on PATH", [f"$ {shown}", f"{argv[0]}: not found"])
+        return BackendResult(False, f"{argv[0]!r} not found on PATH", [f"$ {shown}", f"{argv[0]}: not found"])
     try:
         done = subprocess.run(
             [exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired as exc:
-        return Outcome(
+        return BackendResult(
             False,
             f"`{shown}` timed out after {timeout:g} s",
             [f"$ {shown}", str(exc.stdout or ""), str(exc.stderr or "")],
@@ -70,8 +66,8 @@ def run_command(argv: list[str], timeout: float | None = None) -> Outcome:
     output = [f"$ {shown}", done.stdout.rstrip(), done.stderr.rstrip(), f"exit code {done.returncode}"]
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
-        return Outcome(False, f"`{shown}` exited with {done.returncode}: {last[0][:200]}", output)
-    return Outcome(True, f"`{shown}` ok", output)
+        return BackendResult(False, f"`{shown}` exited with {done.returncode}: {last[0][:200]}", output)
+    return BackendResult(True, f"`{shown}` ok", output)
 
 
 COMPOSE_VERBS = {"start": ["up", "-d"], "stop": ["stop"], "restart": ["restart"]}
@@ -94,13 +90,13 @@ SYSTEMD_NOT_RUNNING = {"inactive", "failed", "activating", "deactivating", "main
 
 
 @dataclass
-class State:
+class ProcessState:
     running: bool | None  # None: not known (the error says why)
     state: str = ""  # what the backend said: "active", "running", "no running container", ...
     error: str | None = None
 
 
-def ask(argv: list[str], timeout: float | None = None) -> tuple[subprocess.CompletedProcess | None, str | None]:
+def ask(argv: list[str], timeout: float | None = None) -> tuple[subprocess.CompletedProcess[str] | None, str | None]:
     """Run one argument list for its answer (any exit code): (the finished process, None) or (None, why not)."""
     timeout = min(settings.VX11_POWER_COMMAND_TIMEOUT, STATUS_TIMEOUT) if timeout is None else timeout
     shown = " ".join(argv)
@@ -117,7 +113,7 @@ def ask(argv: list[str], timeout: float | None = None) -> tuple[subprocess.Compl
         return None, f"`{shown}`: {exc}"
 
 
-def _failed(argv: list[str], done: subprocess.CompletedProcess) -> str:
+def _failed(argv: list[str], done: subprocess.CompletedProcess[str]) -> str:
     last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
     return f"`{' '.join(argv)}` exited with {done.returncode}: {last[0][:200]}"
 
@@ -140,37 +136,39 @@ def parse_compose_ps(text: str) -> list[dict]:
     return containers
 
 
-def compose_state(service: str) -> State:
+def compose_state(service: str) -> ProcessState:
     argv = compose_ps_argv(service)
     done, error = ask(argv)
-    if error:
-        return State(None, error=error)
+    if done is None:
+        return ProcessState(None, error=error)
     if done.returncode != 0:
-        return State(None, error=_failed(argv, done))
+        return ProcessState(None, error=_failed(argv, done))
     try:
         containers = [c for c in parse_compose_ps(done.stdout) if c.get("Service", service) == service]
     except ValueError as exc:
-        return State(None, error=f"`{' '.join(argv)}`: unreadable answer ({str(exc)[:200]})")
+        return ProcessState(None, error=f"`{' '.join(argv)}`: unreadable answer ({str(exc)[:200]})")
     states = sorted({str(c.get("State", "?")) for c in containers})
-    return State(any(c.get("State") == "running" for c in containers), ", ".join(states) or "no running container")
+    return ProcessState(
+        any(c.get("State") == "running" for c in containers), ", ".join(states) or "no running container"
+    )
 
 
 def systemd_state_argv(unit: str) -> list[str]:
     return ["systemctl", "is-active", unit]
 
 
-def systemd_state(unit: str) -> State:
+def systemd_state(unit: str) -> ProcessState:
     """`systemctl is-active` exits non-zero for anything but active, so its word is what counts."""
     argv = systemd_state_argv(unit)
     done, error = ask(argv)
-    if error:
-        return State(None, error=error)
+    if done is None:
+        return ProcessState(None, error=error)
     word = (done.stdout.strip().splitlines() or [""])[0].strip()
     if word in SYSTEMD_RUNNING:
-        return State(True, word)
+        return ProcessState(True, word)
     if word in SYSTEMD_NOT_RUNNING:
-        return State(False, word)
-    return State(None, word, _failed(argv, done) if done.returncode else f"`{' '.join(argv)}` answered {word!r}")
+        return ProcessState(False, word)
+    return ProcessState(None, word, _failed(argv, done) if done.returncode else f"`{' '.join(argv)}` answered {word!r}")
 
 
 # --- the process backend ---------------------------------------------------------------------
@@ -236,7 +234,7 @@ def read_tail(path: Path, limit: int = 2000) -> str:
         with path.open("rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - 4 * limit))  # up to 4 bytes a character in UTF-8
-            return tail(f.read().decode(errors="replace"), limit)
+            return display.tail(f.read().decode(errors="replace"), limit)
     except OSError as exc:
         return f"(cannot read {path}: {exc})"
 
@@ -270,12 +268,12 @@ def trim_logs() -> int:
 
 def process_start(
     slug: str, argv: list[str], pid: int | None, health_url: str, timeout: float | None = None
-) -> Outcome:
+) -> BackendResult:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
     if pid_alive(pid, argv):
-        return Outcome(True, f"{slug} already running (pid {pid})", [f"pid {pid} alive; nothing to do"], pid=pid)
+        return BackendResult(True, f"{slug} already running (pid {pid})", [f"pid {pid} alive; nothing to do"], pid=pid)
     if health_answers(health_url):
-        return Outcome(
+        return BackendResult(
             False,
             f"{health_url} already answers, but not from a process the portal started; not starting a second copy",
             [f"recorded pid {pid} is not running", f"{health_url} answers"],
@@ -295,21 +293,21 @@ def process_start(
                 close_fds=True,
             )
     except OSError as exc:
-        return Outcome(False, f"cannot start {slug}: {exc}", [f"$ {' '.join(argv)}", str(exc)])
+        return BackendResult(False, f"cannot start {slug}: {exc}", [f"$ {' '.join(argv)}", str(exc)])
     _children[child.pid] = child
     output = [f"$ {' '.join(argv)}", f"pid {child.pid}, log {log}"]
     up = wait_for(lambda: child.poll() is not None or health_answers(health_url), timeout)
     if child.poll() is not None:
         output.append(read_tail(log, 2000))
-        return Outcome(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
+        return BackendResult(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
     if not up:
         terminate(child.pid, 1.0)
         output.append(read_tail(log, 2000))
-        return Outcome(
+        return BackendResult(
             False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output
         )
     output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
-    return Outcome(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
+    return BackendResult(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
 
 
 def terminate(pid: int, grace: float) -> str:
@@ -330,17 +328,19 @@ def terminate(pid: int, grace: float) -> str:
 
 def process_stop(
     slug: str, argv: list[str], pid: int | None, health_url: str, grace: float, timeout: float | None = None
-) -> Outcome:
+) -> BackendResult:
     timeout = settings.VX11_POWER_HEALTH_TIMEOUT if timeout is None else timeout
-    if not pid_alive(pid, argv):
+    if pid is None or not pid_alive(pid, argv):
         note = f" (but {health_url} answers: is it running outside the portal?)" if health_answers(health_url) else ""
-        return Outcome(True, f"{slug} not running{note}", [f"no live process (recorded pid {pid}){note}"], pid=None)
+        return BackendResult(
+            True, f"{slug} not running{note}", [f"no live process (recorded pid {pid}){note}"], pid=None
+        )
     how = terminate(pid, grace)
     output = [f"pid {pid}: {how}"]
     if not wait_for(lambda: not health_answers(health_url), timeout):
         output.append(f"{health_url} still answers")
-        return Outcome(
+        return BackendResult(
             False, f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s", output, pid=None
         )
     output.append(f"{health_url} no longer answers")
-    return Outcome(True, f"{slug} stopped (pid {pid} {how})", output, pid=None)
+    return BackendResult(True, f"{slug} stopped (pid {pid} {how})", output, pid=None)

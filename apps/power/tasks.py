@@ -6,7 +6,8 @@ from celery import shared_task
 from django.conf import settings
 
 from . import backends
-from .models import MAX_STOP_GRACE, PowerAction, WindowStop, expire_windows
+from .manager import expire_windows
+from .models import MAX_STOP_GRACE, PowerAction, WindowStop
 
 
 def one_stop_worst_case() -> float:
@@ -35,5 +36,6 @@ def check_power_windows(now: datetime | None = None) -> dict:
 @shared_task(name="apps.power.tasks.prune_power_actions", soft_time_limit=600)
 def prune_power_actions() -> dict:
     """Hourly: drop action rows older than VX11_POWER_ACTION_RETENTION_DAYS with their evidence folders
-    (and the expiry stops of windows that ended before then), and cut the process backend's module logs (var/power/<slug>.log) down to VX11_POWER_LOG_MAX_BYTES."""
+    (and the expiry stops of windows that ended before then), and cut the process backend's module logs
+    (var/power/<slug>.log) down to VX11_POWER_LOG_MAX_BYTES."""
     return {"pruned": PowerAction.prune(), "window_stops": WindowStop.prune(), "logs_cut": backends.trim_logs()}

@@ -1,12 +1,14 @@
 """SIMULATOR: a fake VX11 fleet for demos and tests, never part of the real portal.
 
-Ten aiohttp servers on 127.0.0.1, one per VX11 module, answer with the exact /health shapes of
-the real modules (../shared/vx11/REFERENCE.md section 1) plus the two upstream calls the operator
-backend makes (hermes GET /tools, shub POST /metrics) and what the E2E flows A/B/C need (sections 2
-and 8): tentaculo_link proxies /vx11/* to its siblings, madre plans intents (IntentV2/PlanV2),
-hormiguero scans into incidents, manifestator answers drift and patches (see E2E below).
-A control server (GET /_sim, POST /_sim/<slug>)
-and `SimFleet.set_mode()` make any module misbehave: slow, hang, error, garbage, wrong_status, down.
+Ten aiohttp servers on 127.0.0.1, one per VX11 module, answer GET /health with the body the real
+module sends (HEALTH below: each module's own keys, e.g. madre's "time" and its deps "up"/"down",
+manifestator's "healthy" instead of "ok"). They also answer the two upstream calls the operator backend
+makes (hermes GET /tools, shub POST /metrics) and what the E2E flows A/B/C call, with the real paths and
+answer shapes: tentaculo_link proxies /vx11/* to its siblings, madre turns an intent into an IntentV2
+and a PlanV2 (POST /vx11/intent, /madre/plans), hormiguero's ants scan into incidents, manifestator
+answers drift and patches (see E2E below).
+A control server (GET /_sim, POST /_sim/<slug>) and `SimFleet.set_mode()` make any module misbehave
+(MISBEHAVIOURS): slow, hang, error, garbage, wrong_status, down; "ok" sets it back to normal.
 All servers share one asyncio loop in one background thread, so a test starts the fleet in a line:
 
     with SimFleet(ephemeral=True) as fleet:
@@ -36,9 +38,10 @@ DEFAULT_DELAY = 1.0  # seconds, for "slow" without a delay
 SHUTDOWN_TIMEOUT = 0.2  # seconds an in-flight (hanging) request may delay stop() or "down"
 MADRE_DEPS = ("switch", "hormiguero", "spawner")
 MADRE_PROBE_TIMEOUT = 2.0  # real madre probes its deps with a 2 s timeout
-DEAD_MODES = {"down", "hang", "error", "garbage"}  # what madre would see as a dead dependency
+DEAD_MISBEHAVIOURS = {"down", "hang", "error", "garbage"}  # what madre would see as a dead dependency
 
-MODES = {
+# What set_mode() accepts; "ok" is the absence of misbehaviour.
+MISBEHAVIOURS = {
     "ok": "answer normally",
     "slow": f"sleep --delay seconds (default {DEFAULT_DELAY}), then answer normally",
     "hang": "never answer; the client times out",
@@ -144,7 +147,7 @@ async def normal_answer(fleet, slug, request):
 # (hormiguero -> manifestator) call. State (plans, incidents, drift reports, patches) lives in the
 # SimFleet's bounded memory, so one module can answer about what another produced.
 
-PROXY_TIMEOUT = 3.0  # seconds; the gateway's upstream timeout (REFERENCE.md section 3)
+PROXY_TIMEOUT = 3.0  # seconds; the real gateway gives up on an upstream module after 3 s
 MEMORY_SIZE = 500  # plans, incidents, drift reports and patches kept per kind (oldest dropped)
 MAX_TEXT = 2000  # longest intent text madre accepts
 RISK_HIGH = {"delete", "drop", "destroy", "reset", "migrate", "restore", "stop", "kill", "terminate"}
@@ -618,7 +621,7 @@ class SimFleet:
     # -- modes -------------------------------------------------------------------------------
 
     def set_mode(self, slug, mode, delay=None):
-        """Make a module misbehave (see MODES); safe to call from any thread but the fleet's own."""
+        """Make a module misbehave (see MISBEHAVIOURS); safe to call from any thread but the fleet's own."""
         self.store_mode(slug, mode, delay)
         if self._thread:
             if threading.current_thread() is self._thread:
@@ -649,8 +652,8 @@ class SimFleet:
                 f"{slug} is not simulated here: it runs as its own process under the power manager "
                 "(start/stop it from the admin's power console)"
             )
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MODES)}")
+        if mode not in MISBEHAVIOURS:
+            raise ValueError(f"unknown mode {mode!r}; expected one of: {', '.join(MISBEHAVIOURS)}")
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
                 raise ValueError(f"delay must be a number of seconds, not {delay!r}")
@@ -664,7 +667,7 @@ class SimFleet:
         """ "up" or "down", as real madre's 2 s probe would see the simulated sibling."""
         mode, delay = self.mode_of(slug)
         too_slow = mode == "slow" and delay >= MADRE_PROBE_TIMEOUT
-        return "down" if mode in DEAD_MODES or too_slow else "up"
+        return "down" if mode in DEAD_MISBEHAVIOURS or too_slow else "up"
 
     def warming_up(self, now=None):
         """`now`: a time.monotonic() reading to judge at (default: the current one), so a caller can test the

@@ -49,13 +49,15 @@ def test_spawn_creates_the_task_and_its_daughters(api, fleet):
 )
 def test_bad_spawns_get_a_422(api, payload, status, message):
     response = api.post("/api/daughters", payload, content_type="application/json")
-    assert response.status_code == status and message in response.json()["detail"]
+    assert response.status_code == status
+    assert message in response.json()["detail"]
     assert not DaughterTask.objects.exists()
 
 
 def test_garbage_body_is_a_clear_error(api):
     response = api.post("/api/daughters", "{not json", content_type="application/json")
-    assert 400 <= response.status_code < 500 and "detail" in response.json()
+    assert 400 <= response.status_code < 500
+    assert "detail" in response.json()
 
 
 def test_read_only_keys_cannot_spawn_or_cancel(readonly_key):
@@ -71,16 +73,15 @@ def test_cancel_a_daughter_and_refuse_twice(api):
     response = api.post(f"/api/daughters/{daughter.pk}/cancel")
     assert response.json() == {"killed": 1, "status": "killed"}
     again = api.post(f"/api/daughters/{daughter.pk}/cancel")
-    assert again.status_code == 409 and "already ended (killed)" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "already ended (killed)" in again.json()["detail"]
     assert api.post("/api/daughters/999999/cancel").status_code == 404
     assert api.get("/api/daughters/tasks/999999").status_code == 404
     task.refresh_from_db()
     killed = Daughter.objects.get(pk=daughter.pk)
-    assert (
-        task.status == "cancelled"
-        and killed.ended_at is not None
-        and killed.error_last == "killed (cancelled by operator)"
-    )
+    assert task.status == "cancelled"
+    assert killed.ended_at is not None
+    assert killed.error_last == "killed (cancelled by operator)"
 
 
 def test_a_daughter_can_spawn_daughters(api):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from apps.daughters.models import DaughterTask
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,7 +70,8 @@ def test_env_shows_no_secret(settings):
     settings.VX11_DAUGHTER_COMMANDS = {**settings.VX11_DAUGHTER_COMMANDS, "env": ["env"]}
     daughter = DaughterTask.spawn("command", {"command": "env"}, max_retries=0).daughters.get()
     daughter.refresh_from_db()
-    assert daughter.status == "finished" and "PATH=" in daughter.result["output"]
+    assert daughter.status == "finished"
+    assert "PATH=" in daughter.result["output"]
     stored = json.dumps(
         [daughter.__class__.objects.filter(pk=daughter.pk).values().get(), list(daughter.attempts.values())],
         default=str,
@@ -98,13 +99,17 @@ def test_a_bad_entry_stops_the_start_up(value):
         timeout=60,
         check=False,
     )
-    assert done.returncode != 0 and "VX11_DAUGHTER_COMMANDS must be a JSON object" in done.stderr
+    assert done.returncode != 0
+    assert "VX11_DAUGHTER_COMMANDS must be a JSON object" in done.stderr
 
 
 def test_the_object_form_is_accepted_at_start_up():
     value = json.dumps({"dump": {"argv": ["pg_dump", "-Fc"], "env": ["PGPASSWORD"]}, "ls": ["ls", "-l"]})
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "vx11_site.settings", "VX11_DAUGHTER_COMMANDS": value}
-    code = "import django; django.setup(); from django.conf import settings as s; print(s.VX11_DAUGHTER_COMMANDS['dump']['env'])"
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.VX11_DAUGHTER_COMMANDS['dump']['env'])"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from apps.daughters.models import Daughter, DaughterAttempt, DaughterTask
 from apps.events.models import Event
+from tests.helpers import celery_sends_to
 
 pytestmark = pytest.mark.django_db
 
@@ -72,7 +73,8 @@ def test_reaper_expires_retries_and_fails_in_one_sweep():
     assert (retried.status, retried.mutation_level) == ("mutated", 1)
     assert retried.dispatched_at >= before  # queued again and handed out by the same sweep
     assert "no heartbeat for 60 s" in retried.error_last
-    assert status[exhausted.pk].status == "failed" and "retries exhausted" in status[exhausted.pk].error_last
+    assert status[exhausted.pk].status == "failed"
+    assert "retries exhausted" in status[exhausted.pk].error_last
     assert set(DaughterAttempt.objects.filter(status="timeout").values_list("daughter__task_id", flat=True)) == {
         past_ttl.pk,
         stale.pk,
@@ -102,7 +104,8 @@ def sweep_queries(n):
         running(spawn(), started_ago=90, heartbeat_ago=61)
     with CaptureQueriesContext(connection) as ctx:
         result = Daughter.reap()
-    assert result["expired"] == n and result["retried"] == n
+    assert result["expired"] == n
+    assert result["retried"] == n
     return len(ctx.captured_queries)
 
 
@@ -126,8 +129,6 @@ def test_cancel_kills_live_daughters_and_the_task():
 @pytest.mark.django_db(transaction=True)
 def test_an_unreachable_broker_leaves_the_daughter_queued():
     """The spawn still answers; the daughter waits for the next dispatch instead of being lost."""
-    from tests.conftest import celery_sends_to
-
     with celery_sends_to("redis://127.0.0.1:1/0", "nowhere"):
         task = DaughterTask.spawn("sleep", {"seconds": 0})
     daughter = task.daughters.get()
@@ -158,7 +159,9 @@ def test_the_retry_update_rechecks_status_and_heartbeat_under_the_row_lock():
         if q["sql"].startswith("UPDATE") and "mutation_level" in q["sql"].split("WHERE")[0]
     )
     where = retry.split("WHERE", 1)[1]
-    assert "last_heartbeat_at" in where and "status" in where and "SELECT" not in where
+    assert "last_heartbeat_at" in where
+    assert "status" in where
+    assert "SELECT" not in where
 
 
 def orphan(attempt_id: int | None):
@@ -205,9 +208,9 @@ def test_the_reaper_kills_the_command_a_dead_worker_left_and_nothing_else():
         assert all(procs[name].poll() is None for name in ("reused", "elsewhere", "cancelled"))
         assert cancelled.cancel() == 1
         procs["cancelled"].wait(timeout=5)
-        assert (
-            procs["cancelled"].returncode == -9 and procs["reused"].poll() is None and procs["elsewhere"].poll() is None
-        )
+        assert procs["cancelled"].returncode == -9
+        assert procs["reused"].poll() is None
+        assert procs["elsewhere"].poll() is None
         assert not DaughterAttempt.objects.filter(pid__isnull=False).exists()  # ended attempts keep no pid
     finally:
         for p in procs.values():

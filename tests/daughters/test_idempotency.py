@@ -26,8 +26,10 @@ def spawn(client, body=SLEEP, key="retry-4f1c"):
 def test_a_retry_with_the_same_key_gets_the_same_task(api):
     first = spawn(api)
     again = spawn(api)
-    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
-    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
     assert DaughterTask.objects.count() == 1
     assert spawn(api, key=None).status_code == 201  # no key: every request is a new task
@@ -52,14 +54,16 @@ def test_keys_are_per_user(api, django_user_model, grant):
     other = grant(django_user_model.objects.create_user("other"), "daughters.spawn_daughter")
     other_client = Client(headers={"X-API-Key": ApiKey.issue(other, "other rw")[1]})
     mine, theirs = spawn(api), spawn(other_client)
-    assert (mine.status_code, theirs.status_code) == (201, 201) and mine.json()["id"] != theirs.json()["id"]
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert mine.json()["id"] != theirs.json()["id"]
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
 def test_a_malformed_key_is_a_422(api, key):
     response = spawn(api, key=key)
-    assert response.status_code == 422 and "Idempotency-Key" in response.json()["detail"]
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.json()["detail"]
     assert not DaughterTask.objects.exists()
 
 
@@ -81,7 +85,8 @@ def test_a_key_past_its_window_makes_a_new_task_before_the_reaper_clears_it(api)
     first = spawn(api).json()["id"]
     DaughterTask.objects.filter(pk=first).update(created=timezone.now() - timedelta(hours=25))
     again = spawn(api, {**SLEEP, "params": {"seconds": 2}})  # even with another body: the old use has expired
-    assert again.status_code == 201 and again.json()["id"] != first
+    assert again.status_code == 201
+    assert again.json()["id"] != first
 
 
 @pytest.mark.django_db(transaction=True)

@@ -66,14 +66,17 @@ def test_a_second_delivery_of_the_same_attempt_does_nothing():
 def test_http_kind_calls_the_module(fleet):
     ok = DaughterTask.spawn("http", {"module": "hermes", "path": "/tools"}).daughters.get()
     ok.refresh_from_db()
-    assert ok.status == "finished" and ok.result["status_code"] == 200 and "tools" in ok.result["body"]
+    assert ok.status == "finished"
+    assert ok.result["status_code"] == 200
+    assert "tools" in ok.result["body"]
 
 
 def test_http_kind_fails_on_an_unexpected_status(fleet, sim):
     sim.set_mode("hermes", "error")
     bad = DaughterTask.spawn("http", {"module": "hermes", "path": "/health"}, max_retries=0).daughters.get()
     bad.refresh_from_db()
-    assert bad.status == "failed" and "answered 500, expected 200" in bad.error_last
+    assert bad.status == "failed"
+    assert "answered 500, expected 200" in bad.error_last
 
 
 def test_a_command_timeout_kills_the_whole_process_group(settings):
@@ -82,7 +85,8 @@ def test_a_command_timeout_kills_the_whole_process_group(settings):
     started = time.monotonic()
     daughter = DaughterTask.spawn("command", {"command": "grandchild", "timeout": 0.5}, max_retries=0).daughters.get()
     daughter.refresh_from_db()
-    assert daughter.status == "failed" and "timed out after 0.5 s" in daughter.error_last
+    assert daughter.status == "failed"
+    assert "timed out after 0.5 s" in daughter.error_last
     assert time.monotonic() - started < 4
 
 
@@ -94,9 +98,12 @@ def test_command_kind_runs_an_allow_listed_argument_list():
     ).daughters.get()
     for d in (ok, bad, slow):
         d.refresh_from_db()
-    assert ok.status == "finished" and ok.result["exit_code"] == 0
-    assert bad.status == "failed" and "exited with 1" in bad.error_last
-    assert slow.status == "failed" and "timed out after 0.3 s" in slow.error_last
+    assert ok.status == "finished"
+    assert ok.result["exit_code"] == 0
+    assert bad.status == "failed"
+    assert "exited with 1" in bad.error_last
+    assert slow.status == "failed"
+    assert "timed out after 0.3 s" in slow.error_last
     assert slow.attempts.get().status == "timeout"
 
 

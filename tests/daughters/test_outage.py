@@ -9,7 +9,7 @@ import pytest
 
 from apps.daughters.models import Daughter, DaughterTask
 from apps.events.models import Event
-from tests.conftest import celery_sends_to, free_port
+from tests.helpers import celery_sends_to, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

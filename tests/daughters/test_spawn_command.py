@@ -18,14 +18,16 @@ def test_spawn_and_wait_prints_json(settings, capsys):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     call_command("vx11_spawn", "sleep", "seconds:=0.1", "--wait", "--json")
     out = json.loads(capsys.readouterr().out)
-    assert out["status"] == "completed" and out["daughters"][0]["result"] == {"slept": 0.1}
+    assert out["status"] == "completed"
+    assert out["daughters"][0]["result"] == {"slept": 0.1}
 
 
 def test_a_failed_task_exits_1(settings, capsys):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     with pytest.raises(SystemExit) as exit_:
         call_command("vx11_spawn", "command", "command=false", "--max-retries", "0", "--wait")
-    assert exit_.value.code == 1 and "ended failed" in capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert "ended failed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ def test_success_and_failure_with_retries(daughter_worker):
     assert ok.attempts.get().worker.startswith("daughters-test")
     assert list(bad.attempts.values_list("status", flat=True)) == ["error", "error", "error"]
     bad.task.refresh_from_db()
-    assert bad.mutation_level == 2 and bad.task.status == "failed"
+    assert bad.mutation_level == 2
+    assert bad.task.status == "failed"
 
 
 def gone(pid: int) -> bool:
@@ -59,24 +60,28 @@ def test_a_worker_killed_mid_task_loses_nothing(daughter_worker, settings, tmp_p
     )
     daughter_worker.kill()  # SIGKILL: the message was never acknowledged, the attempt never ended
     orphan = daughter.attempts.get().pid  # the command, left running by the dead worker
-    assert orphan and not gone(orphan)
+    assert orphan
+    assert not gone(orphan)
     # staleness is judged at times given to the reaper, from the last heartbeat the dead worker wrote
     daughter.refresh_from_db()
     stale_at = daughter.last_heartbeat_at + timedelta(seconds=settings.VX11_DAUGHTER_STALE_SECONDS)
     assert Daughter.reap(now=stale_at - timedelta(seconds=1))["retried"] == 0
-    assert status_of(daughter) == "running" and not gone(orphan)
+    assert status_of(daughter) == "running"
+    assert not gone(orphan)
     assert Daughter.reap(now=stale_at + timedelta(seconds=1))["retried"] == 1
     deadline = time.monotonic() + 5
     while not gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(orphan)  # the reaper killed it (same host, its environment names the attempt)
-    assert status_of(daughter) == "mutated" and daughter.mutation_level == 1
+    assert status_of(daughter) == "mutated"
+    assert daughter.mutation_level == 1
     daughter_worker.start()
     wait_for(lambda: status_of(daughter) == "finished", daughter_worker, what="the retry to finish")
     assert list(daughter.attempts.values_list("attempt_number", "status")) == [(1, "timeout"), (2, "success")]
     # the first delivery (level 0) was never acknowledged; when the broker hands it out again it is a no-op
     assert Daughter.run(daughter.pk, 0).startswith("not claimed")
-    assert daughter.attempts.count() == 2 and status_of(daughter) == "finished"
+    assert daughter.attempts.count() == 2
+    assert status_of(daughter) == "finished"
 
 
 def test_ttl_expiry_stops_the_work(daughter_worker):
@@ -92,7 +97,8 @@ def test_ttl_expiry_stops_the_work(daughter_worker):
         timeout=5,
         what="the worker to stop the work",
     )
-    assert status_of(daughter) == "expired" and daughter.attempts.get().status == "timeout"
+    assert status_of(daughter) == "expired"
+    assert daughter.attempts.get().status == "timeout"
     daughter.task.refresh_from_db()
     assert daughter.task.status == "expired"
     after = DaughterTask.spawn("command", {"command": "true"}).daughters.get()  # the worker is free again
@@ -103,7 +109,8 @@ def test_cancel_through_the_api_stops_a_running_daughter(daughter_worker, api):
     daughter = DaughterTask.spawn("sleep", {"seconds": 30}).daughters.get()
     wait_for(lambda: status_of(daughter) == "running", daughter_worker, what="the daughter to start")
     response = api.post(f"/api/daughters/tasks/{daughter.task_id}/cancel")
-    assert response.status_code == 200 and response.json() == {"killed": 1, "status": "cancelled"}
+    assert response.status_code == 200
+    assert response.json() == {"killed": 1, "status": "cancelled"}
     wait_for(
         lambda: daughter.attempts.get().status == "cancelled", daughter_worker, timeout=5, what="the worker to stop"
     )

@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.browser import chrome, requested_urls
+from tests.e2e.helpers import chrome, requested_urls
 
 # Every host name but the portal's fails to resolve: the browser is as offline as the portal's machine,
 # also where CI has internet (a CDN would answer there and hide the bug).

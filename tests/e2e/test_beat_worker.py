@@ -1,5 +1,5 @@
 """The beat schedule really fires: a real Celery worker with embedded beat, on real Redis,
-reads the migration's schedule from the database and stores probe rounds of the demo fleet."""
+reads the portal's schedule (vx11_site.schedules) from the database and stores probe rounds of the demo fleet."""
 
 import importlib
 import os
@@ -13,7 +13,8 @@ from django.apps import apps as django_apps
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from apps.fleet.models import HealthCheck, Module
-from tests.conftest import ROOT, database_url_of_test_db, point_fleet_at, redis_url
+from tests.helpers import ROOT, database_url_of_test_db, point_fleet_at, redis_url
+from vx11_site.schedules import ensure_schedules
 
 
 @pytest.mark.services
@@ -22,8 +23,10 @@ def test_worker_with_beat_stores_probe_rounds(sim):
     broker = redis_url()
     point_fleet_at(sim)
     sim.set_mode("hermes", "error")
-    # a transactional test starts from an empty database: make the beat entries as the migration does
+    # a transactional test starts from an empty database: make the modules as the migration does, and the
+    # beat entries as every migrate does
     importlib.import_module("apps.fleet.migrations.0002_reference_fleet_and_schedule").load(django_apps, None)
+    ensure_schedules()
     probe_entry = PeriodicTask.objects.get(task="apps.fleet.tasks.probe_fleet")
     probe_entry.interval, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     probe_entry.save()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import WorkerProcess, celery_sends_to, database_url_of_test_db, free_port, redis_server, redis_url
+from tests.helpers import WorkerProcess, celery_sends_to, database_url_of_test_db, free_port, redis_server, redis_url
 
 
 def _worker_env(broker_url: str, queue: str) -> dict:

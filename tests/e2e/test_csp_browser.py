@@ -5,13 +5,13 @@ an inline script slipped into a page is blocked and reported, so the check is no
 
 import pytest
 
-from tests.e2e.browser import chrome
-from tests.e2e.test_live_admin_browser import log_in_live
+from tests.e2e.helpers import chrome, log_in_live
 
 # Runs in every document before the page's own scripts; DevTools' scripts are not subject to the page's CSP.
 RECORD_VIOLATIONS = """
 window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
+document.addEventListener("securitypolicyviolation", (e) =>
+    window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
 """
 LIVE = 'return document.getElementById("vx11-live").textContent.includes("●");'
 # (page, a script that returns true once the page's own scripts have done their work)

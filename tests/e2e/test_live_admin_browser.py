@@ -4,23 +4,8 @@ see it, and the status badge turns "down" without a reload (WebSocket, Redis lay
 import pytest
 
 from apps.fleet.probe import run_round
-from tests.conftest import point_fleet_at
-from tests.e2e.browser import chrome
-
-
-def log_in_live(browser, daphne: str, page: str):
-    """Log in as the admin, open `page`, and wait until its live indicator says the WebSocket is up."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(f"{daphne.replace('ws://', 'http://')}/admin/login/?next={page}")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait = WebDriverWait(browser, 15)
-    wait.until(lambda b: "●" in b.find_element(By.ID, "vx11-live").text)
-    browser.execute_script("window.__not_reloaded = true;")
-    return wait
+from tests.e2e.helpers import chrome, log_in_live
+from tests.helpers import point_fleet_at
 
 
 @pytest.mark.services

@@ -15,7 +15,7 @@ from django.utils import timezone
 from apps.daughters.models import Daughter, DaughterTask
 from apps.events.models import BROADCAST_GROUP, Event, relay_unsent
 from apps.flows.models import Flow, FlowRun
-from tests.conftest import (
+from tests.helpers import (
     WorkerProcess,
     celery_sends_to,
     channel_layer,

@@ -10,7 +10,7 @@ import pytest
 from django.db import connections
 
 from apps.fleet.probe import run_round
-from tests.conftest import TOKEN, point_fleet_at
+from tests.helpers import TOKEN, point_fleet_at
 
 
 async def refusal(url: str) -> tuple[int, str]:
@@ -49,7 +49,8 @@ def test_ws_end_to_end_with_a_real_state_change(daphne, sim):
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(f"{daphne}/ws/ops", headers={"X-VX11-Token": TOKEN}) as ws:
                 hello = await next_json(ws)
-                assert hello["type"] == "connected" and hello["client_id"]
+                assert hello["type"] == "connected"
+                assert hello["client_id"]
 
                 sim.set_mode("madre", "down")
                 for _ in range(3):  # down after 3 failures in a row
@@ -62,12 +63,14 @@ def test_ws_end_to_end_with_a_real_state_change(daphne, sim):
 
                 await ws.send_str(json.dumps({"event_type": "tool_call_requested", "data": {"tool": "deepseek_r1"}}))
                 echoed = await next_json(ws)
-                assert echoed["type"] == "tool_call_requested" and echoed["session_id"] == "ops"
+                assert echoed["type"] == "tool_call_requested"
+                assert echoed["session_id"] == "ops"
 
             # a client that comes back asks for what it missed after its cursor
             async with http.ws_connect(f"{daphne}/ws/ops?token={TOKEN}&cursor={cursor}") as ws:
                 assert (await next_json(ws))["type"] == "connected"
                 missed = await next_json(ws)
-                assert missed["type"] == "tool_call_requested" and missed["replayed"] is True
+                assert missed["type"] == "tool_call_requested"
+                assert missed["replayed"] is True
 
     asyncio.run(scenario())

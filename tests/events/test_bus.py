@@ -27,7 +27,9 @@ def test_six_canonical_types():
 def test_envelope_shape_and_storage():
     env = publish("tool_result_received", {"tool": "x", "ok": True}, session_id="s-1")
     assert set(env) == {"type", "session_id", "timestamp", "data", "cursor"}
-    assert env["type"] == "tool_result_received" and env["session_id"] == "s-1" and env["timestamp"].endswith("Z")
+    assert env["type"] == "tool_result_received"
+    assert env["session_id"] == "s-1"
+    assert env["timestamp"].endswith("Z")
     stored = Event.objects.get(id=env["cursor"])
     assert stored.data == {"tool": "x", "ok": True}
     assert publish("status_changed", {})["session_id"] is None

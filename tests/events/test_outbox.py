@@ -19,7 +19,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from apps.events.models import BROADCAST_GROUP, SEND_TIMEOUT, Event, apublish, publish, relay_unsent
-from tests.conftest import channel_layer, redis_layer, redis_url
+from tests.helpers import channel_layer, redis_layer, redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

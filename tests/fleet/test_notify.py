@@ -31,50 +31,6 @@ T0 = timezone.now().replace(microsecond=0)
 SECRET = "webhook-secret-123"
 
 
-class Receiver:
-    """A webhook receiver: records every request; answers from `statuses` in order, then 200."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.statuses: list[int] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.lock:
-                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-    def bodies(self) -> list[dict]:
-        return [json.loads(r["body"]) for r in self.requests]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def webhook(receiver, name="ops hook", path="/hook", secret=SECRET, modules=()):
     channel = NotificationChannel.objects.create(name=name, kind="webhook", target=receiver.url(path), secret=secret)
     channel.modules.set(modules)
@@ -112,7 +68,9 @@ def test_a_state_change_is_one_signed_post(receiver):
 
     counts = notify.sweep(now=T0 + timedelta(minutes=1))
 
-    assert counts["claimed"] == 2 and counts["queued"] == 1 and counts["sent"] == 1
+    assert counts["claimed"] == 2
+    assert counts["queued"] == 1
+    assert counts["sent"] == 1
     assert len(receiver.requests) == 1
     request = receiver.requests[0]
     assert request["headers"]["Content-Type"] == "application/json"
@@ -284,7 +242,8 @@ def test_disabled_channels_get_nothing(receiver):
     channel.save()
     change("madre")
     notify.sweep(now=T0)
-    assert receiver.requests == [] and not Delivery.objects.exists()
+    assert receiver.requests == []
+    assert not Delivery.objects.exists()
 
 
 @pytest.mark.django_db
@@ -346,7 +305,8 @@ def test_admin_lists_channels_deliveries_and_windows(receiver, admin_user, clien
     )
     assert response.status_code == 302
     window = MaintenanceWindow.objects.get(reason="kernel upgrade")
-    assert window.created_by == admin_user and [m.slug for m in window.modules.all()] == ["hermes"]
+    assert window.created_by == admin_user
+    assert [m.slug for m in window.modules.all()] == ["hermes"]
 
 
 @pytest.mark.django_db

@@ -18,10 +18,12 @@ def probe(slug):
 def test_healthy_fleet_round(fleet):
     seen = []
     results, changes = run_round(on_result=lambda r: seen.append(r.slug))
-    assert sorted(seen) == sorted(fleet) and len(results) == 10
+    assert sorted(seen) == sorted(fleet)
+    assert len(results) == 10
     assert all(r.outcome == "ok" and r.status_code == 200 for r in results), [r for r in results if r.outcome != "ok"]
     assert {r.slug: r.status_value for r in results}["manifestator"] == "healthy"
-    assert HealthCheck.objects.count() == 10 and len(changes) == 10
+    assert HealthCheck.objects.count() == 10
+    assert len(changes) == 10
     assert set(Module.objects.values_list("state", flat=True)) == {"up"}
 
 
@@ -65,7 +67,8 @@ def test_slow_answer_over_the_threshold_is_degraded(fleet, sim):
     Module.objects.filter(slug="spawner").update(degraded_latency_ms=150)
     sim.set_mode("spawner", "slow", delay=0.25)
     r = probe("spawner")
-    assert r.outcome == "slow" and r.latency_ms >= 250
+    assert r.outcome == "slow"
+    assert r.latency_ms >= 250
     probe("spawner")
     assert Module.objects.get(slug="spawner").state == "degraded"
 

@@ -40,7 +40,8 @@ def test_minute_and_hour_rollups_are_exact():
         ]
     )
     written = Rollup.roll_up(now=t + timedelta(hours=2))
-    assert written["minute"] == 2 and written["hour"] == 1
+    assert written["minute"] == 2
+    assert written["hour"] == 1
 
     first = Rollup.objects.get(module=m, period="minute", bucket_start=t)
     assert (first.count, first.failures, first.latency_samples) == (3, 1, 2)
@@ -162,5 +163,7 @@ def test_old_state_changes_and_ended_windows_are_pruned():
     recent = MaintenanceWindow.objects.create(starts_at=now - timedelta(days=9), ends_at=now - timedelta(days=8))
     summary = maintain_history(now)
     assert (summary["pruned_changes"], summary["pruned_windows"]) == (1, 1)
-    assert list(StateChange.objects.values_list("id", flat=True)) == [kept.id] and old.id != kept.id
-    assert list(MaintenanceWindow.objects.values_list("id", flat=True)) == [recent.id] and ended.id != recent.id
+    assert list(StateChange.objects.values_list("id", flat=True)) == [kept.id]
+    assert old.id != kept.id
+    assert list(MaintenanceWindow.objects.values_list("id", flat=True)) == [recent.id]
+    assert ended.id != recent.id

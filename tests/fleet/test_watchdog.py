@@ -29,18 +29,10 @@ from apps.fleet.models import (
     SchedulerWatch,
     StateChange,
 )
-from tests.conftest import ROOT, database_url_of_test_db, free_port, redis_url
-from tests.fleet.test_notify import Receiver
+from tests.helpers import ROOT, database_url_of_test_db, free_port, redis_url
 
 T0 = timezone.now().replace(microsecond=0)
 LONG_AGO = T0 - timedelta(days=1)  # when "this process started watching", so no grace applies
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def every(seconds: int) -> IntervalSchedule:
@@ -120,7 +112,8 @@ def test_health_is_503_and_names_what_stalled(schedule, monkeypatch):
     round_stored(now - timedelta(seconds=3))
     r = Client().get("/health")
     assert r.status_code == 200, r.json()
-    assert r.json()["status"] == "ok" and "detail" not in r.json()
+    assert r.json()["status"] == "ok"
+    assert "detail" not in r.json()
     assert r.json()["beat"]["status"] == r.json()["probe_rounds"]["status"] == "ok"
 
     beat_sent(now - timedelta(seconds=95))  # beat was killed 95 s ago; the worker still finished a round
@@ -156,7 +149,9 @@ def test_health_names_a_dead_database_without_its_error_text(caplog):
     assert body["database"] == "error"
     assert body["beat"] == body["probe_rounds"] == {"status": "unknown"}
     assert body["detail"] == "the database did not answer"
-    assert "secret-name" not in r.text and "port 1" not in r.text.lower() and "unable" not in r.text.lower()
+    assert "secret-name" not in r.text
+    assert "port 1" not in r.text.lower()
+    assert "unable" not in r.text.lower()
     assert any(rec.exc_info and rec.getMessage() == "health: database check failed" for rec in caplog.records)
 
 
@@ -252,7 +247,8 @@ def test_the_admin_lists_portal_changes_and_their_deliveries(schedule, receiver,
     client.force_login(admin_user)
     for url in ("/admin/fleet/statechange/", "/admin/fleet/delivery/"):
         r = client.get(url)
-        assert r.status_code == 200 and "portal" in r.content.decode(), url
+        assert r.status_code == 200, url
+        assert "portal" in r.content.decode(), url
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log) -> None:

@@ -2,9 +2,9 @@
 modules pointed at `sim`, and short step timeouts so a hanging module costs half a second."""
 
 import pytest
-from flow_helpers import STEP_TIMEOUT
 
 from apps.flows.models import Flow
+from tests.flows.helpers import STEP_TIMEOUT
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def eager_celery(settings):
 
 @pytest.fixture
 def editor(api, django_user_model):
-    """The operator's API client, its user granted flows.add_flow and flows.change_flow (writing a definition needs them)."""
+    """The operator's API client, its user granted flows.add_flow and flows.change_flow (writing a definition
+    needs them)."""
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.get(username="operator")

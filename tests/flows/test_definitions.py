@@ -7,7 +7,8 @@ import json
 import pytest
 from django.core.exceptions import ValidationError
 
-from apps.flows.models import DEFINITIONS, Flow, Step
+from apps.flows.models import Flow, Step
+from apps.flows.spec import DEFINITIONS
 
 GOOD = {
     "name": "D",
@@ -39,7 +40,8 @@ def test_the_canonical_flows_are_loaded_by_the_migration(db):
 def test_a_yaml_file_and_its_json_twin_load_the_same_flow(fleet, tmp_path):
     yaml_file = tmp_path / "d.yaml"
     yaml_file.write_text(
-        "name: D\nsteps:\n  - module: madre\n    path: /health\n    expect: {json: [{path: $.status, one_of: [ok, healthy]}]}\n"
+        "name: D\nsteps:\n  - module: madre\n    path: /health\n"
+        "    expect: {json: [{path: $.status, one_of: [ok, healthy]}]}\n"
     )
     flow = Flow.load_file(yaml_file)
     spec = flow.to_spec()
@@ -186,9 +188,8 @@ def test_a_template_of_an_unset_environment_variable_fails_the_step(flows, monke
 
     monkeypatch.setenv("VX11_FLOW_TEST_TOKEN", "s3cret")
     run = flow.run()
-    assert run.status == "passed" and run.steps.get(position=1).request["headers"] == {
-        "X-VX11-Token": "***"
-    }  # never stored
+    assert run.status == "passed"
+    assert run.steps.get(position=1).request["headers"] == {"X-VX11-Token": "***"}  # never stored
 
 
 def test_a_capture_missing_at_run_time_fails_the_step(flows):
@@ -214,7 +215,9 @@ def test_excerpts_are_bounded(flows, settings):
     settings.VX11_FLOW_EXCERPT_CHARS = 50
     run = Flow.objects.get(name="A").run()
     tools = run.steps.get(position=3).response_excerpt
-    assert tools.startswith('{"cli_tools"') and len(tools) < 90 and "more characters]" in tools
+    assert tools.startswith('{"cli_tools"')
+    assert len(tools) < 90
+    assert "more characters]" in tools
 
 
 def test_latency_bound(flows, sim):
@@ -231,9 +234,8 @@ def test_an_oversized_answer_fails_the_step(flows, monkeypatch):
 
     monkeypatch.setattr(runner, "MAX_RESPONSE_BYTES", 150)
     run = Flow.objects.get(name="A").run()
-    assert (
-        run.failed_step == 3 and run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
-    )
+    assert run.failed_step == 3
+    assert run.steps.get(position=3).reason == "response larger than 150 bytes; not read further"
 
 
 @pytest.mark.parametrize(
@@ -293,7 +295,7 @@ def test_the_migration_rows_and_the_yaml_definitions_agree():
     `vx11 flow load`. If one changes without the other, this says which flow and field drifted."""
     import importlib
 
-    from apps.flows.models import CANONICAL, check_spec, parse_file
+    from apps.flows.spec import CANONICAL, check_spec, parse_file
 
     migration = importlib.import_module("apps.flows.migrations.0002_canonical_flows")
     frozen = {spec["name"]: spec for spec in migration.FLOWS}
@@ -312,7 +314,7 @@ def test_the_migration_rows_and_the_yaml_definitions_agree():
 
 def test_the_migrated_flows_match_the_yaml_definitions(db):
     """What migrate stored (this test database) is what loading the YAML stores."""
-    from apps.flows.models import check_spec, parse_file
+    from apps.flows.spec import check_spec, parse_file
 
     for flow in Flow.objects.all():
         path = DEFINITIONS / f"{flow.name}.yaml"

@@ -55,7 +55,8 @@ def test_changelist_shows_last_result_and_history_strip(staff, flows, sim):
     sim.set_mode("hermes", "down")
     flows["A"].run()
     page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
-    assert 'data-status="failed"' in page and "never run" in page
+    assert 'data-status="failed"' in page
+    assert "never run" in page
     assert page.count('title="#') == 2  # two squares in A's strip, each linking to its run
     assert reverse("admin:flows_flowrun_change", args=[FlowRun.objects.first().id]) in page
 
@@ -118,19 +119,22 @@ def test_positions_must_run_one_to_n(staff, fleet):
 def test_run_now_queues_a_run_and_shows_its_page(staff, flows, django_capture_on_commit_callbacks):
     """The button answers at once: the run is stored as queued and handed to a worker after commit."""
     change = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].id])).content.decode()
-    assert 'data-action="run-flow"' in change and "Never run" in change
+    assert 'data-action="run-flow"' in change
+    assert "Never run" in change
     assert "flows: run flow A</a>: every 300 seconds" in change  # the beat entry, editable in the admin
 
     assert staff.get(reverse("admin:flows_flow_run", args=[flows["A"].id])).status_code == 405
     with django_capture_on_commit_callbacks() as sent:  # not executed: no worker here
         response = staff.post(reverse("admin:flows_flow_run", args=[flows["A"].id]), follow=True)
     run = FlowRun.objects.get()
-    assert len(sent) == 1 and (run.status, run.trigger, run.triggered_by.username) == ("queued", "admin", "admin")
+    assert len(sent) == 1
+    assert (run.status, run.trigger, run.triggered_by.username) == ("queued", "admin", "admin")
     run_page = reverse("admin:flows_flowrun_change", args=[run.id])
     assert response.redirect_chain[-1][0] == run_page
     page = response.content.decode()
     assert f'Flow A queued as run <a href="{run_page}">A #{run.id}</a>' in page
-    assert 'data-vx11="run-unfinished"' in page and "No step results." in page  # it reloads until the run ends
+    assert 'data-vx11="run-unfinished"' in page  # it reloads until the run ends
+    assert "No step results." in page
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,7 +144,9 @@ def test_a_run_queued_from_the_admin_runs_on_a_worker(staff, flows, eager_celery
     run = FlowRun.objects.get()
     assert (run.status, run.failed_step, run.trigger) == ("failed", 4, "admin")
     page = response.content.decode()
-    assert page.count('class="vx11-step"') == 5 and "simulated garbage" in page and "response is not JSON" in page
+    assert page.count('class="vx11-step"') == 5
+    assert "simulated garbage" in page
+    assert "response is not JSON" in page
     assert 'data-vx11="run-unfinished"' not in page
 
 
@@ -163,7 +169,8 @@ def test_run_durations_and_coherence_are_charted(staff, flows, sim):
     flows["A"].run()
     flows["A"].run()
     page = staff.get(reverse("admin:flows_flow_change", args=[flows["A"].pk])).content.decode()
-    assert 'aria-label="duration of flow A\'s latest runs"' in page and "<polyline" in page
+    assert 'aria-label="duration of flow A\'s latest runs"' in page
+    assert "<polyline" in page
     coherence = staff.get(reverse("admin:flows_contractcoherence_changelist")).content.decode()
     assert 'aria-label="contract coherence over time"' in coherence
     never_run = staff.get(reverse("admin:flows_flow_change", args=[flows["C"].pk])).content.decode()
@@ -194,9 +201,9 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(staff, flows):
     for i in range(7):
         add_runs(Flow.save_spec({"name": f"F{i}", "steps": [{"module": "madre", "path": "/health"}] * (i + 1)}))
     page = staff.get(reverse("admin:flows_flow_changelist")).content.decode()
-    assert (
-        page.count('title="#') == 20 and page.count('data-status="failed"') == 10
-    )  # each flow: 2 finished runs, the last failed
+    # each flow: 2 finished runs, the last failed
+    assert page.count('title="#') == 20
+    assert page.count('data-status="failed"') == 10
     assert list_queries() == three
 
 
@@ -218,19 +225,22 @@ def test_load_from_file_download_edit_and_load_again(staff, flows):
     as_d = text.replace("name: C\n", "name: D\n", 1)
     response = staff.post(reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d)})
     d = Flow.objects.get(name="D")
-    assert response.status_code == 302 and response.url == reverse("admin:flows_flow_change", args=[d.pk])
+    assert response.status_code == 302
+    assert response.url == reverse("admin:flows_flow_change", args=[d.pk])
     assert d.to_spec()["steps"] == flows["C"].to_spec()["steps"]
     # the same name again: refused unless replace is asked for
     again = staff.post(
         reverse("admin:flows_flow_load"), {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false"))}
     )
-    assert again.status_code == 200 and "flow D already exists" in again.content.decode()
+    assert again.status_code == 200
+    assert "flow D already exists" in again.content.decode()
     assert Flow.objects.get(name="D").enabled
     replaced = staff.post(
         reverse("admin:flows_flow_load"),
         {"file": upload("d.yaml", as_d.replace("enabled: true", "enabled: false")), "replace": "on"},
     )
-    assert replaced.status_code == 302 and not Flow.objects.get(name="D").enabled
+    assert replaced.status_code == 302
+    assert not Flow.objects.get(name="D").enabled
 
 
 @pytest.mark.parametrize(
@@ -243,7 +253,8 @@ def test_load_from_file_download_edit_and_load_again(staff, flows):
 )
 def test_load_from_file_refuses_a_bad_file_storing_nothing(staff, flows, text, message):
     response = staff.post(reverse("admin:flows_flow_load"), {"file": upload("e.yaml", text)})
-    assert response.status_code == 200 and message in response.content.decode()
+    assert response.status_code == 200
+    assert message in response.content.decode()
     assert not Flow.objects.filter(name="E").exists()
 
 
@@ -258,4 +269,5 @@ def test_load_from_file_needs_the_permissions(flows, django_user_model):
     user.user_permissions.add(Permission.objects.get(content_type__app_label="flows", codename="add_flow"))
     text = flows["A"].to_yaml()
     response = client.post(reverse("admin:flows_flow_load"), {"file": upload("a.yaml", text), "replace": "on"})
-    assert response.status_code == 200 and "needs the permission flows.change_flow" in response.content.decode()
+    assert response.status_code == 200
+    assert "needs the permission flows.change_flow" in response.content.decode()

@@ -7,6 +7,7 @@ import pytest
 from django.test import Client
 
 from apps.flows.models import Flow, FlowRun
+from tests.helpers import celery_sends_to
 
 GOOD = {"name": "D", "steps": [{"name": "madre health", "module": "madre", "path": "/health"}]}
 
@@ -14,13 +15,17 @@ GOOD = {"name": "D", "steps": [{"name": "madre health", "module": "madre", "path
 def test_list_and_read(api, flows):
     flows["A"].run()
     body = api.get("/api/flows").json()
-    assert body["count"] == 3 and [f["name"] for f in body["items"]] == ["A", "B", "C"]
+    assert body["count"] == 3
+    assert [f["name"] for f in body["items"]] == ["A", "B", "C"]
     a = body["items"][0]
-    assert a["steps"] == 5 and a["last_run"]["status"] == "passed" and a["last_run"]["flow"] == "A"
+    assert a["steps"] == 5
+    assert a["last_run"]["status"] == "passed"
+    assert a["last_run"]["flow"] == "A"
     assert body["items"][1]["last_run"] is None
 
     detail = api.get("/api/flows/C").json()
-    assert detail["definition"]["steps"][0]["path"] == "/hormiguero/scan" and detail["enabled"] is True
+    assert detail["definition"]["steps"][0]["path"] == "/hormiguero/scan"
+    assert detail["enabled"] is True
 
 
 def test_run_then_runs_then_run_detail(api, flows, sim):
@@ -30,13 +35,16 @@ def test_run_then_runs_then_run_detail(api, flows, sim):
     run = response.json()
     assert (run["status"], run["failed_step"], run["trigger"]) == ("failed", 3, "api")
     assert [s["status"] for s in run["steps"]] == ["passed", "passed", "failed", "skipped", "skipped"]
-    assert run["steps"][2]["response_status"] == 502 and "unreachable" in run["steps"][2]["response_excerpt"]
+    assert run["steps"][2]["response_status"] == 502
+    assert "unreachable" in run["steps"][2]["response_excerpt"]
 
     runs = api.get("/api/flows/A/runs").json()
-    assert runs["count"] == 1 and runs["items"][0]["id"] == run["id"]
+    assert runs["count"] == 1
+    assert runs["items"][0]["id"] == run["id"]
     assert api.get("/api/flows/A/runs?status=passed").json()["count"] == 0
     detail = api.get(f"/api/flow-runs/{run['id']}").json()
-    assert detail["steps"][2]["reason"] == run["steps"][2]["reason"] and detail["reason"].startswith("step 3")
+    assert detail["steps"][2]["reason"] == run["steps"][2]["reason"]
+    assert detail["reason"].startswith("step 3")
 
 
 def test_run_without_waiting_answers_202_with_the_run_to_poll(api, flows, django_capture_on_commit_callbacks):
@@ -45,7 +53,8 @@ def test_run_without_waiting_answers_202_with_the_run_to_poll(api, flows, django
     run = FlowRun.objects.get()
     assert response.status_code == 202
     assert response.json() == {"id": run.id, "flow": "B", "status": "queued", "url": f"/api/flow-runs/{run.id}"}
-    assert len(sent) == 1 and run.steps.count() == 0  # handed to a worker after commit, nothing run here
+    assert len(sent) == 1  # handed to a worker after commit
+    assert run.steps.count() == 0  # nothing run here
     polled = api.get(response.json()["url"]).json()
     assert (polled["status"], polled["steps"], polled["finished_at"]) == ("queued", [], None)
     assert api.get("/api/flows/B/runs?status=queued").json()["count"] == 1
@@ -54,17 +63,14 @@ def test_run_without_waiting_answers_202_with_the_run_to_poll(api, flows, django
 
 @pytest.mark.django_db(transaction=True)
 def test_an_unreachable_broker_is_a_503_and_a_failed_run(api, flows):
-    from tests.conftest import celery_sends_to
-
     with celery_sends_to("redis://127.0.0.1:1/0", "nowhere"):
         response = api.post("/api/flows/A/run?wait=false")
-    assert (
-        response.status_code == 503
-        and "could not be queued: the Celery broker is unreachable" in response.json()["detail"]
-    )
+    assert response.status_code == 503
+    assert "could not be queued: the Celery broker is unreachable" in response.json()["detail"]
     assert response["Retry-After"] == "30"  # a 503 says when to come back
     run = FlowRun.objects.get()
-    assert run.status == "failed" and run.finished_at is not None
+    assert run.status == "failed"
+    assert run.finished_at is not None
 
 
 def poll(api, url: str, seconds: float = 30) -> dict:
@@ -104,13 +110,15 @@ def test_coherence(api, flows, sim):
 
 def test_create_and_replace(editor, fleet):
     response = editor.post("/api/flows", GOOD, content_type="application/json")
-    assert response.status_code == 201 and response.json()["steps"] == 1
+    assert response.status_code == 201
+    assert response.json()["steps"] == 1
     assert editor.post("/api/flows", GOOD, content_type="application/json").status_code == 409
 
     longer = {"steps": GOOD["steps"] * 2}
     assert editor.put("/api/flows/D", longer, content_type="application/json").json()["steps"] == 2
     clash = editor.put("/api/flows/D", {**longer, "name": "E"}, content_type="application/json")
-    assert clash.status_code == 422 and "differs from the URL" in clash.json()["detail"]
+    assert clash.status_code == 422
+    assert "differs from the URL" in clash.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -132,7 +140,8 @@ def test_create_and_replace(editor, fleet):
 )
 def test_an_invalid_definition_is_a_422_naming_the_step(editor, fleet, body, message):
     response = editor.post("/api/flows", body, content_type="application/json")
-    assert response.status_code == 422 and message in response.json()["detail"]
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
 
 
@@ -182,13 +191,16 @@ def test_auth(flows, readonly_key):
     ],
 )
 def test_a_non_finite_number_is_a_422_naming_the_step(editor, fleet, raw, message):
-    """Python's JSON reads NaN and Infinity; the API refuses them before any view (vx11_site.middleware; it was a 500)."""
+    """Python's JSON reads NaN and Infinity; the API refuses them with a 422 before any view
+    (vx11_site.middleware), never a 500."""
     response = editor.post("/api/flows", raw, content_type="application/json")
-    assert response.status_code == 422 and response.json()["detail"].startswith(message), response.content
+    assert response.status_code == 422, response.content
+    assert response.json()["detail"].startswith(message), response.content
     assert "in the JSON body at steps[0]." in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
     replaced = editor.put("/api/flows/A", raw.replace('"name": "D", ', ""), content_type="application/json")
-    assert replaced.status_code == 422 and replaced.json()["detail"].startswith(message)
+    assert replaced.status_code == 422
+    assert replaced.json()["detail"].startswith(message)
 
 
 def test_a_long_flow_is_refused_a_synchronous_run(api, flows, django_capture_on_commit_callbacks):
@@ -218,9 +230,8 @@ def test_the_canonical_flows_run_synchronously_with_the_default_settings(flows, 
         defaults.VX11_FLOW_DB_POLL_SECONDS,
     )
     bounds = {name: flow.longest_seconds() for name, flow in flows.items()}
-    assert (
-        bounds == {"A": 25.0, "B": 45.2, "C": 20.0} and max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
-    )
+    assert bounds == {"A": 25.0, "B": 45.2, "C": 20.0}
+    assert max(bounds.values()) < defaults.VX11_FLOW_SYNC_MAX_SECONDS == 60
 
 
 def test_the_list_costs_the_same_queries_for_3_flows_or_10(api, flows):
@@ -242,7 +253,10 @@ def test_the_list_costs_the_same_queries_for_3_flows_or_10(api, flows):
     for i in range(7):
         Flow.save_spec({"name": f"F{i}", "steps": [{"module": "madre", "path": "/health"}] * (i + 1)})
     ten, body = list_queries()
-    assert ten == three and body["count"] == 10
+    assert ten == three
+    assert body["count"] == 10
     by_name = {item["name"]: item for item in body["items"]}
-    assert by_name["F6"]["steps"] == 7 and by_name["F6"]["last_run"] is None
-    assert by_name["A"]["steps"] == flows["A"].steps.count() and by_name["A"]["last_run"]["status"] == "passed"
+    assert by_name["F6"]["steps"] == 7
+    assert by_name["F6"]["last_run"] is None
+    assert by_name["A"]["steps"] == flows["A"].steps.count()
+    assert by_name["A"]["last_run"]["status"] == "passed"

@@ -5,10 +5,10 @@ import threading
 
 import pytest
 from django.db import connections
-from flow_helpers import reason_of, steps_of
 
 from apps.daughters.models import Daughter, DaughterTask
 from apps.flows.models import Flow
+from tests.flows.helpers import reason_of, steps_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,7 +24,8 @@ def test_flow_b_spawns_a_daughter_that_finishes(flows, eager_celery):
     plan_id = run.steps.get(position=2).captured["plan_id"]
     assert (task.source, task.status, daughter.kind, daughter.status) == ("madre", "completed", "http", "finished")
     assert task.intent_id == run.steps.get(position=2).captured["intent_id"]  # the daughter carries madre's intent
-    assert daughter.params["path"] == f"/madre/plans/{plan_id}" and daughter.result["status_code"] == 200
+    assert daughter.params["path"] == f"/madre/plans/{plan_id}"
+    assert daughter.result["status_code"] == 200
     assert run.steps.get(position=4).captured == {"count": 1, "ids": [daughter.id]}
 
 
@@ -33,7 +34,8 @@ def test_flow_b_fails_at_madre_when_madre_answers_garbage(flows, eager_celery, s
 
     run = flows["B"].run(trigger="api")
 
-    assert run.failed_step == 1 and reason_of(run, 1).startswith("response is not JSON")
+    assert run.failed_step == 1
+    assert reason_of(run, 1).startswith("response is not JSON")
     assert steps_of(run)[1:] == [(2, "skipped"), (3, "skipped"), (4, "skipped")]
     assert not DaughterTask.objects.exists()  # nothing was spawned
 
@@ -48,7 +50,8 @@ def test_flow_b_fails_when_the_daughter_fails(flows, eager_celery, sim):
     run = flows["B"].run(trigger="api", on_step=madre_breaks_after_the_intent)
 
     assert run.failed_step == 4
-    assert "matches fail_on" in reason_of(run, 4) and "status='failed'" in reason_of(run, 4)
+    assert "matches fail_on" in reason_of(run, 4)
+    assert "status='failed'" in reason_of(run, 4)
 
 
 def test_flow_b_fails_when_the_daughter_expires(flows, eager_celery, sim):
@@ -77,8 +80,10 @@ def test_flow_b_fails_when_the_daughter_expires(flows, eager_celery, sim):
     finally:
         stop.set()
 
-    assert run.failed_step == 4 and steps_of(run)[:3] == [(1, "passed"), (2, "passed"), (3, "passed")]
-    assert "status='expired'" in reason_of(run, 4) and "TTL passed" in reason_of(run, 4), reason_of(run, 4)
+    assert run.failed_step == 4
+    assert steps_of(run)[:3] == [(1, "passed"), (2, "passed"), (3, "passed")]
+    assert "status='expired'" in reason_of(run, 4), reason_of(run, 4)
+    assert "TTL passed" in reason_of(run, 4), reason_of(run, 4)
 
 
 def test_flow_b_times_out_when_no_worker_runs_the_daughter(flows, settings):
@@ -101,4 +106,5 @@ def test_flow_b_on_a_real_worker(flows, daughter_worker):
 
     assert run.status == "passed", f"{run.reason}\n{daughter_worker.output()}"
     daughter = Daughter.objects.get(task_id=run.steps.get(position=3).captured["task_id"])
-    assert daughter.status == "finished" and daughter.attempts.get().worker.startswith("daughters-test-")
+    assert daughter.status == "finished"
+    assert daughter.attempts.get().worker.startswith("daughters-test-")

@@ -6,11 +6,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
-from flow_helpers import steps_of
 
 from apps.events.models import Event
 from apps.flows import tasks
 from apps.flows.models import ContractCoherence, Flow, FlowRun, StepResult
+from tests.flows.helpers import steps_of
 
 
 def test_coherence_is_nv_until_a_flow_runs(flows):
@@ -45,11 +45,10 @@ def test_beat_entries_from_the_migration(db):
         "flows: prune old runs",
         "flows: sweep interrupted runs",
     }
-    assert entries["flows: run flow B"].kwargs == '{"name": "B"}' and entries["flows: run flow B"].enabled
-    assert (
-        entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs"
-        and entries["flows: sweep interrupted runs"].interval.every == 30
-    )
+    assert entries["flows: run flow B"].kwargs == '{"name": "B"}'
+    assert entries["flows: run flow B"].enabled
+    assert entries["flows: sweep interrupted runs"].task == "apps.flows.tasks.sweep_stale_runs"
+    assert entries["flows: sweep interrupted runs"].interval.every == 30
 
 
 def test_beat_task_runs_a_flow(flows):
@@ -95,7 +94,8 @@ def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, djan
         assert tasks.sweep_stale_runs() == {"swept": 2}
 
     died.refresh_from_db(), never_started.refresh_from_db()
-    assert died.status == "failed" and died.finished_at is not None
+    assert died.status == "failed"
+    assert died.finished_at is not None
     assert died.reason == "interrupted: no end recorded 60 s after it started (its process died?)"
     assert steps_of(died) == [(1, "passed"), (2, "skipped"), (3, "skipped"), (4, "skipped")]
     assert died.steps.get(position=2).reason == "skipped: the run was interrupted"
@@ -123,7 +123,8 @@ def test_a_swept_run_keeps_its_verdict_if_its_process_wakes_up(flows):
 
     run = flows["C"].run(on_step=frozen_for_an_hour)
 
-    assert run.status == "failed" and run.reason.startswith("interrupted: no end recorded 1800 s after it started")
+    assert run.status == "failed"
+    assert run.reason.startswith("interrupted: no end recorded 1800 s after it started")
     assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "skipped"), (4, "skipped")]
 
 
@@ -148,7 +149,8 @@ def test_a_flow_daughter_runs_a_flow(flows, eager_celery):
     task = DaughterTask.spawn("flow", {"flow": "C"}, source="operator", description="flow C as a daughter")
     daughter = task.daughters.get()
     daughter.refresh_from_db()
-    assert daughter.status == "finished" and daughter.result["status"] == "passed"
+    assert daughter.status == "finished"
+    assert daughter.result["status"] == "passed"
     assert FlowRun.objects.get().trigger == "daughter"
 
     with pytest.raises(ValidationError, match="naming an existing flow"):

@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from flow_helpers import steps_of
 
 from apps.events.models import Event
 from apps.flows import tasks
 from apps.flows.models import Flow, FlowRun
-from tests.conftest import celery_sends_to, free_port
+from tests.flows.helpers import steps_of
+from tests.helpers import celery_sends_to, free_port
 
 
 @pytest.fixture
@@ -28,14 +28,17 @@ def test_a_waiting_run_during_a_redis_outage_answers_200_and_ends(api, flows, re
     run = FlowRun.objects.get()
     assert (response.json()["status"], run.status) == ("passed", "passed")
     events = Event.objects.filter(data__source="flows", data__run_id=run.id)
-    assert events.count() == 7 and not events.filter(sent_at__isnull=False).exists()  # kept for the relay and replay
+    # kept for the relay and replay
+    assert events.count() == 7
+    assert not events.filter(sent_at__isnull=False).exists()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_queued_run_whose_worker_lost_redis_runs_to_its_end(api, flows, redis_down):
     run = flows["A"].queue(trigger="api")
     run = FlowRun.objects.get(id=run.id)
-    assert run.status == "failed" and run.reason.startswith("could not be queued")  # the broker refused the message
+    assert run.status == "failed"
+    assert run.reason.startswith("could not be queued")  # the broker refused the message
     queued = FlowRun.objects.create(flow=flows["A"], status="queued", trigger="api")  # one the broker had taken before
     assert tasks.run_queued_flow(queued.id)["status"] == "passed"  # as a worker runs it, with Redis gone meanwhile
     assert steps_of(queued) == [(n, "passed") for n in range(1, 6)]

@@ -53,9 +53,8 @@ def stored(run: FlowRun) -> str:
 )
 def test_a_db_step_on_a_model_flows_may_not_read_is_refused_at_save(editor, fleet, query, message):
     response = editor.post("/api/flows", db_flow(query), content_type="application/json")
-    assert response.status_code == 422 and response.json()["detail"].startswith("flow D: step 1 (peek): "), (
-        response.json()
-    )
+    assert response.status_code == 422, response.json()
+    assert response.json()["detail"].startswith("flow D: step 1 (peek): "), response.json()
     assert message in response.json()["detail"]
     assert not Flow.objects.filter(name="D").exists()
 
@@ -96,14 +95,18 @@ def test_a_db_step_edited_behind_validation_reads_nothing(flows, admin_user):
     )
     run = flow.run()
     result = run.steps.get()
-    assert result.status == "failed" and result.reason.startswith("model 'auth.User' is not one a flow may read")
-    assert "pbkdf2" not in stored(run) and admin_user.password not in stored(run)
+    assert result.status == "failed"
+    assert result.reason.startswith("model 'auth.User' is not one a flow may read")
+    assert "pbkdf2" not in stored(run)
+    assert admin_user.password not in stored(run)
 
 
 def test_excerpts_show_the_allowed_model_fields_only(flows):
     flow = Flow.save_spec(db_flow({"model": "fleet.Module", "filter": {"slug": "madre"}, "expect": {"enabled": True}}))
     excerpt = flow.run().steps.get().response_excerpt
-    assert excerpt.startswith("pk=") and "enabled=true" in excerpt and "password" not in excerpt
+    assert excerpt.startswith("pk=")
+    assert "enabled=true" in excerpt
+    assert "password" not in excerpt
 
 
 @pytest.mark.parametrize(
@@ -119,10 +122,8 @@ def test_env_outside_the_allow_list_is_refused_at_save(editor, fleet, where):
     response = editor.post("/api/flows", spec, content_type="application/json")
     assert response.status_code == 422
     detail = response.json()["detail"]
-    assert (
-        detail.startswith("flow D: step 1 (leak): template {{ env.")
-        and "is not an environment variable a flow may read" in detail
-    )
+    assert detail.startswith("flow D: step 1 (leak): template {{ env.")
+    assert "is not an environment variable a flow may read" in detail
 
 
 def test_env_names_listed_in_the_setting_are_allowed(fleet, settings):
@@ -166,8 +167,10 @@ def test_env_values_are_masked_in_everything_a_run_stores(flows, api, monkeypatc
     run = flow.run()
     assert (run.status, run.failed_step) == ("failed", 2)
     plan = run.steps.get(position=2)
-    assert plan.request["url"].endswith("/madre/plans/***") and "plan *** not found" in plan.response_excerpt
-    assert "plan *** not found" in plan.reason and "plan *** not found" in run.reason
+    assert plan.request["url"].endswith("/madre/plans/***")
+    assert "plan *** not found" in plan.response_excerpt
+    assert "plan *** not found" in plan.reason
+    assert "plan *** not found" in run.reason
     assert run.steps.get(position=1).request["body"] == '{"text": "plan ***"}'
     assert SECRET not in stored(run)
     assert SECRET not in api.get(f"/api/flow-runs/{run.id}").content.decode()
@@ -179,17 +182,14 @@ def test_writing_a_definition_needs_the_permission(flows, api, editor_user_key, 
     spec = {"name": "D", "steps": [{"module": "madre", "path": "/health"}]}
     for client in (nobody, api):  # a plain user's key, and a staff operator's key without the permissions
         created = client.post("/api/flows", spec, content_type="application/json")
-        assert (
-            created.status_code == 403
-            and "creating a flow needs the permission flows.add_flow" in created.json()["detail"]
-        )
+        assert created.status_code == 403
+        assert "creating a flow needs the permission flows.add_flow" in created.json()["detail"]
         replaced = client.put("/api/flows/A", spec, content_type="application/json")
-        assert (
-            replaced.status_code == 403
-            and "replacing a flow needs the permission flows.change_flow" in replaced.json()["detail"]
-        )
+        assert replaced.status_code == 403
+        assert "replacing a flow needs the permission flows.change_flow" in replaced.json()["detail"]
         assert client.get("/api/flows/A").status_code == 200
-    assert not Flow.objects.filter(name="D").exists() and Flow.objects.get(name="A").steps.count() == 5
+    assert not Flow.objects.filter(name="D").exists()
+    assert Flow.objects.get(name="A").steps.count() == 5
 
     from django.contrib.auth.models import Permission
 

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from apps.fleet.models import HealthCheck, Module, State
 from apps.simfleet.sim import HEALTH, HERMES_TOOLS, SimFleet
+from tests.helpers import TOKEN
 
-TOKEN = "test-token-123"
 ENDPOINTS = ["/operator/vx11/overview", "/operator/shub/dashboard", "/operator/resources"]
 SHUB_OFFLINE = {
     "status": "offline",
@@ -100,8 +100,10 @@ def test_overview_all_up(fleet, client):
     assert body["healthy_modules"] == body["total_modules"] == 10
     assert set(body["modules"]) == set(fleet)
     for entry in body["modules"].values():
-        assert entry["status"] == "ok" and entry["state"] == "up"
-        assert entry["latency_ms"] is not None and entry["checked_at"]
+        assert entry["status"] == "ok"
+        assert entry["state"] == "up"
+        assert entry["latency_ms"] is not None
+        assert entry["checked_at"]
     assert body["checked_at"]
 
 
@@ -111,7 +113,8 @@ def test_overview_never_checked_modules_are_probed_for_real(fleet, client, sim):
     body = get(client, "/operator/vx11/overview")
     assert HealthCheck.objects.count() == 10
     assert body["status"] == "degraded"  # hermes is not core
-    assert body["healthy_modules"] == 9 and body["total_modules"] == 10
+    assert body["healthy_modules"] == 9
+    assert body["total_modules"] == 10
     assert body["modules"]["hermes"] == {
         **body["modules"]["hermes"],
         "status": "offline",
@@ -135,7 +138,8 @@ def test_overview_stale_data_is_reprobed(fleet, client, sim):
     body = get(client, "/operator/vx11/overview")
     assert HealthCheck.objects.count() == 10
     assert body["modules"]["hermes"]["status"] == "offline"
-    assert body["status"] == "degraded" and body["healthy_modules"] == 9
+    assert body["status"] == "degraded"
+    assert body["healthy_modules"] == 9
 
 
 def test_overview_one_failure_does_not_flip_an_up_module(fleet, client, sim):
@@ -152,7 +156,8 @@ def test_overview_fresh_data_is_not_reprobed(fleet, client, sim):
     sim.set_mode("hermes", "down")
     body = get(client, "/operator/vx11/overview")
     assert HealthCheck.objects.count() == 0
-    assert body["status"] == "ok" and body["healthy_modules"] == 10
+    assert body["status"] == "ok"
+    assert body["healthy_modules"] == 10
 
 
 def test_overview_probes_only_the_stale_modules(fleet, client):
@@ -166,7 +171,8 @@ def test_overview_leaves_out_disabled_modules(fleet, client):
     mark_checked(timedelta(seconds=5))
     Module.objects.filter(slug="operator").update(enabled=False)
     body = get(client, "/operator/vx11/overview")
-    assert body["total_modules"] == 9 and "operator" not in body["modules"]
+    assert body["total_modules"] == 9
+    assert "operator" not in body["modules"]
 
 
 # -- shub dashboard -----------------------------------------------------------------------------
@@ -223,7 +229,8 @@ def test_shub_dashboard_initializing(warming_shub, client):
     body = get(client, "/operator/shub/dashboard")
     assert body["status"] == "initializing"
     assert body["shub_health"]["status"] == "initializing"
-    assert body["active_sessions"] == 2 and body["resources"] == {"cpu_percent": 12.5, "memory_mb": 512.0}
+    assert body["active_sessions"] == 2
+    assert body["resources"] == {"cpu_percent": 12.5, "memory_mb": 512.0}
 
 
 # -- resources ----------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from apps.events.models import Event, publish
+from tests.helpers import TOKEN
 from vx11_site.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
-TOKEN = "test-token-123"
 
 
 def run(fn):
@@ -31,7 +31,9 @@ async def open_session(path=f"/ws/s1?token={TOKEN}", headers=None):
     connected, _ = await comm.connect()
     assert connected
     hello = await receive(comm)
-    assert hello["channel"] == "control" and hello["type"] == "connected" and hello["client_id"]
+    assert hello["channel"] == "control"
+    assert hello["type"] == "connected"
+    assert hello["client_id"]
     return comm
 
 
@@ -39,7 +41,9 @@ async def refused(comm) -> tuple[dict, dict]:
     """The control message that says why, then the close frame."""
     notice = await receive(comm)
     closed = await comm.receive_output(timeout=3)
-    assert notice["channel"] == "control" and notice["type"] == "closing" and closed["type"] == "websocket.close"
+    assert notice["channel"] == "control"
+    assert notice["type"] == "closing"
+    assert closed["type"] == "websocket.close"
     assert notice["code"] == closed["code"]
     return notice, closed
 
@@ -52,7 +56,8 @@ def test_missing_or_wrong_token_is_refused_with_a_reason(path, code, reason):
         comm = connect(path)
         await comm.connect()
         notice, closed = await refused(comm)
-        assert notice["error"] == reason and closed["code"] == code
+        assert notice["error"] == reason
+        assert closed["code"] == code
         assert closed["reason"].startswith(reason)
 
     run(body)
@@ -73,8 +78,10 @@ def test_valid_event_is_echoed_in_the_envelope_and_stored():
         comm = await open_session()
         await comm.send_to(text_data=json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p1"}}))
         env = await receive(comm)
-        assert env["type"] == "plan_updated" and env["session_id"] == "s1"
-        assert env["data"]["plan_id"] == "p1" and env["timestamp"].endswith("Z")
+        assert env["type"] == "plan_updated"
+        assert env["session_id"] == "s1"
+        assert env["data"]["plan_id"] == "p1"
+        assert env["timestamp"].endswith("Z")
         assert set(env) >= {"type", "session_id", "timestamp", "data"}
         await comm.disconnect()
 
@@ -91,15 +98,15 @@ def test_plain_text_unknown_type_and_bad_json():
 
         await comm.send_to(text_data=json.dumps({"event_type": "teleport", "data": {"x": 1}}))
         env = await receive(comm)
-        assert env["type"] == "status_changed" and "teleport" in env["data"]["note"] and env["data"]["x"] == 1
+        assert env["type"] == "status_changed"
+        assert "teleport" in env["data"]["note"]
+        assert env["data"]["x"] == 1
 
         await comm.send_to(text_data="{not json")
         env = await receive(comm)
-        assert (
-            env["type"] == "error_reported"
-            and env["data"]["error"] == "invalid_json"
-            and env["data"]["raw"] == "{not json"
-        )
+        assert env["type"] == "error_reported"
+        assert env["data"]["error"] == "invalid_json"
+        assert env["data"]["raw"] == "{not json"
         await comm.disconnect()
 
     run(body)
@@ -133,7 +140,8 @@ def test_replay_after_cursor():
     async def body():
         comm = await open_session(f"/ws/s1?token={TOKEN}&cursor={first['cursor']}")
         got = [await receive(comm), await receive(comm)]
-        assert [e["data"]["n"] for e in got] == [2, 4] and all(e["replayed"] for e in got)
+        assert [e["data"]["n"] for e in got] == [2, 4]
+        assert all(e["replayed"] for e in got)
         assert await comm.receive_nothing(timeout=0.3)
         await comm.disconnect()
 
@@ -150,7 +158,8 @@ def test_oversized_frame_is_refused():
         comm = await open_session()
         await comm.send_to(text_data="x" * 2048)
         notice, closed = await refused(comm)
-        assert notice["error"] == "frame_too_big" and closed["code"] == 4009
+        assert notice["error"] == "frame_too_big"
+        assert closed["code"] == 4009
 
     run(body)
     assert not Event.objects.exists()
@@ -165,7 +174,8 @@ def test_flood_is_rate_limited_then_cut_off():
             assert (await receive(comm))["type"] == "message_received"
         await comm.send_to(text_data="m3")
         limited = await receive(comm)
-        assert limited["type"] == "error_reported" and limited["data"]["error"] == "rate_limited"
+        assert limited["type"] == "error_reported"
+        assert limited["data"]["error"] == "rate_limited"
         for _ in range(5):
             await comm.send_to(text_data="flood")
         outputs = []
@@ -186,7 +196,8 @@ def test_invalid_session_id_is_refused():
         comm = connect(f"/ws/{'x' * 80}?token={TOKEN}")
         await comm.connect()
         notice, closed = await refused(comm)
-        assert closed["code"] == 4008 and notice["error"] == "invalid_session_id"
+        assert closed["code"] == 4008
+        assert notice["error"] == "invalid_session_id"
 
     run(body)
 
@@ -264,7 +275,8 @@ def test_a_read_only_key_subscribes_but_may_not_publish(readonly_key, operator_k
         for sent in ("hello", json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p1"}}), "{not json"):
             await viewer.send_to(text_data=sent)
             refusal = await receive(viewer)
-            assert refusal["type"] == "error_reported" and refusal["data"]["error"] == "read_only", refusal
+            assert refusal["type"] == "error_reported", refusal
+            assert refusal["data"]["error"] == "read_only", refusal
         # still subscribed: what a read-write client publishes reaches it
         writer = await open_session(f"/ws/s1?token={operator_key}")
         await writer.send_to(text_data=json.dumps({"event_type": "plan_updated", "data": {"plan_id": "p2"}}))
@@ -310,9 +322,12 @@ def test_live_pages_are_wired(admin_user, client):
     assert client.get("/operator/console").status_code == 302
     client.force_login(admin_user)
     page = client.get("/admin/fleet/module/").content.decode()
-    assert "vx11/live.js" in page and 'data-module="madre"' in page and 'data-count="up"' in page
+    assert "vx11/live.js" in page
+    assert 'data-module="madre"' in page
+    assert 'data-count="up"' in page
     assert "vx11/live.js" in client.get("/admin/").content.decode()
     console = client.get("/operator/console").content.decode()
-    assert "status_changed" in console and "vx11/operator-console.js" in console
+    assert "status_changed" in console
+    assert "vx11/operator-console.js" in console
     assert b"/ws/" in b"".join(client.get("/static/vx11/operator-console.js").streaming_content)
     assert client.get("/static/vx11/live.js").status_code == 200

@@ -9,10 +9,8 @@
   the argument lists it received; `replies={last arg: (stdout, exit code)}` scripts its answers.
 """
 
-import json
 import os
 import signal
-import stat
 import sys
 from datetime import timedelta
 
@@ -25,7 +23,8 @@ from apps.accounts.models import ApiKey
 from apps.fleet.models import MaintenanceWindow, Module
 from apps.power import backends
 from apps.power.models import ServiceControl
-from tests.conftest import free_port
+from tests.helpers import free_port
+from tests.power.helpers import StandIn
 
 
 @pytest.fixture
@@ -86,30 +85,6 @@ def window(fleet):
     return make
 
 
-class StandIn:
-    """`replies`: {last argument: (stdout, exit code)} for calls whose answer matters (default: a line, `exit_code`)."""
-
-    def __init__(self, folder, name, exit_code, replies=None):
-        self.record = folder / f"{name}.calls"
-        self.path = folder / name
-        self.path.write_text(
-            f"#!{sys.executable}\nimport json, sys\n"
-            f"open({str(self.record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-            f"replies = json.loads({json.dumps(replies or {})!r})\n"
-            f"if sys.argv[-1] in replies:\n"
-            f"    sys.stdout.write(replies[sys.argv[-1]][0])\n"
-            f"    sys.exit(replies[sys.argv[-1]][1])\n"
-            f"print('stand-in {name} ran', *sys.argv[1:])\n"
-            f"sys.exit({exit_code})\n"
-        )
-        self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR)
-
-    def calls(self) -> list[list[str]]:
-        if not self.record.exists():
-            return []
-        return [json.loads(line) for line in self.record.read_text().splitlines()]
-
-
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
     folder = tmp_path / "bin"
@@ -131,18 +106,6 @@ def evidence(power_on):
         return sorted(audit.iterdir()) if audit.exists() else []
 
     return folders
-
-
-def slow(stand_in: StandIn, seconds: float) -> StandIn:
-    """Make a stand-in take `seconds` before it answers (a slow `docker compose`)."""
-    stand_in.path.write_text(
-        stand_in.path.read_text().replace("import json, sys", f"import json, sys, time; time.sleep({seconds})")
-    )
-    return stand_in
-
-
-def post(client, path, body=None):
-    return client.post(path, body or {}, content_type="application/json")
 
 
 @pytest.fixture

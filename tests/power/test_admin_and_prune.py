@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from apps.fleet.models import MaintenanceWindow
 from apps.power import backends
-from apps.power.models import PowerAction, ServiceControl, evidence_dir
+from apps.power.evidence import evidence_dir
+from apps.power.models import PowerAction, ServiceControl
 from apps.power.tasks import prune_power_actions
 
 
@@ -25,7 +26,8 @@ def test_admin_pages(power_on, admin_user, fleet, window):
     page = client.get("/admin/fleet/module/")
     assert page.status_code == 200
     html = page.content.decode()
-    assert f'data-window="{w.id}"' in html and "maintenance window" in html
+    assert f'data-window="{w.id}"' in html
+    assert "maintenance window" in html
     assert client.get("/admin/power/poweraction/?result=refused").status_code == 200
     assert client.get("/admin/power/servicecontrol/").status_code == 200
     assert client.get("/admin/power/windowstop/").status_code == 200
@@ -40,7 +42,7 @@ def test_prune_keeps_recent_rows(power_on, db):
     power_on.VX11_POWER_ACTION_RETENTION_DAYS = 30
     power_on.VX11_PRUNE_CHUNK = 2
     old = timezone.now() - timedelta(days=31)
-    for i in range(5):
+    for _ in range(5):
         PowerAction.objects.create(
             actor="a", service="switch", action="stop", result="ok", http_status=200, message="m", at=old
         )
@@ -126,7 +128,9 @@ def test_prune_never_deletes_outside_the_evidence_root(power_on, db, tmp_path):
 
     assert prune_power_actions()["pruned"] == 7  # the rows go; their bogus folders stay
     assert (outside / "keep.txt").read_text() == "mine"
-    assert link.is_symlink() and other.is_dir() and audit.is_dir()
+    assert link.is_symlink()
+    assert other.is_dir()
+    assert audit.is_dir()
 
 
 def test_module_log_stays_bounded(power_on, demo_process):
@@ -139,8 +143,10 @@ def test_module_log_stays_bounded(power_on, demo_process):
     log.write_bytes(b"old line of output\n" * 50_000)  # ~1 MB
 
     outcome = backends.process_start("switch", argv, None, control.module.health_url)
-    assert not outcome.ok and "exited with 3" in outcome.message
-    assert "last words" in outcome.output[-1] and len(outcome.output[-1]) <= 2000
+    assert not outcome.ok
+    assert "exited with 3" in outcome.message
+    assert "last words" in outcome.output[-1]
+    assert len(outcome.output[-1]) <= 2000
     assert log.stat().st_size <= 10_000
     assert log.read_text().endswith("last words\n") and log.read_text().startswith("[log cut")
 
@@ -148,5 +154,6 @@ def test_module_log_stays_bounded(power_on, demo_process):
     with other.open("ab") as f:  # a module that ran for long, logging all the while
         f.write(b"y" * 50_000)
     assert prune_power_actions() == {"pruned": 0, "window_stops": 0, "logs_cut": 1}
-    assert other.stat().st_size <= 10_000 and log.stat().st_size <= 10_000
+    assert other.stat().st_size <= 10_000
+    assert log.stat().st_size <= 10_000
     assert os.path.getsize(log) == log.stat().st_size

@@ -12,9 +12,10 @@ from django.db.models import F
 from django.test import Client
 
 from apps.accounts.models import ApiKey
+from apps.power import manager
 from apps.power import models as power
 from apps.power.models import PowerAction
-from tests.power.conftest import post
+from tests.power.helpers import post
 
 READ_ONLY = "API key 'viewer ro' is read-only; POST needs a read-write key"
 
@@ -41,16 +42,20 @@ def test_read_only_key_write_is_a_refused_row(power_on, compose_switch, readonly
     ]
     for row in rows:
         assert (row.result, row.http_status, row.message, row.applied) == ("refused", 403, READ_ONLY, False)
-        assert row.user.username == "viewer" and row.actor == "viewer"
-        assert row.plan["api_key"] == "viewer ro" and row.plan["refused_by"] == "auth"
-    assert rows[0].plan["path"] == "/madre/power/service/start" and rows[1].plan["path"] == "/api/power/window/open"
+        assert row.user.username == "viewer"
+        assert row.actor == "viewer"
+        assert row.plan["api_key"] == "viewer ro"
+        assert row.plan["refused_by"] == "auth"
+    assert rows[0].plan["path"] == "/madre/power/service/start"
+    assert rows[1].plan["path"] == "/api/power/window/open"
     result = json.loads((evidence()[0] / "result.json").read_text())
     assert (result["result"], result["status"], result["actor"]) == ("refused", 403, "viewer")
 
 
 def test_unauthenticated_write_is_a_refused_row(power_on, compose_switch, evidence):
     r = post(Client(), "/madre/power/service/start", {"service": "switch"})
-    assert r.status_code == 401 and "authentication required" in r.json()["detail"]
+    assert r.status_code == 401
+    assert "authentication required" in r.json()["detail"]
     bad = Client(headers={"X-API-Key": "vx11_nope_nothing"})
     r = post(bad, "/api/power/service/switch/stop", {"apply": True})
     assert (r.status_code, r.json()["detail"]) == (401, "invalid or revoked API key")
@@ -65,8 +70,11 @@ def test_unauthenticated_write_is_a_refused_row(power_on, compose_switch, eviden
         "invalid or revoked API key",
     )
     for row in (first, second):
-        assert row.user is None and row.actor == "anonymous" and row.plan["remote_addr"] == "127.0.0.1"
-    assert len(evidence()) == 2 and compose_switch.calls() == []
+        assert row.user is None
+        assert row.actor == "anonymous"
+        assert row.plan["remote_addr"] == "127.0.0.1"
+    assert len(evidence()) == 2
+    assert compose_switch.calls() == []
 
 
 def test_anonymous_rows_are_capped(power_on, compose_switch, monkeypatch):
@@ -80,7 +88,8 @@ def test_session_write_failing_csrf_is_a_refused_row(power_on, compose_switch, a
     client = Client(enforce_csrf_checks=True)
     client.force_login(admin_user)
     r = post(client, "/madre/power/service/start", {"service": "switch"})
-    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    assert r.status_code == 403
+    assert "CSRF" in r.json()["detail"]
     row = PowerAction.objects.get()
     assert (row.actor, row.action, row.service, row.http_status) == ("admin", "start", "switch", 403)
 
@@ -110,19 +119,23 @@ def test_a_signed_in_users_refusals_are_capped(
     client = Client(headers={"Authorization": f"Bearer {ApiKey.issue(looper, 'loop')[1]}"})
     for _ in range(6):
         r = post(client, "/madre/power/service/start", {"service": "switch"})
-        assert r.status_code == 403 and "power.control_services" in r.json()["detail"]
-    assert PowerAction.objects.filter(actor="looper").count() == 3 and len(evidence()) == 3
+        assert r.status_code == 403
+        assert "power.control_services" in r.json()["detail"]
+    assert PowerAction.objects.filter(actor="looper").count() == 3
+    assert len(evidence()) == 3
 
     ro = Client(headers={"Authorization": f"Bearer {readonly_key}"})  # refused by the auth: the same cap, its own count
     for _ in range(5):
         assert post(ro, "/madre/power/window/close").status_code == 403
-    assert PowerAction.objects.filter(actor="viewer").count() == 3 and len(evidence()) == 6
+    assert PowerAction.objects.filter(actor="viewer").count() == 3
+    assert len(evidence()) == 6
 
     PowerAction.objects.update(at=F("at") - timedelta(seconds=61))  # a minute passes
     assert post(client, "/madre/power/service/start", {"service": "switch"}).status_code == 403
     assert PowerAction.objects.filter(actor="looper").count() == 4
-    own = power.perform(looper, "nowhere", "start", True, system="window checker")  # the portal acting for the user
-    assert own.pk and own.http_status == 404
+    own = manager.perform(looper, "nowhere", "start", True, system="window checker")  # the portal acting for the user
+    assert own.pk
+    assert own.http_status == 404
 
 
 def test_console_says_when_a_refusal_was_not_audited(power_on, compose_switch, django_user_model, settings):
@@ -139,5 +152,6 @@ def test_console_says_when_a_refusal_was_not_audited(power_on, compose_switch, d
             follow=True,
         )
         said += [str(m) for m in r.context["messages"]]
-    assert "audited as action #" in said[0] and "not audited: too many refusals this minute" in said[1]
+    assert "audited as action #" in said[0]
+    assert "not audited: too many refusals this minute" in said[1]
     assert PowerAction.objects.count() == 1

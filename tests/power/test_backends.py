@@ -3,7 +3,7 @@
 import pytest
 
 from apps.power.models import PowerAction, ServiceControl
-from tests.power.conftest import post
+from tests.power.helpers import post
 
 
 @pytest.fixture
@@ -46,10 +46,12 @@ def test_failing_command_is_a_502_error(power_on, power_api, fleet, in_window, s
     docker = stand_in("docker", exit_code=1)
     ServiceControl.objects.create(module=fleet["switch"], backend="compose")
     r = post(power_api, "/madre/power/service/start", {"service": "switch"})
-    assert r.status_code == 502 and "exited with 1" in r.json()["detail"]
+    assert r.status_code == 502
+    assert "exited with 1" in r.json()["detail"]
     assert len(docker.calls()) == 1
     row = PowerAction.objects.get()
-    assert row.result == "error" and row.applied
+    assert row.result == "error"
+    assert row.applied
     assert "exit code 1" in (evidence()[0] / "output.log").read_text()
 
 
@@ -57,7 +59,8 @@ def test_missing_executable(power_on, power_api, fleet, in_window, monkeypatch, 
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker anywhere
     ServiceControl.objects.create(module=fleet["switch"], backend="compose")
     r = post(power_api, "/madre/power/service/start", {"service": "switch"})
-    assert r.status_code == 502 and "not found on PATH" in r.json()["detail"]
+    assert r.status_code == 502
+    assert "not found on PATH" in r.json()["detail"]
 
 
 def test_command_timeout(power_on, power_api, fleet, in_window, stand_in):
@@ -66,4 +69,5 @@ def test_command_timeout(power_on, power_api, fleet, in_window, stand_in):
     power_on.VX11_POWER_COMMAND_TIMEOUT = 0.5
     ServiceControl.objects.create(module=fleet["switch"], backend="systemd", systemd_unit="vx11-switch.service")
     r = post(power_api, "/madre/power/service/switch/restart", {"apply": True})
-    assert r.status_code == 502 and "timed out after 0.5 s" in r.json()["detail"]
+    assert r.status_code == 502
+    assert "timed out after 0.5 s" in r.json()["detail"]

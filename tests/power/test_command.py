@@ -1,10 +1,10 @@
-"""`manage.py vx11 power`: status, check-windows, demo-controls."""
+"""`manage.py vx11 power`: status, check-windows."""
 
 import json
+import sys
 from io import StringIO
 
-import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 
 from apps.power.models import ServiceControl
 
@@ -15,18 +15,11 @@ def run(*args) -> str:
     return out.getvalue()
 
 
-def test_status_and_demo_controls(power_on, fleet):
-    assert "switch" in run("demo-controls", "switch", "hermes")
-    control = ServiceControl.objects.get(module__slug="switch")
-    assert control.backend == "process" and control.command[-4:] == [
-        "apps.simfleet.serve_one",
-        "switch",
-        "--port",
-        str(fleet["switch"].port),
-    ]
+def test_status_and_check_windows(power_on, fleet):
+    hermes = fleet["hermes"]
+    argv = [sys.executable, "-m", "apps.simfleet.serve_one", "hermes", "--port", str(hermes.port)]
+    ServiceControl.objects.create(module=hermes, backend=ServiceControl.Backend.PROCESS, command=argv)
     status = json.loads(run("status", "--json"))
     assert {s["service"]: s["backend"] for s in status["services"]}["hermes"] == "process"
     assert "stopped" in run("status")
     assert json.loads(run("check-windows", "--json")) == []
-    with pytest.raises(CommandError, match="ghost"):
-        run("demo-controls", "ghost")

@@ -9,6 +9,7 @@ import threading
 from django.db import connection
 
 from apps.power.models import PowerAction, ServiceControl
+from tests.power.helpers import slow
 
 
 def test_concurrent_actions_are_serialised(power_on, power_api, demo_process, window, transactional_db):
@@ -36,7 +37,8 @@ def test_concurrent_actions_are_serialised(power_on, power_api, demo_process, wi
     assert "another action is running on hermes" in refusal["detail"]
     assert PowerAction.objects.filter(result="refused", http_status=409).count() == 1
     control.refresh_from_db()
-    assert control.pid and control.busy_since is None  # one process; the claim was released
+    assert control.pid  # one process
+    assert control.busy_since is None  # the claim was released
     from apps.power import backends
 
     assert sum(child.poll() is None for child in backends._children.values()) == 1
@@ -107,8 +109,6 @@ def test_concurrent_window_opening_one_wins(power_on, power_api, fleet, transact
 def test_parallel_requests_cannot_pass_the_rate_limit(power_on, power_api, fleet, stand_in, window, transactional_db):
     """limit + 2 applied requests at once, each on its own module (no claim conflict), a slow `docker compose`:
     exactly `limit` run, the others get 429. The row is inserted (pending) with the count, not after the action."""
-    from tests.power.conftest import slow
-
     power_on.VX11_POWER_RATE_LIMIT_PER_MIN = 3
     slugs = ["switch", "hermes", "mcp", "spawner", "hormiguero"]
     docker = slow(stand_in("docker"), 1.0)

@@ -25,9 +25,11 @@ def console(controller):
 def press(client, **fields) -> list[str]:
     """Post a button, follow the redirect back to the console, return the messages that page showed."""
     response = client.post(reverse(CONSOLE), fields, follow=True)
-    assert response.redirect_chain == [(reverse(CONSOLE), 302)] and response.status_code == 200
+    assert response.redirect_chain == [(reverse(CONSOLE), 302)]
+    assert response.status_code == 200
     said = [str(m) for m in response.context["messages"]]
-    assert said and said[0].split(":")[0].lower() in response.content.decode().lower()
+    assert said
+    assert said[0].split(":")[0].lower() in response.content.decode().lower()
     return said
 
 
@@ -38,8 +40,11 @@ def changes(docker) -> list[list[str]]:
 
 def test_the_page_lists_modules_backends_and_is_linked(console, power_on, compose_switch):
     page = console.get(reverse(CONSOLE)).content.decode()
-    assert 'data-service="switch"' in page and "compose" in page and 'data-module="switch"' in page
-    assert 'data-service="hermes"' in page and "no control backend" in page
+    assert 'data-service="switch"' in page
+    assert "compose" in page
+    assert 'data-module="switch"' in page
+    assert 'data-service="hermes"' in page
+    assert "no control backend" in page
     assert reverse(CONSOLE) in console.get(reverse("admin:power_servicecontrol_changelist")).content.decode()
 
 
@@ -47,7 +52,7 @@ def test_plan_then_apply_a_start_through_the_guards(console, power_on, compose_s
     said = press(console, op="service", service="switch", action="start", apply="")
     assert said[0] == (
         "Plan for start switch: docker compose -p vx11 up -d switch. Nothing was done; press Apply to carry it out. "
-        "(audited as action #%d)" % PowerAction.objects.get().id
+        f"(audited as action #{PowerAction.objects.get().id})"
     )
     assert changes(compose_switch) == []
     said = press(console, op="service", service="switch", action="start", apply="on")
@@ -82,13 +87,12 @@ def test_mode_plan_and_window_open_close(console, power_on, compose_switch):
     assert said[0].startswith("Plan for mode low_power: stop switch.")
     said = press(console, op="window_open", services=["switch", "hermes"], ttl_sec="60", mode="hold", reason="upgrade")
     window = MaintenanceWindow.objects.get()
-    assert (
-        "open for 60 s" in said[0]
-        and window.mode == "hold"
-        and sorted(m.slug for m in window.modules.all()) == ["hermes", "switch"]
-    )
+    assert "open for 60 s" in said[0]
+    assert window.mode == "hold"
+    assert sorted(m.slug for m in window.modules.all()) == ["hermes", "switch"]
     page = console.get(reverse(CONSOLE)).content.decode()
-    assert f"Window #{window.id} (hold)" in page and "upgrade" in page
+    assert f"Window #{window.id} (hold)" in page
+    assert "upgrade" in page
     assert "already open" in press(console, op="window_open", services=["switch"], ttl_sec="60", mode="ttl")[0]
     assert "closed" in press(console, op="window_close")[0]
     assert MaintenanceWindow.objects.get().closed_at is not None
@@ -106,7 +110,8 @@ def test_mode_plan_and_window_open_close(console, power_on, compose_switch):
 )
 def test_bad_input_is_refused_audited_and_does_nothing(console, power_on, compose_switch, fields, where):
     said = press(console, **fields)
-    assert said[0].count("nothing done") == 1 and where in said[0]
+    assert said[0].count("nothing done") == 1
+    assert where in said[0]
     row = PowerAction.objects.get()
     assert (row.result, row.http_status, row.plan["refused_by"], row.plan["via"]) == (
         "refused",
@@ -114,7 +119,8 @@ def test_bad_input_is_refused_audited_and_does_nothing(console, power_on, compos
         "validation",
         "admin console",
     )
-    assert changes(compose_switch) == [] and not MaintenanceWindow.objects.exists()
+    assert changes(compose_switch) == []
+    assert not MaintenanceWindow.objects.exists()
 
 
 def test_staff_without_the_view_permission_cannot_see_it(db, django_user_model):

@@ -55,7 +55,8 @@ def test_the_api_refuses_with_409_until_the_process_is_stopped(api, running):
     assert kept(running)
     running.stop_process()
     assert api.delete("/api/modules/hermes").status_code == 204
-    assert not Module.objects.filter(slug="hermes").exists() and not ServiceControl.objects.exists()
+    assert not Module.objects.filter(slug="hermes").exists()
+    assert not ServiceControl.objects.exists()
 
 
 def test_a_control_the_portal_runs_nothing_for_does_not_block(api, fleet):
@@ -71,11 +72,9 @@ def test_a_control_the_portal_runs_nothing_for_does_not_block(api, fleet):
 def test_the_admin_delete_refuses_with_409(admin_client, running):
     url = f"/admin/fleet/module/{running.module_id}/delete/"
     page = admin_client.get(url)
-    assert (
-        page.status_code == 409
-        and "protected related objects" in page.content.decode()
-        and "hermes (process)" in page.content.decode()
-    )
+    assert page.status_code == 409
+    assert "protected related objects" in page.content.decode()
+    assert "hermes (process)" in page.content.decode()
     assert admin_client.post(url, {"post": "yes"}).status_code == 409
     assert kept(running)
 
@@ -85,8 +84,11 @@ def test_the_bulk_delete_refuses_the_whole_batch_with_409(admin_client, running,
     response = admin_client.post(
         "/admin/fleet/module/", {"action": "delete_selected", "_selected_action": chosen, "post": "yes"}
     )
-    assert response.status_code == 409 and "Service control" in response.content.decode()
-    assert kept(running) and Module.objects.filter(slug="switch").exists()  # nothing deleted half-way
+    assert response.status_code == 409
+    assert "Service control" in response.content.decode()
+    # nothing deleted half-way
+    assert kept(running)
+    assert Module.objects.filter(slug="switch").exists()
 
 
 def test_the_service_control_itself_is_not_deleted_while_its_process_runs(admin_client, running):
@@ -95,8 +97,10 @@ def test_the_service_control_itself_is_not_deleted_while_its_process_runs(admin_
     response = admin_client.post(
         "/admin/power/servicecontrol/", {"action": "delete_selected", "_selected_action": [running.pk], "post": "yes"}
     )
-    assert response.status_code == 409 and "the power manager runs its process" in response.content.decode()
+    assert response.status_code == 409
+    assert "the power manager runs its process" in response.content.decode()
     assert kept(running)
     running.stop_process()
     assert admin_client.post(url, {"post": "yes"}).status_code == 302
-    assert not ServiceControl.objects.exists() and Module.objects.filter(slug="hermes").exists()
+    assert not ServiceControl.objects.exists()
+    assert Module.objects.filter(slug="hermes").exists()

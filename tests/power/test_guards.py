@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from apps.power.models import PowerAction, ServiceControl
-from tests.power.conftest import post
+from tests.power.helpers import post
 
 
 def refused(response, status, *words):
@@ -26,7 +26,8 @@ def test_service_control_disabled_by_default(power_on, power_api, compose_switch
     row = PowerAction.objects.filter(action="start").get()
     assert (row.result, row.http_status, row.applied) == ("refused", 403, False)
     result = json.loads((evidence()[0] / "result.json").read_text())
-    assert result["result"] == "refused" and result["status"] == 403
+    assert result["result"] == "refused"
+    assert result["status"] == 403
 
 
 def test_unknown_service_404(power_on, power_api, fleet):
@@ -137,7 +138,8 @@ def test_bad_input_422(power_on, power_api, fleet, path, body, where):
     assert where in r.json()["detail"]
     row = PowerAction.objects.get()  # refused before the view ran, and still audited
     assert (row.result, row.http_status, row.plan["refused_by"]) == ("refused", 422, "validation")
-    assert where in row.message and row.user is not None
+    assert where in row.message
+    assert row.user is not None
 
 
 def test_refusals_are_all_audited(power_on, power_api, compose_switch, evidence):
@@ -167,7 +169,8 @@ def test_api_prefix_serves_the_same(power_on, power_api, compose_switch, window)
 
 def test_bad_input_under_api_prefix_is_audited_but_other_apps_422_are_not(power_on, power_api, fleet):
     r = post(power_api, "/api/power/mode", {"mode": "turbo"})
-    assert r.status_code == 422 and "mode" in r.json()["detail"]
+    assert r.status_code == 422
+    assert "mode" in r.json()["detail"]
     assert list(PowerAction.objects.values_list("action", "http_status")) == [("mode", 422)]
     bad_spawn = post(power_api, "/api/daughters", {"kind": "nope", "count": 0})
     assert bad_spawn.status_code == 422  # not a power action: no row

@@ -48,11 +48,15 @@ def test_apply_each_mode(power_on, power_api, demo_process, window):
 
     r = mode(power_api, "operative_core", apply=True)
     assert r.status_code == 200, r.content
-    assert answers(url["madre"]) and answers(url["switch"]) and not answers(url["hermes"])
+    assert answers(url["madre"])
+    assert answers(url["switch"])
+    assert not answers(url["hermes"])
 
     r = mode(power_api, "low_power", apply=True)
     assert r.status_code == 200, r.content
-    assert answers(url["madre"]) and not answers(url["switch"]) and not answers(url["hermes"])
+    assert answers(url["madre"])
+    assert not answers(url["switch"])
+    assert not answers(url["hermes"])
 
     # each step is its own audited row under its mode row
     top = PowerAction.objects.filter(action="mode").order_by("id")
@@ -70,7 +74,8 @@ def test_apply_needs_windows_for_every_step(power_on, power_api, demo_process, w
     window("madre")
     r = mode(power_api, "low_power", apply=True)
     assert r.status_code == 409
-    assert "switch" in r.json()["detail"] and "hermes" in r.json()["detail"]
+    assert "switch" in r.json()["detail"]
+    assert "hermes" in r.json()["detail"]
     assert PowerAction.objects.filter(parent__isnull=False).count() == 0  # nothing ran
 
 

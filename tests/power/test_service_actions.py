@@ -21,8 +21,10 @@ def test_plan_only_unless_applied(power_on, power_api, demo_process):
     r = power_api.post("/madre/power/service/switch/start", {}, content_type="application/json")
     assert r.status_code == 200, r.content
     body = r.json()
-    assert body["applied"] is False and body["result"] == "ok"
-    assert body["plan"]["backend"] == "process" and body["plan"]["steps"][0].startswith("run ")
+    assert body["applied"] is False
+    assert body["result"] == "ok"
+    assert body["plan"]["backend"] == "process"
+    assert body["plan"]["steps"][0].startswith("run ")
     assert "apply" in body["message"]
     assert not health(control)  # nothing ran
     # no body at all is a plan too
@@ -38,30 +40,38 @@ def test_start_stop_restart_real_process(power_on, power_api, demo_process, wind
 
     r = power_api.post("/madre/power/service/switch/start", {"apply": True}, content_type="application/json")
     assert r.status_code == 200, r.content
-    assert r.json()["applied"] is True and r.json()["result"] == "ok"
+    assert r.json()["applied"] is True
+    assert r.json()["result"] == "ok"
     control.refresh_from_db()
     first_pid = control.pid
-    assert pid_alive(first_pid) and health(control)
+    assert pid_alive(first_pid)
+    assert health(control)
     assert httpx.get(control.module.health_url).json()["module"] == "switch"
 
     status = power_api.get("/madre/power/status").json()
     row = next(s for s in status["services"] if s["service"] == "switch")
-    assert row["running"] is True and row["pid"] == first_pid and row["in_window"] is True
+    assert row["running"] is True
+    assert row["pid"] == first_pid
+    assert row["in_window"] is True
 
     # starting again is a no-op on the same process
     again = power_api.post("/madre/power/service/start", {"service": "switch"}, content_type="application/json")
-    assert again.status_code == 200 and "already running" in again.json()["message"]
+    assert again.status_code == 200
+    assert "already running" in again.json()["message"]
 
     r = power_api.post("/madre/power/service/switch/restart", {"apply": True}, content_type="application/json")
     assert r.status_code == 200, r.content
     control.refresh_from_db()
-    assert control.pid != first_pid and not pid_alive(first_pid) and health(control)
+    assert control.pid != first_pid
+    assert not pid_alive(first_pid)
+    assert health(control)
 
     r = power_api.post("/madre/power/service/stop", {"service": "switch"}, content_type="application/json")
     assert r.status_code == 200, r.content
     assert "ended on SIGTERM" in r.json()["message"]
     control.refresh_from_db()
-    assert control.pid is None and not health(control)
+    assert control.pid is None
+    assert not health(control)
 
     # every request is a row with an evidence folder holding plan, result and output
     rows = list(PowerAction.objects.order_by("id"))
@@ -99,7 +109,8 @@ def test_sigkill_after_grace(power_on, power_api, demo_process, window, tmp_path
         "import aiohttp.web_runner\n"  # run_app re-installs SIGTERM handling; undo it once it has started
         "orig = aiohttp.web_runner.BaseRunner.setup\n"
         "async def setup(self, *a, **k):\n    await orig(self, *a, **k)\n    import asyncio\n"
-        "    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "aiohttp.web_runner.BaseRunner.setup = setup\nmain()\n"
     )
     control = demo_process("hermes", grace=0.5)
@@ -127,7 +138,9 @@ def test_start_failure_is_an_audited_error(power_on, power_api, demo_process, wi
     assert r.status_code == 502
     assert "exited with 3" in r.json()["detail"]
     row = PowerAction.objects.get()
-    assert row.result == "error" and row.applied and "no such module here" in row.output
+    assert row.result == "error"
+    assert row.applied
+    assert "no such module here" in row.output
 
 
 def test_no_second_copy_beside_a_foreign_process(power_on, power_api, fleet, window):
@@ -139,6 +152,8 @@ def test_no_second_copy_beside_a_foreign_process(power_on, power_api, fleet, win
     )
     window("mcp")
     r = power_api.post("/madre/power/service/mcp/start", {"apply": True}, content_type="application/json")
-    assert r.status_code == 502 and "already answers" in r.json()["detail"]
+    assert r.status_code == 502
+    assert "already answers" in r.json()["detail"]
     r = power_api.post("/madre/power/service/mcp/stop", {"apply": True}, content_type="application/json")
-    assert r.status_code == 200 and "running outside the portal" in r.json()["message"]
+    assert r.status_code == 200
+    assert "running outside the portal" in r.json()["message"]

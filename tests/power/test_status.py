@@ -10,7 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.fleet.models import Module
-from apps.power.models import ServiceControl, power_status
+from apps.power.manager import power_status
+from apps.power.models import ServiceControl
 
 RUNNING = {"Name": "vx11t-switch-1", "Service": "switch", "State": "running", "Health": ""}
 
@@ -75,7 +76,8 @@ def test_compose_and_systemd_are_asked(power_api, controls, stand_in):
         "no running container",
         None,
     )
-    assert got["mcp"]["running"] is None and "exited with 1" in got["mcp"]["error"]
+    assert got["mcp"]["running"] is None
+    assert "exited with 1" in got["mcp"]["error"]
     assert (got["spawner"]["running"], got["spawner"]["backend_state"], got["spawner"]["error"]) == (
         True,
         "active",
@@ -86,22 +88,28 @@ def test_compose_and_systemd_are_asked(power_api, controls, stand_in):
         "inactive",
         None,
     )
-    assert got["manifestator"]["running"] is None and "exited with 4" in got["manifestator"]["error"]
-    assert got["madre"]["running"] is None and got["madre"]["controlled"] is False and got["madre"]["error"] is None
+    assert got["manifestator"]["running"] is None
+    assert "exited with 4" in got["manifestator"]["error"]
+    assert got["madre"]["running"] is None
+    assert got["madre"]["controlled"] is False
+    assert got["madre"]["error"] is None
 
 
 def test_unreadable_compose_answer(power_api, controls, stand_in):
     stand_in("docker", replies={"switch": ("this is not json\n", 0)})
     stand_in("systemctl")
     got = services(power_api)
-    assert got["switch"]["running"] is None and "unreadable answer" in got["switch"]["error"]
+    assert got["switch"]["running"] is None
+    assert "unreadable answer" in got["switch"]["error"]
 
 
 def test_missing_tools(power_api, controls, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # neither docker nor systemctl anywhere
     got = services(power_api)
-    assert got["switch"]["running"] is None and "'docker' not found on PATH" in got["switch"]["error"]
-    assert got["spawner"]["running"] is None and "'systemctl' not found on PATH" in got["spawner"]["error"]
+    assert got["switch"]["running"] is None
+    assert "'docker' not found on PATH" in got["switch"]["error"]
+    assert got["spawner"]["running"] is None
+    assert "'systemctl' not found on PATH" in got["spawner"]["error"]
 
 
 def test_hung_tool_times_out(power_on, power_api, controls, stand_in):
@@ -110,7 +118,8 @@ def test_hung_tool_times_out(power_on, power_api, controls, stand_in):
     slow.path.write_text(slow.path.read_text().replace("import json, sys", "import json, sys, time; time.sleep(5)"))
     power_on.VX11_POWER_COMMAND_TIMEOUT = 0.5
     got = services(power_api)
-    assert got["spawner"]["running"] is None and "timed out after 0.5 s" in got["spawner"]["error"]
+    assert got["spawner"]["running"] is None
+    assert "timed out after 0.5 s" in got["spawner"]["error"]
     assert got["switch"]["running"] is False
 
 
@@ -130,4 +139,6 @@ def test_in_window_is_one_query_whatever_the_number_of_modules(power_on, fleet, 
     window(*[m.slug for m in extra[:10]])
     after, in_window = queries()
     assert after == before
-    assert sum(in_window.values()) == 12 and in_window["extra3"] and not in_window["extra15"]
+    assert sum(in_window.values()) == 12
+    assert in_window["extra3"]
+    assert not in_window["extra15"]

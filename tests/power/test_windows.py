@@ -1,4 +1,5 @@
-"""Power windows: open, one at a time, close; a ttl window stops its modules when it expires, retrying a refused or failed stop."""
+"""Power windows: open, one at a time, close; a ttl window stops its modules when it expires, retrying a refused
+or failed stop."""
 
 from datetime import timedelta
 
@@ -8,9 +9,10 @@ from django_celery_beat.models import PeriodicTask
 
 from apps.fleet.models import MaintenanceWindow
 from apps.power.backends import pid_alive
-from apps.power.models import PowerAction, ServiceControl, WindowStop, expire_windows
+from apps.power.manager import expire_windows
+from apps.power.models import PowerAction, ServiceControl, WindowStop
 from apps.power.tasks import check_power_windows
-from tests.power.conftest import post
+from tests.power.helpers import post
 
 
 def answers(url: str) -> bool:
@@ -28,17 +30,22 @@ def test_open_one_at_a_time_and_close(power_on, power_api, fleet):
     )
     assert r.status_code == 200, r.content
     w = r.json()["window"]
-    assert w["services"] == ["hermes", "switch"] and w["mode"] == "hold" and 299 <= w["ttl_left_sec"] <= 300
+    assert w["services"] == ["hermes", "switch"]
+    assert w["mode"] == "hold"
+    assert 299 <= w["ttl_left_sec"] <= 300
     window = MaintenanceWindow.objects.get(id=w["id"])
-    assert window.source == "power" and window.created_by.username == "controller"
+    assert window.source == "power"
+    assert window.created_by.username == "controller"
     assert MaintenanceWindow.module_in_window(fleet["switch"], timezone.now())  # fleet state: also mutes notifications
 
     second = post(power_api, "/madre/power/window/open", {"services": ["mcp"], "ttl_sec": 60})
-    assert second.status_code == 409 and f"#{window.id} is already open" in second.json()["detail"]
+    assert second.status_code == 409
+    assert f"#{window.id} is already open" in second.json()["detail"]
 
     assert power_api.get("/madre/power/status").json()["window"]["id"] == window.id
     r = post(power_api, "/madre/power/window/close")
-    assert r.status_code == 200 and r.json()["window"]["closed_at"]
+    assert r.status_code == 200
+    assert r.json()["window"]["closed_at"]
     assert not MaintenanceWindow.module_in_window(fleet["switch"], timezone.now())
     assert power_api.get("/madre/power/status").json()["window"] is None
     assert post(power_api, "/madre/power/window/close").status_code == 404
@@ -55,7 +62,8 @@ def test_open_one_at_a_time_and_close(power_on, power_api, fleet):
 
 def test_service_outside_fleet_422(power_on, power_api, fleet):
     r = post(power_api, "/madre/power/window/open", {"services": ["switch", "ghost"], "ttl_sec": 30})
-    assert r.status_code == 422 and "ghost" in r.json()["detail"]
+    assert r.status_code == 422
+    assert "ghost" in r.json()["detail"]
     assert not MaintenanceWindow.objects.exists()
     assert PowerAction.objects.get().http_status == 422
 
@@ -70,7 +78,8 @@ def test_ttl_expiry_stops_the_process(power_on, power_api, demo_process):
     assert post(power_api, "/madre/power/service/hermes/start", {"apply": True}).status_code == 200
     control.refresh_from_db()
     pid = control.pid
-    assert pid_alive(pid) and answers(control.module.health_url)
+    assert pid_alive(pid)
+    assert answers(control.module.health_url)
 
     ends_at = MaintenanceWindow.objects.get().ends_at
     assert check_power_windows() == {"stopped": [], "failed": []}  # not expired yet
@@ -79,14 +88,13 @@ def test_ttl_expiry_stops_the_process(power_on, power_api, demo_process):
     expired = ends_at + timedelta(milliseconds=50)
     assert check_power_windows(now=expired) == {"stopped": ["hermes"], "failed": []}  # madre is never stopped
 
-    assert not pid_alive(pid) and not answers(control.module.health_url)
+    assert not pid_alive(pid)
+    assert not answers(control.module.health_url)
     stop = PowerAction.objects.get(action="stop")
-    assert (
-        stop.applied
-        and stop.result == "ok"
-        and stop.actor.startswith("window #")
-        and stop.user.username == "controller"
-    )
+    assert stop.applied
+    assert stop.result == "ok"
+    assert stop.actor.startswith("window #")
+    assert stop.user.username == "controller"
     assert expire_windows(now=ends_at + timedelta(hours=1)) == []  # each window once, however late the next check
 
 
@@ -111,7 +119,9 @@ def test_hold_and_closed_windows_stop_nothing(power_on, power_api, demo_process,
 
 def test_checker_scheduled_by_migration(db):
     task = PeriodicTask.objects.get(task="apps.power.tasks.check_power_windows")
-    assert task.enabled and task.interval.every <= 5 and task.interval.period == "seconds"
+    assert task.enabled
+    assert task.interval.every <= 5
+    assert task.interval.period == "seconds"
     assert PeriodicTask.objects.filter(task="apps.power.tasks.prune_power_actions").exists()
 
 
@@ -175,7 +185,8 @@ def test_failing_stop_retried_after_the_delay_then_given_up(power_on, controller
     MaintenanceWindow.objects.filter(pk=w.pk).update(
         starts_at=w.starts_at - timedelta(days=400), ends_at=w.ends_at - timedelta(days=400)
     )
-    assert WindowStop.prune() == 1 and WindowStop.objects.get().module.slug == "hermes"  # the old window's row goes
+    assert WindowStop.prune() == 1  # the old window's row goes
+    assert WindowStop.objects.get().module.slug == "hermes"
 
 
 def test_task_stops_one_module_per_tick(power_on, controller, fleet, stand_in):
@@ -189,7 +200,8 @@ def test_task_stops_one_module_per_tick(power_on, controller, fleet, stand_in):
     assert w.expired_handled_at is None
     assert check_power_windows() == {"stopped": ["switch"], "failed": []}
     w.refresh_from_db()
-    assert w.expired_handled_at is not None and len(docker.calls()) == 2
+    assert w.expired_handled_at is not None
+    assert len(docker.calls()) == 2
     assert (
         check_power_windows.soft_time_limit >= 300 + power_on.VX11_POWER_HEALTH_TIMEOUT
     )  # longest grace + /health wait

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from apps.simfleet.sim import PORTS
-from tests.conftest import ROOT, free_demo_offset
+from tests.helpers import ROOT, free_demo_offset
 
 
 @pytest.mark.django_db
@@ -82,7 +82,8 @@ def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
             "manage.py",
             "shell",
             "-c",
-            f"from apps.fleet.models import Module; print(Module.objects.filter(simulated=True, port__gte={8000 + offset}).count())",
+            "from apps.fleet.models import Module; "
+            f"print(Module.objects.filter(simulated=True, port__gte={8000 + offset}).count())",
         ],
         cwd=ROOT,
         env=env,
@@ -97,7 +98,8 @@ def test_fleet_only_demo_serves_and_registers_the_simulator(tmp_path):
             "manage.py",
             "shell",
             "-c",
-            "from apps.power.models import PowerAction as P; print(list(P.objects.order_by('id').values_list('actor', 'action', 'service', 'result')))",
+            "from apps.power.models import PowerAction as P; "
+            "print(list(P.objects.order_by('id').values_list('actor', 'action', 'service', 'result')))",
         ],
         cwd=ROOT,
         env=env,

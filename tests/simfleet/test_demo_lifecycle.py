@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from apps.simfleet.sim import CONTROL_PORT, PORTS
-from tests.conftest import ROOT, free_demo_offset, free_port
+from tests.helpers import ROOT, free_demo_offset, free_port
 
 
 def _state(pid: int) -> str | None:

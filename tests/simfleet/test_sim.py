@@ -18,7 +18,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from apps.simfleet.management.commands.vx11_sim import Command as Vx11SimCommand
-from apps.simfleet.sim import MODES, PORTS, SimFleet
+from apps.simfleet.sim import MISBEHAVIOURS, PORTS, SimFleet
+from tests.helpers import free_port
 
 T = 2.0  # client timeout for calls that should answer at once
 
@@ -58,7 +59,8 @@ def refused(port):
 
 
 def test_ten_modules_on_distinct_ports(sim):
-    assert set(sim.ports) == set(PORTS) and len(set(sim.ports.values())) == 10
+    assert set(sim.ports) == set(PORTS)
+    assert len(set(sim.ports.values())) == 10
     assert sim.base_url("madre") == f"http://127.0.0.1:{sim.ports['madre']}"
 
 
@@ -101,17 +103,18 @@ def test_shub_is_initializing_during_warmup(monkeypatch):
 def test_hermes_tools(sim):
     body = httpx.get(sim.base_url("hermes") + "/tools", timeout=T).json()
     assert {"name": "deepseek_r1", "available": True, "version": "1.0"} in body["cli_tools"]
-    assert body["local_models"] and all(
-        set(m) == {"name", "size", "loaded"} and isinstance(m["loaded"], bool) for m in body["local_models"]
-    )
+    assert body["local_models"]
+    assert all(set(m) == {"name", "size", "loaded"} and isinstance(m["loaded"], bool) for m in body["local_models"])
 
 
 def test_shub_metrics_answers_only_the_included_keys(sim):
     url = sim.base_url("shub") + "/metrics"
     full = httpx.post(url, json={"include": ["sessions", "resources", "queue"]}, timeout=T).json()
     assert set(full) == {"active_sessions", "projects", "resources", "queue"}
-    assert isinstance(full["active_sessions"], int) and all(set(p) == {"id", "name"} for p in full["projects"])
-    assert isinstance(full["resources"]["cpu_percent"], float) and isinstance(full["resources"]["memory_mb"], float)
+    assert isinstance(full["active_sessions"], int)
+    assert all(set(p) == {"id", "name"} for p in full["projects"])
+    assert isinstance(full["resources"]["cpu_percent"], float)
+    assert isinstance(full["resources"]["memory_mb"], float)
     assert isinstance(full["queue"]["pending"], int)
     assert set(httpx.post(url, json={"include": ["queue"]}, timeout=T).json()) == {"queue"}
 
@@ -121,12 +124,14 @@ def test_shub_metrics_answers_only_the_included_keys(sim):
 )
 def test_shub_metrics_rejects_a_bad_body(sim, content):
     response = httpx.post(sim.base_url("shub") + "/metrics", content=content, timeout=T)
-    assert response.status_code == 400 and "detail" in response.json()
+    assert response.status_code == 400
+    assert "detail" in response.json()
 
 
 def test_unknown_path_is_a_json_404(sim):
     response = httpx.get(sim.base_url("mcp") + "/nope", timeout=T)
-    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
 
 
 # -- modes -------------------------------------------------------------------------------------
@@ -160,14 +165,16 @@ def test_error_is_a_json_500_on_every_endpoint(sim):
     sim.set_mode("hermes", "error")
     for path in ("/health", "/tools"):
         response = httpx.get(sim.base_url("hermes") + path, timeout=T)
-        assert response.status_code == 500 and "detail" in response.json()
+        assert response.status_code == 500
+        assert "detail" in response.json()
         assert response.headers["X-VX11-Simulated"] == "1"
 
 
 def test_garbage_is_200_but_not_json(sim):
     sim.set_mode("mcp", "garbage")
     response = health(sim, "mcp")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
     with pytest.raises(json.JSONDecodeError):
         response.json()
 
@@ -241,7 +248,8 @@ def test_control_is_never_affected_by_modes(sim):
 )
 def test_control_rejects_bad_input(sim, slug, content, status):
     response = control_post(sim, slug, content=content)
-    assert response.status_code == status and response.json()["detail"]
+    assert response.status_code == status
+    assert response.json()["detail"]
     assert sim.get_modes()["madre"]["mode"] == "ok"
 
 
@@ -299,14 +307,15 @@ def vx11_sim(*args, **options):
 
 def test_command_sets_a_mode(sim):
     out = vx11_sim("switch", "slow", delay=0.2, control_url=sim.control_url)
-    assert "switch" in out and "slow" in out
+    assert "switch" in out
+    assert "slow" in out
     assert sim.get_modes()["switch"] == {"mode": "slow", "delay": 0.2}
     assert "switch" in vx11_sim(control_url=sim.control_url)
 
 
 def test_command_lists_modes():
     out = vx11_sim(list=True)
-    assert all(mode in out for mode in MODES)
+    assert all(mode in out for mode in MISBEHAVIOURS)
 
 
 def test_command_errors_are_one_line():
@@ -323,8 +332,6 @@ def test_command_errors_are_one_line():
 
 def test_an_excluded_module_is_left_to_its_own_process():
     """The demo's power modules: the simulator leaves their ports free and refuses to set their modes."""
-    from tests.conftest import free_port
-
     for _ in range(
         50
     ):  # fixed ports (an excluded module's process must know its own): find an offset where all are free
@@ -339,7 +346,8 @@ def test_an_excluded_module_is_left_to_its_own_process():
     else:
         pytest.fail("no offset with ten free ports in 50 tries")
     try:
-        assert "mcp" not in fleet.ports and fleet.base_url("mcp") == f"http://127.0.0.1:{PORTS['mcp'] + offset}"
+        assert "mcp" not in fleet.ports
+        assert fleet.base_url("mcp") == f"http://127.0.0.1:{PORTS['mcp'] + offset}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", PORTS["mcp"] + offset))  # free for serve_one
         assert httpx.get(fleet.base_url("madre") + "/health", timeout=T).status_code == 200
@@ -347,7 +355,8 @@ def test_an_excluded_module_is_left_to_its_own_process():
             fleet.set_mode("mcp", "down")
         assert fleet.describe()["modules"]["mcp"]["mode"] == "own process (power manager)"
         answer = httpx.post(f"{fleet.control_url}/_sim/mcp", json={"mode": "down"}, timeout=T)
-        assert answer.status_code == 400 and "power manager" in answer.json()["detail"]
+        assert answer.status_code == 400
+        assert "power manager" in answer.json()["detail"]
     finally:
         fleet.stop()
     with pytest.raises(ValueError, match="unknown module"):

@@ -26,14 +26,17 @@ def intent(sim, via="madre", **body):
 
 def test_gateway_proxies_to_the_module_named_in_the_path(sim):
     response = httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T)
-    assert response.status_code == 200 and response.headers["X-VX11-Simulated"] == "1"
-    assert response.headers["X-VX11-Upstream"] == "hermes" and "cli_tools" in response.json()
+    assert response.status_code == 200
+    assert response.headers["X-VX11-Simulated"] == "1"
+    assert response.headers["X-VX11-Upstream"] == "hermes"
+    assert "cli_tools" in response.json()
     assert httpx.get(url(sim, "tentaculo_link", "/vx11/switch/health"), timeout=T).json()["module"] == "switch"
 
 
 def test_gateway_sends_intents_and_results_to_madre(sim):
     body = intent(sim, via="tentaculo_link").json()
-    assert body["status"] == "DONE" and set(body["intent"]) == INTENT_KEYS
+    assert body["status"] == "DONE"
+    assert set(body["intent"]) == INTENT_KEYS
     result = httpx.get(url(sim, "tentaculo_link", f"/vx11/result/{body['correlation_id']}"), timeout=T).json()
     assert result == {
         "correlation_id": body["correlation_id"],
@@ -57,21 +60,22 @@ def test_gateway_answers_502_for_a_down_module_and_504_for_a_hanging_one(sim, mo
 
     sim.set_mode("hermes", "down")
     response = httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T)
-    assert response.status_code == 502 and response.json() == {
-        "detail": "upstream hermes unreachable: ClientConnectorError"
-    }
+    assert response.status_code == 502
+    assert response.json() == {"detail": "upstream hermes unreachable: ClientConnectorError"}
     assert response.headers["X-VX11-Simulated"] == "1"
 
     monkeypatch.setattr(simmod, "PROXY_TIMEOUT", 0.2)
     sim.set_mode("hermes", "hang")
     response = httpx.get(url(sim, "tentaculo_link", "/vx11/hermes/tools"), timeout=T)
-    assert response.status_code == 504 and response.json()["detail"] == "upstream hermes timed out after 0.2 s"
+    assert response.status_code == 504
+    assert response.json()["detail"] == "upstream hermes timed out after 0.2 s"
 
 
 @pytest.mark.parametrize("path", ["/vx11/nosuch/health", "/vx11/tentaculo_link/health", "/vx11/"])
 def test_gateway_404s_an_unknown_upstream(sim, path):
     response = httpx.get(url(sim, "tentaculo_link", path), timeout=T)
-    assert response.status_code == 404 and "no upstream" in response.json()["detail"]
+    assert response.status_code == 404
+    assert "no upstream" in response.json()["detail"]
 
 
 def test_the_gateway_itself_obeys_its_mode(sim):
@@ -96,11 +100,11 @@ def test_a_low_risk_intent_is_planned_and_done(sim):
         False,
         ["switch"],
     )
-    assert (
-        set(i["dsl"]) == {"domain", "action", "parameters", "confidence", "original_text"}
-        and i["dsl"]["action"] == "status"
-    )
-    assert set(plan) == PLAN_KEYS and plan["status"] == "DONE" and plan["intent_id"] == i["intent_id"]
+    assert set(i["dsl"]) == {"domain", "action", "parameters", "confidence", "original_text"}
+    assert i["dsl"]["action"] == "status"
+    assert set(plan) == PLAN_KEYS
+    assert plan["status"] == "DONE"
+    assert plan["intent_id"] == i["intent_id"]
     assert [s["type"] for s in plan["steps"]] == ["SYSTEM_HEALTHCHECK", "CALL_SWITCH", "NOOP"]
     assert all(set(s) == STEP_KEYS and s["status"] == "done" for s in plan["steps"])
     assert plan["steps"][-1]["payload"] == {"reason": "plan_complete"}
@@ -109,16 +113,19 @@ def test_a_low_risk_intent_is_planned_and_done(sim):
 
 def test_the_spawner_requirement_queues_the_plan(sim):
     body = intent(sim, text="run a check", require={"spawner": True}).json()
-    assert body["status"] == "QUEUED" and body["plan"]["status"] == "RUNNING"
+    assert body["status"] == "QUEUED"
+    assert body["plan"]["status"] == "RUNNING"
     spawn = [s for s in body["plan"]["steps"] if s["type"] == "SPAWNER_REQUEST"]
-    assert len(spawn) == 1 and spawn[0]["status"] == "queued"
+    assert len(spawn) == 1
+    assert spawn[0]["status"] == "queued"
 
 
 def test_a_risky_intent_waits_for_confirmation(sim):
     body = intent(sim, text="restart hermes", mode="AUDIO_ENGINEER").json()
     assert (body["intent"]["risk"], body["intent"]["requires_confirmation"], body["status"]) == ("MED", True, "WAITING")
     types = [s["type"] for s in body["plan"]["steps"]]
-    assert types == ["SYSTEM_HEALTHCHECK", "NOOP", "CALL_SHUB", "NOOP"] and body["plan"]["steps"][1]["blocking"] is True
+    assert types == ["SYSTEM_HEALTHCHECK", "NOOP", "CALL_SHUB", "NOOP"]
+    assert body["plan"]["steps"][1]["blocking"] is True
     confirmed = httpx.post(url(sim, "madre", f"/madre/plans/{body['plan']['plan_id']}/confirm"), timeout=T)
     assert confirmed.json()["status"] == "DONE"
     again = httpx.post(url(sim, "madre", f"/madre/plans/{body['plan']['plan_id']}/confirm"), timeout=T)
@@ -127,7 +134,8 @@ def test_a_risky_intent_waits_for_confirmation(sim):
 
 def test_stopping_madre_or_the_gateway_is_denied(sim):
     response = intent(sim, text="stop madre now")
-    assert response.status_code == 403 and response.json() == {"detail": "stop on madre is denied"}
+    assert response.status_code == 403
+    assert response.json() == {"detail": "stop on madre is denied"}
     assert intent(sim, text="kill hermes").json()["intent"]["risk"] == "HIGH"
 
 
@@ -137,7 +145,8 @@ def test_stopping_madre_or_the_gateway_is_denied(sim):
 )
 def test_a_bad_intent_is_a_422(sim, body):
     response = httpx.post(url(sim, "madre", "/vx11/intent"), json=body, timeout=T)
-    assert response.status_code == 422 and response.json()["detail"]
+    assert response.status_code == 422
+    assert response.json()["detail"]
 
 
 def test_madre_lists_plans_and_404s_unknown_ones(sim):
@@ -150,7 +159,8 @@ def test_madre_lists_plans_and_404s_unknown_ones(sim):
 def test_madre_garbage_mode_still_applies_to_the_new_endpoints(sim):
     sim.set_mode("madre", "garbage")
     response = intent(sim)
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
 
 
 # -- hormiguero and manifestator -----------------------------------------------------------------
@@ -162,7 +172,8 @@ def scan(sim, **body):
 
 def test_a_scan_runs_the_four_ants_and_reports_the_drift_incident(sim):
     body = scan(sim).json()
-    assert [a["name"] for a in body["ants"]] == list(ANTS) and body["status"] == "done"
+    assert [a["name"] for a in body["ants"]] == list(ANTS)
+    assert body["status"] == "done"
     [incident] = body["incidents"]
     assert set(incident) == {
         "id",
@@ -226,7 +237,8 @@ def test_manifestator_answers_drift_and_a_patch_for_the_incident(sim):
 )
 def test_a_bad_patch_request_is_refused(sim, body, status):
     response = httpx.post(url(sim, "manifestator", "/generate-patch"), json=body, timeout=T)
-    assert response.status_code == status and response.json()["detail"]
+    assert response.status_code == status
+    assert response.json()["detail"]
 
 
 def test_manifestator_health_is_unchanged(sim):
@@ -240,4 +252,5 @@ def test_memory_is_bounded():
     memory = Memory(size=3)
     for i in range(5):
         memory.put("plans", i, {"n": i})
-    assert [p["n"] for p in memory.values("plans")] == [2, 3, 4] and memory.get("plans", 0) is None
+    assert [p["n"] for p in memory.values("plans")] == [2, 3, 4]
+    assert memory.get("plans", 0) is None

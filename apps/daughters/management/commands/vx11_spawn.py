@@ -26,7 +26,10 @@ def parse_param(text: str) -> tuple[str, object]:
 
 
 class Command(BaseCommand):
-    help = "Spawn a daughter task: `vx11 spawn http module=hermes path=/tools --wait` (key:=json for numbers). Exits 1 if it does not finish."
+    help = (
+        "Spawn a daughter task: `vx11 spawn http module=hermes path=/tools --wait` (key:=json for numbers). "
+        "Exits 1 if it does not finish."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("kind", help="http, command, sleep, flow")

@@ -34,9 +34,9 @@ class Command(BaseCommand):
         else:
             for row in rows:
                 latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.1f} ms"
-                self.stdout.write(
-                    f"{row['slug']:<16} {row['state']:<9} {str(row['status_code'] or '-'):<4} {latency:>10}  {row['error'] or row['status']}"
-                )
+                code = str(row["status_code"] or "-")
+                detail = row["error"] or row["status"]
+                self.stdout.write(f"{row['slug']:<16} {row['state']:<9} {code:<4} {latency:>10}  {detail}")
         core_down = [m.slug for m in fresh.values() if m.core and m.state == "down"]
         if core_down:
             self.stderr.write(f"core module(s) down: {', '.join(sorted(core_down))}")

@@ -36,11 +36,7 @@ class Command(BaseCommand):
         for flow in flows:
             steps = flow.steps.count()
             bar = tqdm(total=steps, desc=f"flow {flow.name}", unit="step", disable=as_json, file=self.stderr._out)
-            run = flow.run(
-                trigger="cli",
-                user=user,
-                on_step=lambda r: (bar.update(1), bar.set_postfix_str(f"{r.position} {r.status}")),
-            )
+            run = flow.run(trigger="cli", user=user, on_step=self.advance(bar))
             bar.close()
             runs.append(run)
         if as_json:
@@ -50,7 +46,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"{run.flow.name:<6} {run.status:<7} {run.duration_ms:>9.1f} ms  {run.reason}")
                 for step in run.steps.all():
                     self.stdout.write(
-                        f"  {step.position:>2}. {step.name:<36} {step.status:<7} {step.duration_ms or 0:>8.1f} ms  {step.reason}"
+                        f"  {step.position:>2}. {step.name:<36} {step.status:<7} "
+                        f"{step.duration_ms or 0:>8.1f} ms  {step.reason}"
                     )
         failed = [run.flow.name for run in runs if not run.passed]
         if failed:
@@ -77,9 +74,9 @@ class Command(BaseCommand):
             )
             return
         for row in rows:
-            self.stdout.write(
-                f"{row['name']:<6} {'on ' if row['enabled'] else 'off'} {row['steps']:>2} steps  {row['last_status'] or 'never run':<9}  {row['title']}"
-            )
+            state = "on " if row["enabled"] else "off"
+            last = row["last_status"] or "never run"
+            self.stdout.write(f"{row['name']:<6} {state} {row['steps']:>2} steps  {last:<9}  {row['title']}")
         self.stdout.write(f"contract_coherence_pct: {Flow.contract_coherence_pct()}")
 
     def do_load(self, options):
@@ -92,6 +89,16 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(flow.to_spec(), indent=2))
         else:
             self.stdout.write(f"loaded flow {flow.name} ({flow.steps.count()} steps)")
+
+    @staticmethod
+    def advance(bar):
+        """The on_step callback that moves this flow's progress bar one step."""
+
+        def on_step(result):
+            bar.update(1)
+            bar.set_postfix_str(f"{result.position} {result.status}")
+
+        return on_step
 
     def pick(self, names: list[str]) -> list[Flow]:
         if not names:

@@ -1,10 +1,8 @@
 import json
-import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from apps.fleet.models import Module
-from apps.power.models import ServiceControl, expire_windows, power_status
+from apps.power.manager import expire_windows, power_status
 from vx11_site import running_demo
 
 
@@ -20,7 +18,7 @@ def control_line(allowed_here: bool) -> str:
 
 
 class Command(BaseCommand):
-    help = "Power: `status` (or --json), `check-windows` (stop expired ttl windows now), `demo-controls SLUG...` (process backend on the demo fleet)."
+    help = "Power: `status` (or --json), `check-windows` (stop expired ttl windows now)."
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
@@ -28,11 +26,6 @@ class Command(BaseCommand):
             "--json", action="store_true"
         )
         sub.add_parser("check-windows", help="run the expiry checker once").add_argument("--json", action="store_true")
-        demo = sub.add_parser(
-            "demo-controls",
-            help="give demo modules the process backend: python -m apps.simfleet.serve_one SLUG --port PORT",
-        )
-        demo.add_argument("slugs", nargs="+")
 
     def handle(self, *args, **options):
         return getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
@@ -63,17 +56,3 @@ class Command(BaseCommand):
             for row in rows:
                 self.stdout.write(f"{row['service']:<16} {row['result']:<8} {row['message']}")
             self.stdout.write(f"{len(rows)} service(s) stopped by expired windows")
-
-    def do_demo_controls(self, options):
-        modules = {m.slug: m for m in Module.objects.filter(slug__in=options["slugs"])}
-        missing = sorted(set(options["slugs"]) - set(modules))
-        if missing:
-            raise CommandError(f"unknown module(s): {', '.join(missing)}")
-        for slug, module in modules.items():
-            if module.port is None:
-                raise CommandError(f"{slug} has no port in its base URL ({module.base_url})")
-            argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(module.port)]
-            ServiceControl.objects.update_or_create(
-                module=module, defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv}
-            )
-            self.stdout.write(f"{slug}: process backend, {' '.join(argv)}")

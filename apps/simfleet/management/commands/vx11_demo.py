@@ -34,7 +34,9 @@ from apps.fleet.models import Module
 from apps.fleet.probe import run_round
 from apps.fleet.reference import reference_rows
 from apps.power import backends
-from apps.power.models import ServiceControl, perform
+from apps.power.manager import perform
+from apps.power.models import ServiceControl
+from apps.simfleet.management.commands.vx11_sim import serve_one_argv
 from apps.simfleet.sim import PORTS, SimFleet
 from vx11_site import running_demo
 from vx11_site.settings import envbool
@@ -135,7 +137,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--power-modules",
             default="mcp",
-            help="comma-separated modules run as their own processes under the power manager (default mcp; '' for none)",
+            help=(
+                "comma-separated modules run as their own processes under the power manager (default mcp; '' for none)"
+            ),
         )
 
     def handle(self, *args, **options):
@@ -262,7 +266,7 @@ class Command(BaseCommand):
         try:
             for slug in powered:
                 port = int(sim.base_url(slug).rsplit(":", 1)[1])
-                argv = [sys.executable, "-m", "apps.simfleet.serve_one", slug, "--port", str(port)]
+                argv = serve_one_argv(slug, port)
                 ServiceControl.objects.update_or_create(
                     module=Module.objects.get(slug=slug),
                     defaults={"backend": ServiceControl.Backend.PROCESS, "command": argv},
@@ -296,7 +300,8 @@ class Command(BaseCommand):
         python = sys.executable
         # beat is a child of its own (not `worker -B`): a worker that dies and is started again must not leave an
         # orphaned beat behind that schedules everything twice
-        # threads, not prefork: a flow that waits for its daughter holds a slot, and eight cost less memory than two forks
+        # threads, not prefork: a flow that waits for its daughter holds a slot, and eight cost less memory than
+        # two forks
         worker = [
             python,
             "-m",
@@ -358,7 +363,10 @@ class Command(BaseCommand):
                     if child.died():
                         code = child.proc.returncode
                         child.restart(time.monotonic())
-                        message = f"{child.name} exited with code {code}; started again (pid {child.proc.pid}, see {child.log_path})"
+                        message = (
+                            f"{child.name} exited with code {code}; started again "
+                            f"(pid {child.proc.pid}, see {child.log_path})"
+                        )
                         demo_log.warning(message)
                         self.record(children)
                 for process in list(backends._children.values()):

@@ -60,7 +60,8 @@ def test_nul_anywhere_is_a_400_and_stores_nothing(method, path, raw, where, auth
     before = stored()
     r = getattr(client, method)(path) if raw is None else post_json(client, path, raw)
     assert r.status_code == 400, r.content
-    assert "NUL" in r.json()["detail"] and where in r.json()["detail"]
+    assert "NUL" in r.json()["detail"]
+    assert where in r.json()["detail"]
     assert stored() == before  # not even the audit row of a refused power write
 
 
@@ -195,15 +196,18 @@ def test_a_staff_session_write_without_its_csrf_token_is_still_refused(admin_use
     client = Client(enforce_csrf_checks=True)
     client.force_login(admin_user)
     r = post_json(client, "/api/modules", MODULE % ('"x"', "[]"))
-    assert r.status_code == 403 and r.json()["detail"].startswith("CSRF check failed")
+    assert r.status_code == 403
+    assert r.json()["detail"].startswith("CSRF check failed")
     assert not Module.objects.filter(slug="nul-test").exists()
 
 
 @pytest.mark.parametrize("prefix", ["/madre", "/api"])
 def test_an_empty_service_name_says_so(prefix, fleet, admin_api):
     r = post_json(admin_api, f"{prefix}/power/service//start", "{}")
-    assert r.status_code == 422 and r.json()["detail"] == "path.service: String should have at least 1 character"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "path.service: String should have at least 1 character"
     r = post_json(admin_api, f"{prefix}/power/service/start", '{"service": ""}')
-    assert r.status_code == 422 and r.json()["detail"] == "service: String should have at least 1 character"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "service: String should have at least 1 character"
     rows = PowerAction.objects.order_by("id")
     assert [(row.action, row.http_status, row.result) for row in rows] == [("start", 422, "refused")] * 2

@@ -1,4 +1,5 @@
-"""Every paged list: an offset past any table is a 422 with a message, never a database error (found by schemathesis)."""
+"""Every paged list: an offset past any table is a 422 with a message, never a database error (found by
+schemathesis)."""
 
 import pytest
 

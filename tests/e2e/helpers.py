@@ -1,4 +1,4 @@
-"""Headless Chromium for the browser tests (selenium + chromedriver from the system)."""
+"""Helpers of the browser tests: a headless Chromium (selenium + chromedriver from the system)."""
 
 import json
 import os
@@ -46,3 +46,18 @@ def requested_urls(browser) -> list[str]:
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+def log_in_live(browser, daphne: str, page: str):
+    """Log in as the admin, open `page`, and wait until its live indicator says the WebSocket is up."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{daphne.replace('ws://', 'http://')}/admin/login/?next={page}")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("admin-pass-123")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda b: "●" in b.find_element(By.ID, "vx11-live").text)
+    browser.execute_script("window.__not_reloaded = true;")
+    return wait

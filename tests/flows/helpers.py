@@ -1,4 +1,4 @@
-"""Small helpers shared by the flows tests (imported as a plain module: tests/ has no packages)."""
+"""Helpers of the flows tests."""
 
 STEP_TIMEOUT = 0.5  # seconds; VX11_FLOW_HTTP_TIMEOUT in these tests
 

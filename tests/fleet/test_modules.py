@@ -37,7 +37,8 @@ def test_list_has_the_ten_reference_modules_with_state_fields(api):
         "operator",
     }
     assert rows["manifestator"]["accepted_statuses"] == ["healthy"]
-    assert rows["madre"]["core"] and not rows["hermes"]["core"]
+    assert rows["madre"]["core"]
+    assert not rows["hermes"]["core"]
     assert rows["operator"]["port"] == 8011
     assert {"state", "last_latency_ms", "uptime_24h", "uptime_30d"} <= set(rows["madre"])
 
@@ -51,7 +52,8 @@ def test_list_filters(api):
 
 def test_list_is_paged(api):
     page = api.get("/api/modules?limit=3&offset=3").json()
-    assert page["count"] == 10 and [m["port"] for m in page["items"]] == [8003, 8004, 8005]
+    assert page["count"] == 10
+    assert [m["port"] for m in page["items"]] == [8003, 8004, 8005]
     assert api.get("/api/modules?limit=5000").status_code == 422
 
 
@@ -153,7 +155,8 @@ def test_history_raw_and_rolled_up_paged(api):
     )
 
     r = api.get("/api/modules/madre/history?limit=10&offset=5").json()
-    assert r["count"] == 30 and len(r["items"]) == 10
+    assert r["count"] == 30
+    assert len(r["items"]) == 10
     assert r["items"][0]["latency_ms"] == 5.0  # newest first
     assert r["items"][0]["outcome"] == "ok"
 
@@ -180,7 +183,8 @@ def test_state_changes_paged(api):
         ]
     )
     r = api.get("/api/modules/madre/changes").json()
-    assert r["count"] == 3 and [c["reason"] for c in r["items"]] == ["r0", "r1", "r2"]
+    assert r["count"] == 3
+    assert [c["reason"] for c in r["items"]] == ["r0", "r1", "r2"]
 
 
 def test_probe_now_one_module_and_the_fleet(api, fleet, sim):
@@ -192,7 +196,8 @@ def test_probe_now_one_module_and_the_fleet(api, fleet, sim):
     r = post(api, "/api/probe")
     rows = {row["slug"]: row for row in r.json()}
     assert len(rows) == 10
-    assert rows["hermes"]["state"] == "down" and rows["hermes"]["status_code"] == 500
+    assert rows["hermes"]["state"] == "down"
+    assert rows["hermes"]["status_code"] == 500
     assert rows["manifestator"]["state"] == "up"
 
 
@@ -201,7 +206,8 @@ def test_overview(api, fleet, sim):
     post(api, "/api/probe")
     r = api.get("/api/overview").json()
     assert r["summary"]["total"] == 10
-    assert r["summary"]["down"] == 1 and r["summary"]["core_down"] == ["switch"]
+    assert r["summary"]["down"] == 1
+    assert r["summary"]["core_down"] == ["switch"]
     assert r["summary"]["up"] + r["summary"]["degraded"] == 9
     assert len(r["modules"]) == 10
     assert {m["slug"]: m["state"] for m in r["modules"]}["switch"] == "down"
