@@ -21,6 +21,22 @@ def probe_now(modeladmin, request, queryset):
     modeladmin.message_user(request, text, level)
 
 
+# what the probe rounds write: shown, never edited
+CURRENT_STATE = [
+    "state",
+    "state_since",
+    "last_checked_at",
+    "last_outcome",
+    "last_status_code",
+    "last_latency_ms",
+    "last_status_value",
+    "last_error",
+    "uptime_24h",
+    "uptime_7d",
+    "uptime_30d",
+]
+
+
 @admin.register(Module)
 class ModuleAdmin(ConflictWhenProtected, admin.ModelAdmin):
     list_display = [
@@ -39,41 +55,14 @@ class ModuleAdmin(ConflictWhenProtected, admin.ModelAdmin):
     list_filter = ["state", "core", "enabled", "simulated"]
     search_fields = ["slug", "name", "base_url", "role"]
     actions = [probe_now]
-    readonly_fields = [
-        "port",
-        "state",
-        "state_since",
-        "last_checked_at",
-        "last_outcome",
-        "last_status_code",
-        "last_latency_ms",
-        "last_status_value",
-        "last_error",
-        "uptime_24h",
-        "uptime_7d",
-        "uptime_30d",
-    ]
+    readonly_fields = ["port", *CURRENT_STATE]
     fieldsets = [
         (None, {"fields": ["slug", "name", "role", "core", "enabled", "simulated", "owned_tables"]}),
         ("Address", {"fields": ["base_url", "health_path", "port"]}),
         ("Probe", {"fields": ["accepted_statuses", "timeout", "degraded_latency_ms", "down_after", "up_after"]}),
         (
             "Current state",
-            {
-                "fields": [
-                    "state",
-                    "state_since",
-                    "last_checked_at",
-                    "last_outcome",
-                    "last_status_code",
-                    "last_latency_ms",
-                    "last_status_value",
-                    "last_error",
-                    "uptime_24h",
-                    "uptime_7d",
-                    "uptime_30d",
-                ]
-            },
+            {"fields": CURRENT_STATE},
         ),
     ]
     change_list_template = "admin/fleet/module/change_list.html"
