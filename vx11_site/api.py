@@ -4,11 +4,16 @@ Auth: a Django session of a staff user, or a per-user API key sent as
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. A read-only key may only read. An address
 that sent VX11_API_KEY_FAILURES_PER_MIN bad keys this minute gets 429 with Retry-After for any key.
 
+madre's paths (apps.power's madre_api) also take the fleet token, `X-VX11-Token: <VX11_TOKEN>`, as madre did
+(FleetTokenAuth): it authenticates the fleet's service principal (vx11_site.permissions.fleet_principal).
+Its refusals keep the API's `detail` and add the v7 operator's `error` and `status_code` (V7Refusal).
+
 Errors are JSON `{"detail": "<one line>"}`, 404s too (`get_or_404` names what is missing; a path that is
-no endpoint gets `no_such_endpoint`). PortalAPI's OpenAPI document declares the three ways to
+no endpoint gets `no_such_endpoint`). PortalAPI's OpenAPI document declares the ways to
 authenticate and every error status an operation can answer (`document_errors`).
 """
 
+import hmac
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -26,6 +31,7 @@ from ninja.security import SessionAuthIsStaff
 from pydantic import AfterValidator
 
 from apps.accounts.models import ApiKey, BadKeyWindow
+from vx11_site.permissions import fleet_principal
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 BROKER_RETRY_AFTER = 30  # seconds a client is told to wait when the Celery broker refused its request
@@ -71,6 +77,76 @@ class ApiKeyAuth:
         if retry_after:
             raise Throttled(message, retry_after)
         raise HttpError(status, message)
+
+
+class V7Refusal(HttpError):
+    """A refusal where the fleet token is accepted: the API's `detail` plus the v7 operator's `error` word
+    (auth_required, forbidden, too_many_bad_tokens) and `status_code` (on_v7_refusal), so clients of either read it."""
+
+    def __init__(self, status: int, error: str, message: str, retry_after: int | None = None):
+        super().__init__(status, message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+class FleetTokenAuth:
+    """`X-VX11-Token: <VX11_TOKEN>` authenticates the fleet's service principal, a user made on first use with
+    `grants`; deactivating that user turns the token off. Tried after the API key and before the staff session,
+    which it leaves a request that has one. A wrong token is 403 and counts as a bad key of its address
+    (BadKeyWindow): too many, and 429 for any."""
+
+    openapi_type = "apiKey"
+    grants: tuple[str, ...] = ()
+
+    def __call__(self, request: HttpRequest):
+        token = request.headers.get("X-VX11-Token", "")
+        if not token:
+            return None
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and (user.is_staff or user.is_superuser):
+            return None  # a person's credentials win: the staff session
+        address = request.META.get("REMOTE_ADDR", "")
+        wait = BadKeyWindow.wait(address)
+        if wait:
+            self.refuse(
+                request,
+                None,
+                V7Refusal(429, "too_many_bad_tokens", f"too many invalid keys from {address}; retry in {wait} s", wait),
+            )
+        if not hmac.compare_digest(token.encode(), settings.VX11_TOKEN.encode()):
+            BadKeyWindow.note(address)
+            self.refuse(request, None, V7Refusal(403, "forbidden", "invalid X-VX11-Token"))
+        principal = fleet_principal(*self.grants)
+        if not principal.is_active:  # an administrator's way to turn the token off without changing it
+            self.refuse(request, None, V7Refusal(403, "forbidden", f"the fleet token's user '{principal}' is inactive"))
+        request.user = principal
+        return principal
+
+    def refuse(self, request: HttpRequest, user, refusal: V7Refusal, **extra):
+        """Say no; a router that audits refusals (apps.power) records them first."""
+        raise refusal
+
+
+def on_v7_refusal(request, exc: V7Refusal):
+    response = api.create_response(
+        request, {"detail": str(exc), "error": exc.error, "status_code": exc.status_code}, status=exc.status_code
+    )
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def on_token_auth_error(request, exc):
+    """No credentials where the fleet token is accepted: 401 in both shapes, naming the token first."""
+    return on_v7_refusal(
+        request,
+        V7Refusal(
+            401,
+            "auth_required",
+            "authentication required: send 'X-VX11-Token', 'Authorization: Bearer <api key>' or 'X-API-Key', "
+            "or log in as staff",
+        ),
+    )
 
 
 class Throttled(HttpError):
@@ -174,28 +250,49 @@ SECURITY_SCHEMES = {
         "description": "a staff user's admin session; its writes also need the X-CSRFToken header",
     },
 }
+# where the fleet token is accepted (madre's document): the token alone reads and plans; applying also needs the
+# power key (apps.power.api.PowerTokenAuth)
+TOKEN_SCHEMES = {
+    "vx11Token": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-VX11-Token",
+        "description": "the fleet token (VX11_TOKEN): reads and plans; applying also needs X-VX11-POWER-KEY",
+    },
+    "vx11PowerKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-VX11-POWER-KEY",
+        "description": "VX11_POWER_KEY, with X-VX11-Token: the second factor of a write that applies",
+    },
+}
 # (status, which operations can answer it, why): the errors every route shares; a route declares its own
-# (409, 503, ...) in `response=` with the Error schema
+# (409, 503, ...) in `response=` with the Error schema. `token`: the document's API accepts the fleet token.
 SHARED_ERRORS = [
-    (400, lambda op, method: True, "malformed request: a NUL character anywhere, or a body that is not JSON"),
-    (401, lambda op, method: "security" in op, "no credentials, or an invalid or revoked API key"),
+    (400, lambda op, method, token: True, "malformed request: a NUL character anywhere, or a body that is not JSON"),
+    (401, lambda op, method, token: "security" in op, "no credentials, or an invalid or revoked API key"),
     (
         403,
-        lambda op, method: "security" in op and method != "get",
-        "a read-only key's write, a session's write without its CSRF token, or a missing permission",
+        lambda op, method, token: "security" in op and (method != "get" or token),
+        "a read-only key's write, a session's write without its CSRF token, a missing permission; "
+        "where the fleet token is accepted, a wrong X-VX11-Token or X-VX11-POWER-KEY",
     ),
     (
         404,
-        lambda op, method: any(p["in"] == "path" for p in op.get("parameters", ())),
+        lambda op, method, token: any(p["in"] == "path" for p in op.get("parameters", ())),
         "no such object; the message names it",
     ),
-    (413, lambda op, method: "requestBody" in op, "the body is over DATA_UPLOAD_MAX_MEMORY_SIZE"),
+    (413, lambda op, method, token: "requestBody" in op, "the body is over DATA_UPLOAD_MAX_MEMORY_SIZE"),
     (
         422,
-        lambda op, method: bool(op.get("parameters") or op.get("requestBody")),
+        lambda op, method, token: bool(op.get("parameters") or op.get("requestBody")),
         "invalid input: `detail` says what, `errors` lists each problem",
     ),
-    (429, lambda op, method: "security" in op, "too many invalid API keys from this address; see Retry-After"),
+    (
+        429,
+        lambda op, method, token: "security" in op,
+        "too many invalid API keys (or tokens) from this address; see Retry-After",
+    ),
 ]
 ERROR_DESCRIPTIONS = {
     409: "conflicts with the current state; the message says with what",
@@ -203,20 +300,25 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-def document_errors(schema: dict) -> dict:
-    """Declare in an OpenAPI document what the server enforces: the three security schemes on every
-    operation that needs auth, and each error status an operation can answer, with the Error schema."""
+def document_errors(schema: dict, fleet_token: bool = False) -> dict:
+    """Declare in an OpenAPI document what the server enforces: the security schemes on every operation that
+    needs auth (with `fleet_token`, also the token, and the token with the power key on writes), and each error
+    status an operation can answer, with the Error schema."""
     components = schema.setdefault("components", {})
-    components["securitySchemes"] = SECURITY_SCHEMES
+    components["securitySchemes"] = SECURITY_SCHEMES | (TOKEN_SCHEMES if fleet_token else {})
     components.setdefault("schemas", {})["Error"] = Error.model_json_schema()
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for operations in schema["paths"].values():
         for method, op in operations.items():
             if "security" in op:
                 op["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                if fleet_token:
+                    op["security"].append({"vx11Token": []})
+                if fleet_token and method != "get":
+                    op["security"].append({"vx11Token": [], "vx11PowerKey": []})
             responses = op.setdefault("responses", {})
             for status, applies, why in SHARED_ERRORS:
-                if applies(op, method):
+                if applies(op, method, fleet_token):
                     responses.setdefault(status, {})["description"] = why
             for status, response in responses.items():
                 if int(status) >= 400:
@@ -227,14 +329,18 @@ def document_errors(schema: dict) -> dict:
 
 class PortalAPI(NinjaAPI):
     """A NinjaAPI whose OpenAPI document declares auth and errors (document_errors) and whose 404s say what
-    was not found; the portal's API and madre's use it."""
+    was not found; the portal's API and madre's use it. `fleet_token`: its auth takes X-VX11-Token too."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, fleet_token: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.fleet_token = fleet_token
         self.add_exception_handler(Http404, self.on_not_found)
+        if fleet_token:
+            self.add_exception_handler(V7Refusal, on_v7_refusal)
+            self.add_exception_handler(AuthenticationError, on_token_auth_error)
 
     def get_openapi_schema(self, **kwargs):
-        return document_errors(super().get_openapi_schema(**kwargs))
+        return document_errors(super().get_openapi_schema(**kwargs), self.fleet_token)
 
     def on_not_found(self, request, exc):
         """A Django Http404 that get_or_404 did not word: its message, else the path."""

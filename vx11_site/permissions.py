@@ -27,6 +27,27 @@ class MissingPermission(HttpError, PermissionDenied):
         super().__init__(403, f"{what} needs the permission {perm}; user '{username(user)}' does not have it")
 
 
+# --- the fleet token's principal ------------------------------------------------------------------
+
+FLEET_PRINCIPAL = "vx11-token"  # the user a request authenticated by the fleet token (X-VX11-Token) acts as
+
+
+def fleet_principal(*grants: str):
+    """The fleet token's user, made on first use with `grants` ("app.codename"): a user like any other, so its
+    writes pass through `require` and an administrator may take a permission back. No password: it cannot log in."""
+    from django.contrib.auth.models import Permission  # here: models modules import this one while apps load
+
+    User = get_user_model()
+    user, created = User.objects.get_or_create(**{User.USERNAME_FIELD: FLEET_PRINCIPAL})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+        for grant in grants:
+            app_label, codename = grant.split(".", 1)
+            user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
 def missing(user, *perms: str) -> str | None:
     """The first of `perms` the user lacks, or None."""
     return next((perm for perm in perms if user is None or not user.has_perm(perm)), None)

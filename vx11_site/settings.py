@@ -392,6 +392,8 @@ VX11_ALLOW_SERVICE_CONTROL = envbool(
 VX11_MAINTENANCE_WINDOW_ENABLED = envbool(
     "VX11_MAINTENANCE_WINDOW_ENABLED", True
 )  # on: applying needs a window covering the service
+# madre's second factor: X-VX11-Token applies on /madre/power/* only with X-VX11-POWER-KEY equal to this (unset: never)
+VX11_POWER_KEY = envsecret("VX11_POWER_KEY", "") or ""
 VX11_POWER_RATE_LIMIT_PER_MIN = envint("VX11_POWER_RATE_LIMIT_PER_MIN", 6)  # applied requests per user per minute
 VX11_POWER_REFUSAL_AUDIT_PER_MIN = envint(
     "VX11_POWER_REFUSAL_AUDIT_PER_MIN", 30

@@ -803,8 +803,9 @@ class MaintenanceWindow(models.Model):
 
     A window covers exactly the modules listed (none listed = none covered): starts_at <= t < ends_at,
     and not after it was closed (closed_at). Notifications for a change inside a window are stored as
-    muted and not sent. A power window (opened through apps.power) has a mode: "ttl" = the power
-    checker stops its modules when it expires; "hold" = they stay as they are when it ends.
+    muted and not sent. A power window (opened through apps.power, which starts its modules that are not
+    running) has a mode: "ttl" = what it started is stopped when it is closed or expires; "hold" = what it
+    started keeps running when it ends.
     """
 
     class Source(models.TextChoices):

@@ -5,12 +5,14 @@ status with one entry per module, GET /operator/shub/dashboard shub's health, se
 resources, GET /operator/resources hermes' CLI tools and local models with the token budget. A module that
 is missing from the registry, offline, too slow, or answering nonsense gives the v7 fallback body (status
 "offline", empty or zero figures) with an "error" note, never an exception: old VX11 clients render these
-bodies as they are.
+bodies as they are, so the v7 keys keep v7's types (shub_health a status string, memory_mb an integer,
+cpu_percent a float); what the portal adds sits beside them under keys of its own.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -21,10 +23,12 @@ from django.utils import timezone
 
 from apps.fleet.models import Module, State
 from apps.fleet.probe import run_round
+from apps.fleet.reference import CORE_SLUGS, REFERENCE_MODULES
 from vx11_site import outbound
 
 MAX_BODY = 1024 * 1024
 HEALTHY_STATES = (State.UP, State.DEGRADED)
+V7_VERSION = "7.0"  # the operator API version the portal serves; v7 lists it on the overview's operator entry
 
 # The v7 token budget: no module reports one, and v7 clients expect these two numbers, so they are constants.
 MAX_TOKENS = 1000
@@ -132,7 +136,8 @@ def _rows(value: Any, fields: dict[str, Any], what: str) -> list[dict]:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # json.loads accepts NaN and Infinity, which no JSON client can read back
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UpstreamError(f"{what}: expected a number, got {value!r}"[:200])
     return value
 
@@ -141,22 +146,36 @@ def _number(value: Any, what: str) -> float:
 
 
 def fleet_overview() -> dict:
-    """Every enabled module as the fleet last saw it; modules not seen lately are probed first.
+    """The ten VX11 modules (then any other enabled registry module) as the fleet last saw them; modules
+    not seen lately are probed first.
 
     A module is "ok" when its fleet state is up or degraded (the state follows the fleet's
-    down_after/up_after thresholds, so one failed probe does not flip an up module).
+    down_after/up_after thresholds, so one failed probe does not flip an up module); a reference module
+    that is disabled or not in the registry is "offline", as v7 shows a module it cannot reach.
     Overall status:
       ok        every module is healthy;
-      degraded  every core module (Module.core) is healthy, some other module is not;
-      partial   at least one core module is not healthy, or no module is enabled at all.
+      degraded  every core module is healthy, some other module is not;
+      partial   at least one core module is not healthy.
     """
-    modules = _fresh_modules()
-    entries = {m.slug: _overview_entry(m) for m in modules}
-    healthy = [m for m in modules if m.state in HEALTHY_STATES]
+    enabled = {m.slug: m for m in _fresh_modules()}
+    disabled = set(Module.objects.filter(enabled=False).values_list("slug", flat=True))
+    reference = [spec["slug"] for spec in REFERENCE_MODULES]
+    entries: dict[str, dict] = {}
+    core_offline = False
+    for slug in [*reference, *(slug for slug in enabled if slug not in reference)]:
+        module = enabled.get(slug)
+        if module is None:
+            entries[slug] = _absent_entry("disabled" if slug in disabled else "missing")
+        else:
+            entries[slug] = _overview_entry(module)
+        core = module.core if module else slug in CORE_SLUGS
+        core_offline = core_offline or (core and entries[slug]["status"] != "ok")
+    entries["operator"]["version"] = V7_VERSION
+    healthy = sum(entry["status"] == "ok" for entry in entries.values())
     return {
-        "status": _overall_status(modules),
-        "healthy_modules": len(healthy),
-        "total_modules": len(modules),
+        "status": "partial" if core_offline else "ok" if healthy == len(entries) else "degraded",
+        "healthy_modules": healthy,
+        "total_modules": len(entries),
         "modules": entries,
         "checked_at": timezone.now().isoformat(),
     }
@@ -182,12 +201,9 @@ def _overview_entry(module: Module) -> dict:
     }
 
 
-def _overall_status(modules: list[Module]) -> str:
-    if not modules or any(m.core and m.state not in HEALTHY_STATES for m in modules):
-        return "partial"
-    if all(m.state in HEALTHY_STATES for m in modules):
-        return "ok"
-    return "degraded"
+def _absent_entry(state: str) -> dict:
+    """A reference module the portal does not probe: "disabled" in the registry, or "missing" from it."""
+    return {"status": "offline", "state": state, "latency_ms": None, "checked_at": None}
 
 
 # -- GET /operator/shub/dashboard ---------------------------------------------------------------
@@ -196,29 +212,34 @@ def _overall_status(modules: list[Module]) -> str:
 def shub_offline(error: str) -> dict:
     return {
         "status": "offline",
-        "shub_health": None,
+        "shub_health": "offline",
+        "shub_health_detail": None,
         "active_sessions": 0,
         "projects": [],
-        "resources": {"cpu_percent": 0.0, "memory_mb": 0.0},
+        "resources": {"cpu_percent": 0.0, "memory_mb": 0},
         "error": error,
     }
 
 
 def shub_dashboard() -> dict:
-    """shub's health and metrics; "initializing" while shub warms up, with whatever it gave us."""
+    """shub's health and metrics; "initializing" while shub warms up, with whatever it gave us.
+
+    `shub_health` is shub's own status word, as v7 reports it ("ok", "initializing", or "offline" when
+    shub cannot answer); `shub_health_detail` is shub's whole /health body.
+    """
     try:
         upstream = Upstream("shub")
         health = _health(upstream, ("ok", "initializing"))
     except UpstreamError as exc:
         return shub_offline(str(exc))
-    initializing = health["status"] == "initializing"
+    status = health["status"]
     try:
         metrics = _shub_metrics(upstream)
     except UpstreamError as exc:
-        if not initializing:
+        if status != "initializing":
             return shub_offline(str(exc))
-        return {**shub_offline(str(exc)), "status": "initializing", "shub_health": health}
-    return {"status": "initializing" if initializing else "ok", "shub_health": health, **metrics}
+        return {**shub_offline(str(exc)), "status": status, "shub_health": status, "shub_health_detail": health}
+    return {"status": status, "shub_health": status, "shub_health_detail": health, **metrics}
 
 
 def _shub_metrics(upstream: Upstream) -> dict:
@@ -233,7 +254,7 @@ def _shub_metrics(upstream: Upstream) -> dict:
         "projects": _rows(metrics.get("projects", []), {"id": None, "name": None}, f"{what} projects"),
         "resources": {
             "cpu_percent": float(_number(resources.get("cpu_percent", 0.0), f"{what} cpu_percent")),
-            "memory_mb": float(_number(resources.get("memory_mb", 0.0), f"{what} memory_mb")),
+            "memory_mb": round(_number(resources.get("memory_mb", 0), f"{what} memory_mb")),
         },
     }
 

@@ -149,12 +149,12 @@ class ServiceControlAdmin(ConflictWhenProtected, admin.ModelAdmin):
             form = WindowForm(request.POST)
             if form.is_valid():
                 data = form.cleaned_data
-                opened, _ = manager.open_window(
+                opened = manager.open_window(
                     request.user, data["services"], data["ttl_sec"], data["mode"], data["reason"]
                 )
-                return report(request, opened)
+                return report(request, opened.action)
         elif op == "window_close":
-            return report(request, manager.close_window(request.user)[0])
+            return report(request, manager.close_window(request.user).action)
         else:
             return messages.error(request, f"unknown operation {op!r}")
         # refused before any guard ran: audited as the API audits a body that fails validation
@@ -198,8 +198,9 @@ class PowerActionAdmin(RecordAdmin):
 
 @admin.register(WindowStop)
 class WindowStopAdmin(RecordAdmin):
-    """The stops of expired ttl windows: pending ones are tried again by the checker, given-up ones need a person."""
+    """What power windows started and its stops: pending ones are tried again by the checker, given-up ones need a
+    person, kept ones (hold windows; madre, tentaculo_link) stay running."""
 
-    list_display = ["window", "module", "state", "attempts", "retry_at", "last_action"]
+    list_display = ["window", "module", "started_at", "state", "attempts", "retry_at", "last_action"]
     list_filter = ["state"]
     list_select_related = ["window", "module", "last_action"]

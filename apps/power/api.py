@@ -5,26 +5,38 @@ also needs the permission power.control_services. Every refusal is audited befor
 the auth's own too: the power routers use PowerKeyAuth and PowerSessionAuth, which refuse exactly as
 the API's classes do (same status, same message, still before the body is validated) but write the
 PowerAction row first. A body that then fails validation (422) is audited through the same hook.
+
+madre's paths also take the fleet token, as madre did (PowerTokenAuth): `X-VX11-Token` alone reads and plans;
+a write that applies also needs `X-VX11-POWER-KEY` equal to VX11_POWER_KEY (unset: refused). /api/power/ does
+not take it: the portal's own API stays with per-user keys, so the shared secret reaches only madre's contract.
+
+Answers (PowerAction.as_dict) carry madre's `status` word ("ok", "plan", "error"), the HTTP code as
+`http_status`; a refusal (4xx) is the API's error `{"detail"}`, an action that ran and failed is 502 with
+the whole answer and its `detail`.
 """
 
+import hmac
 import json
 import re
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.urls import register_converter
-from ninja import Router, Schema
-from ninja.errors import AuthenticationError, HttpError, ValidationError
-from pydantic import Field, field_validator
+from ninja import Router, Schema, Status
+from ninja.errors import HttpError, ValidationError
+from pydantic import Field, TypeAdapter, field_validator
+from pydantic import ValidationError as NotABool
 
+from apps.accounts.models import BadKeyWindow
 from vx11_site.api import (
     SAFE_METHODS,
     ApiKeyAuth,
     Error,
+    FleetTokenAuth,
     PortalAPI,
     StaffSession,
     Throttled,
-    on_auth_error,
+    V7Refusal,
     on_throttled,
     on_validation_error,
 )
@@ -36,11 +48,20 @@ WRITE_PATH = re.compile(
     r"/power/(?:service/(?P<verb>start|stop)|service/(?P<name>[^/]*)/(?P<action>[^/]+)|(?P<mode>mode)"
     r"|window/(?P<window>open|close))/?$"
 )
-AUTH_REQUIRED = "authentication required (no valid API key, no staff session)"
+AUTH_REQUIRED = "authentication required (no valid API key, staff session or, on madre's paths, X-VX11-Token)"
 
 
-def asked(request) -> tuple[str, str, dict]:
-    """What a write asks for - action, service, plan - from its path and raw body (not validated yet)."""
+def wants_apply(body: dict) -> bool:
+    """Whether a body asks to apply, as its validation will read it ({"apply": "false"} is a plan); a value that
+    is no bool counts as applying, so a guard refuses it rather than let it through as a plan."""
+    try:
+        return TypeAdapter(bool).validate_python(body.get("apply", False))
+    except NotABool:
+        return True
+
+
+def asked(request) -> tuple[str, str, dict, bool]:
+    """What a write asks for - action, service, plan, apply - from its path and raw body (not validated yet)."""
     try:
         body = json.loads(request.body or b"{}")
     except Exception:  # not JSON, too big, or a stream already read: the path still says what was asked
@@ -54,22 +75,23 @@ def asked(request) -> tuple[str, str, dict]:
     }
     match = WRITE_PATH.search(request.path_info)
     if match is None:
-        return request.method.lower(), request.path, plan
-    if match["verb"]:
-        return match["verb"], str(body.get("service", "")), plan
+        return request.method.lower(), request.path, plan, True
+    if match["verb"]:  # madre's plain start/stop always apply
+        return match["verb"], str(body.get("service", "")), plan, True
     if match["action"]:  # the name may be empty
-        return match["action"], match["name"], plan
+        return match["action"], match["name"], plan, wants_apply(body)
     if match["mode"]:
-        return "mode", str(body.get("mode", "")), plan
+        return "mode", str(body.get("mode", "")), plan, wants_apply(body)
     services = body.get("services") if match["window"] == "open" else None
-    return f"window_{match['window']}", ",".join(map(str, services)) if isinstance(services, list) else "window", plan
+    window = ",".join(map(str, services)) if isinstance(services, list) else "window"
+    return f"window_{match['window']}", window, plan, True
 
 
 def audit_refusal(request, user, status: int, message: str, **extra) -> None:
     """A write refused by the auth is a PowerAction row too (reads are not actions)."""
     if request.method not in SAFE_METHODS:
-        action, service, plan = asked(request)
-        manager.refuse_request(user, action, service, {**plan, **extra}, status, message)
+        action, service, plan, apply = asked(request)
+        manager.refuse_request(user, action, service, {**plan, **extra}, status, message, apply=apply)
 
 
 def audit_later_refusals(request, result):
@@ -107,9 +129,50 @@ class PowerSessionAuth(StaffSession):
         return audit_later_refusals(request, result)
 
 
+class PowerTokenAuth(FleetTokenAuth):
+    """The fleet token on madre's paths, its principal holding power.control_services (so `require` still decides).
+    A write that applies also needs X-VX11-POWER-KEY = VX11_POWER_KEY, madre's second factor; every refusal is
+    audited first, a wrong token's as anonymous (it proved nothing), the missing power key's as the token's."""
+
+    grants = (manager.PERMISSION,)
+
+    def __call__(self, request):
+        principal = super().__call__(request)
+        if principal is not None and request.method not in SAFE_METHODS and asked(request)[3]:
+            self.check_power_key(request)
+        return audit_later_refusals(request, principal)
+
+    def check_power_key(self, request) -> None:
+        expected = settings.VX11_POWER_KEY
+        if not expected:
+            self.refuse(
+                request,
+                request.user,
+                V7Refusal(
+                    403,
+                    "forbidden",
+                    "VX11_POWER_KEY is not set on this portal, so writes that apply with X-VX11-Token are refused "
+                    '(plans, {"apply": false}, are allowed); use an API key, or set VX11_POWER_KEY',
+                ),
+            )
+        sent = request.headers.get("X-VX11-POWER-KEY", "")
+        if not sent:
+            self.refuse(
+                request, request.user, V7Refusal(403, "forbidden", "applying with X-VX11-Token needs X-VX11-POWER-KEY")
+            )
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            BadKeyWindow.note(request.META.get("REMOTE_ADDR", ""))
+            self.refuse(request, request.user, V7Refusal(403, "forbidden", "invalid X-VX11-POWER-KEY"))
+
+    def refuse(self, request, user, refusal: V7Refusal, **extra):
+        audit_refusal(request, user, refusal.status_code, str(refusal), credential="X-VX11-Token", **extra)
+        super().refuse(request, user, refusal, **extra)
+
+
 POWER_AUTH = [PowerKeyAuth(), PowerSessionAuth()]
+MADRE_AUTH = [PowerKeyAuth(), PowerTokenAuth(), PowerSessionAuth()]
 router = Router(tags=["power"], auth=POWER_AUTH)  # mounted on the portal API at /api/
-madre_router = Router(tags=["power"], auth=POWER_AUTH)  # mounted at /madre/ by madre_api
+madre_router = Router(tags=["power"], auth=MADRE_AUTH)  # mounted at /madre/ by madre_api
 
 SLUG = Field(min_length=1, max_length=64)
 ServiceName = Annotated[str, SLUG]
@@ -165,11 +228,14 @@ class WindowIn(Schema):
 
 # what the guards of an action can answer besides the API's shared errors (vx11_site.api.document_errors):
 # a missing permission or service control off (403), an unknown module (404), no window or a busy module (409),
-# the per-user rate (429), the action ran and failed (502)
-ACTION = {200: dict[str, Any], 403: Error, 404: Error, 409: Error, 429: Error, 502: Error}
+# the per-user rate (429), the action ran and failed (502: the whole answer, its `detail` too, so it is an Error)
+ACTION = {200: dict[str, Any], 403: Error, 404: Error, 409: Error, 429: Error, 502: dict[str, Any]}
 
 
-def answer(row: PowerAction) -> dict:
+def answer(row: PowerAction) -> dict | Status:
+    """A refusal is the API's error; an action that ran and failed is the whole answer with the status "error"."""
+    if row.http_status >= 500:
+        return Status(row.http_status, {**row.as_dict(), "detail": row.message})
     if row.http_status >= 400:
         raise HttpError(row.http_status, row.message)
     return row.as_dict()
@@ -216,26 +282,34 @@ def mode(request, payload: ModeIn):
 
 @route("post", "/power/window/open", response={200: dict[str, Any], 403: Error, 409: Error})
 def window_open(request, payload: WindowIn):
-    row, window = manager.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
-    return {**answer(row), "window": manager.window_dict(window)}
+    """Open the power window and start its services that are not running (what it started, it stops)."""
+    opened = manager.open_window(request.user, payload.services, payload.ttl_sec, payload.mode, payload.reason)
+    return {**answer(opened.action), **opened.as_dict()}
 
 
 @route("post", "/power/window/close", response={200: dict[str, Any], 403: Error, 404: Error})
 def window_close(request):
-    row, window = manager.close_window(request.user)
-    return {**answer(row), "window": manager.window_dict(window)}
+    """Close it; a ttl window stops what it started, a hold window leaves it running."""
+    closed = manager.close_window(request.user)
+    return {**answer(closed.action), **closed.as_dict()}
+
+
+@route("get", "/power/state")
+def window_state(request):
+    """madre's window state: the open power window, or {"state": "closed"}."""
+    return manager.window_state()
 
 
 madre_api = PortalAPI(
+    fleet_token=True,
     title="VX11 madre power manager",
     version="1",
     description="madre's /madre/power/* paths, served by the portal with every guard enforced.",
-    auth=POWER_AUTH,
+    auth=MADRE_AUTH,
     urls_namespace="madre-power",
     docs_url="/power/docs",
     openapi_url="/power/openapi.json",
 )
-madre_api.add_exception_handler(AuthenticationError, on_auth_error)
 madre_api.add_exception_handler(ValidationError, on_validation_error)
 madre_api.add_exception_handler(Throttled, on_throttled)
 madre_api.add_router("/", madre_router)

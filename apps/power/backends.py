@@ -1,7 +1,10 @@
 """How a service is started and stopped: process, docker compose or systemd.
 
 Every command is an argument list (never a shell) with a timeout. Each function returns a
-`BackendResult` (ok, one-line message, output text); none raises for an expected failure.
+`BackendResult` (ok, one-line message, output text, the steps it ran); none raises for an expected failure.
+A step (`executed`, madre's name) is {"step", "ok", "elapsed_ms"} plus what it ran: `cmd` (the argument list)
+and `rc` (its exit code, None when it did not exit), `pid` for a process started or signalled and `how` a
+signalled one ended. Nothing to do (already running, not running) is no step.
 
 The process backend owns the module's OS process: it starts the command in its own session,
 records the pid (the caller stores it), stops it with SIGTERM then SIGKILL after a grace period,
@@ -37,10 +40,16 @@ class BackendResult:
     message: str
     output: list[str] = field(default_factory=list)
     pid: int | None = None  # process backend: the pid now running (None = none)
+    executed: list[dict] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "\n".join(self.output)
+
+
+def step(name: str, ok: bool, started: float, **ran) -> dict:
+    """One entry of BackendResult.executed; `started` is the time.monotonic() the step began."""
+    return {"step": name, **ran, "ok": ok, "elapsed_ms": round((time.monotonic() - started) * 1000, 1)}
 
 
 # --- external commands: docker compose, systemctl ----------------------------------------------
@@ -53,6 +62,7 @@ def run_argv(argv: list[str], timeout: float | None = None) -> BackendResult:
     shown = " ".join(argv)
     if exe is None:
         return BackendResult(False, f"{argv[0]!r} not found on PATH", [f"$ {shown}", f"{argv[0]}: not found"])
+    started = time.monotonic()
     try:
         done = subprocess.run(
             [exe, *argv[1:]], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
@@ -62,12 +72,16 @@ def run_argv(argv: list[str], timeout: float | None = None) -> BackendResult:
             False,
             f"`{shown}` timed out after {timeout:g} s",
             [f"$ {shown}", str(exc.stdout or ""), str(exc.stderr or "")],
+            executed=[step("run", False, started, cmd=argv, rc=None)],
         )
     output = [f"$ {shown}", done.stdout.rstrip(), done.stderr.rstrip(), f"exit code {done.returncode}"]
+    executed = [step("run", done.returncode == 0, started, cmd=argv, rc=done.returncode)]
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
-        return BackendResult(False, f"`{shown}` exited with {done.returncode}: {last[0][:200]}", output)
-    return BackendResult(True, f"`{shown}` ok", output)
+        return BackendResult(
+            False, f"`{shown}` exited with {done.returncode}: {last[0][:200]}", output, executed=executed
+        )
+    return BackendResult(True, f"`{shown}` ok", output, executed=executed)
 
 
 COMPOSE_VERBS = {"start": ["up", "-d"], "stop": ["stop"], "restart": ["restart"]}
@@ -293,21 +307,36 @@ def process_start(
                 close_fds=True,
             )
     except OSError as exc:
-        return BackendResult(False, f"cannot start {slug}: {exc}", [f"$ {' '.join(argv)}", str(exc)])
+        return BackendResult(
+            False,
+            f"cannot start {slug}: {exc}",
+            [f"$ {' '.join(argv)}", str(exc)],
+            executed=[step("start", False, started, cmd=argv, rc=None)],
+        )
     _children[child.pid] = child
     output = [f"$ {' '.join(argv)}", f"pid {child.pid}, log {log}"]
     up = wait_for(lambda: child.poll() is not None or health_answers(health_url), timeout)
     if child.poll() is not None:
         output.append(read_tail(log, 2000))
-        return BackendResult(False, f"{slug} exited with {child.returncode} before {health_url} answered", output)
+        executed = [step("start", False, started, cmd=argv, rc=child.returncode, pid=child.pid)]
+        return BackendResult(
+            False, f"{slug} exited with {child.returncode} before {health_url} answered", output, executed=executed
+        )
     if not up:
-        terminate(child.pid, 1.0)
+        executed = [step("start", False, started, cmd=argv, rc=None, pid=child.pid)]
+        stopping = time.monotonic()
+        how = terminate(child.pid, 1.0)
+        executed.append(step("stop", True, stopping, pid=child.pid, how=how))
         output.append(read_tail(log, 2000))
         return BackendResult(
-            False, f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again", output
+            False,
+            f"{slug}: {health_url} did not answer within {timeout:g} s; process stopped again",
+            output,
+            executed=executed,
         )
     output.append(f"{health_url} answered after {time.monotonic() - started:.2f} s")
-    return BackendResult(True, f"{slug} started (pid {child.pid})", output, pid=child.pid)
+    executed = [step("start", True, started, cmd=argv, rc=None, pid=child.pid)]
+    return BackendResult(True, f"{slug} started (pid {child.pid})", output, pid=child.pid, executed=executed)
 
 
 def terminate(pid: int, grace: float) -> str:
@@ -335,12 +364,23 @@ def process_stop(
         return BackendResult(
             True, f"{slug} not running{note}", [f"no live process (recorded pid {pid}){note}"], pid=None
         )
+    started = time.monotonic()
     how = terminate(pid, grace)
     output = [f"pid {pid}: {how}"]
     if not wait_for(lambda: not health_answers(health_url), timeout):
         output.append(f"{health_url} still answers")
         return BackendResult(
-            False, f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s", output, pid=None
+            False,
+            f"{slug}: pid {pid} {how}, but {health_url} still answers after {timeout:g} s",
+            output,
+            pid=None,
+            executed=[step("stop", False, started, pid=pid, how=how)],
         )
     output.append(f"{health_url} no longer answers")
-    return BackendResult(True, f"{slug} stopped (pid {pid} {how})", output, pid=None)
+    return BackendResult(
+        True,
+        f"{slug} stopped (pid {pid} {how})",
+        output,
+        pid=None,
+        executed=[step("stop", True, started, pid=pid, how=how)],
+    )

@@ -69,7 +69,8 @@ def write_evidence(row: PowerAction, output: str) -> str:
     try:
         folder = evidence_dir(row.action, row.service, row.at.astimezone(UTC))
         result = {k: v for k, v in row.as_dict().items() if k not in ("plan", "output", "out_dir", "steps")}
-        result["steps"] = list(row.steps.values_list("id", flat=True)) if row.action == "mode" else []
+        stepped = row.action in ("mode", "window_open", "window_close")
+        result["steps"] = list(row.steps.values_list("id", flat=True)) if stepped else []
         (folder / "plan.json").write_text(json.dumps(row.plan, indent=2, default=str))
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
         (folder / "output.log").write_text(output + ("\n" if output else ""))

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.fleet.models import MaintenanceWindow, Module
-from vx11_site.permissions import MissingPermission, require
+from vx11_site.permissions import FLEET_PRINCIPAL, MissingPermission, require
 
 from . import backends
-from .models import PowerAction, ServiceControl, WindowStop
+from .models import TOKEN_ACTOR, PowerAction, ServiceControl, WindowStop
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,12 @@ def check_permission(user, what: str) -> None:
         raise Refused(403, exc.message) from None
 
 
-def check_allowed() -> None:
-    if not settings.VX11_ALLOW_SERVICE_CONTROL:
+def check_allowed(slug: str | None = None) -> None:
+    """Service control off refuses applying, first of the action's guards, as madre does for the services of its
+    allowlist (the fleet's modules here); a name the fleet does not know is left to controllable()'s 404."""
+    if settings.VX11_ALLOW_SERVICE_CONTROL:
+        return
+    if slug is None or Module.objects.filter(slug=slug).exists():
         raise Refused(403, "service control is disabled on this portal (set VX11_ALLOW_SERVICE_CONTROL=1 to allow it)")
 
 
@@ -141,7 +147,11 @@ def reserve_rate(user, row: PowerAction) -> None:
 
 
 def _actor(user, system: str | None) -> str:
-    return system or getattr(user, "username", "") or "anonymous"
+    if system:
+        return system
+    if getattr(user, "username", "") == FLEET_PRINCIPAL:
+        return TOKEN_ACTOR
+    return getattr(user, "username", "") or "anonymous"
 
 
 def perform(
@@ -150,13 +160,14 @@ def perform(
     """Plan or apply one action on one module, through every guard; always returns the audited row.
 
     `system` names a part of the portal acting on its own (the window checker): no permission,
-    window or rate check then. `parent`: a mode change whose guards already ran for all its steps.
+    window or rate check then. `parent`: a mode change or a power window whose guards already ran for all its steps.
     """
     row = PowerAction(
         user=user if getattr(user, "pk", None) else None,
         actor=_actor(user, system),
         service=slug[:200],
         action=action,
+        apply=apply,
         parent=parent,
         at=timezone.now(),
     )
@@ -164,12 +175,13 @@ def perform(
     try:
         if not checked:
             check_permission(user, f"{'applying' if apply else 'planning'} {action} {slug}")
+        if apply:
+            check_allowed(slug)
         check_never_stop(slug, action)
         control = controllable(slug)
         row.plan = control.plan(action)
         if not apply:
             return row.finish(PowerAction.Result.OK, 200, f'plan only: send {{"apply": true}} to {action} {slug}')
-        check_allowed()
         if not checked:
             check_windows([control.module])
             reserve_rate(user, row)
@@ -191,18 +203,24 @@ def perform(
     finally:
         control.release()
     result = PowerAction.Result.OK if outcome.ok else PowerAction.Result.ERROR
-    return row.finish(result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True)
+    return row.finish(
+        result, 200 if outcome.ok else 502, outcome.message, outcome.text, applied=True, executed=outcome.executed
+    )
 
 
-def refuse_request(user, action: str, service: str, plan: dict, status: int, message: str) -> PowerAction:
-    """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials), audited
-    within the refusal caps (PowerAction.beyond_refusal_cap: beyond them the row is not saved)."""
+def refuse_request(
+    user, action: str, service: str, plan: dict, status: int, message: str, apply: bool = True
+) -> PowerAction:
+    """A write the API's auth refused before any guard ran (a read-only key, no or bad credentials, the fleet
+    token without the power key), audited within the refusal caps (PowerAction.beyond_refusal_cap: beyond them
+    the row is not saved). `apply`: whether the refused request asked to carry the action out."""
     known = user if getattr(user, "pk", None) else None
     row = PowerAction(
         user=known,
         actor=_actor(known, None),
         service=(service or "-")[:200],
         action=(action or "-")[:20],
+        apply=apply,
         plan=plan,
         at=timezone.now(),
     )
@@ -230,6 +248,7 @@ def perform_mode(user, mode: str, apply: bool) -> PowerAction:
         actor=_actor(user, None),
         service=mode,
         action="mode",
+        apply=apply,
         at=timezone.now(),
         plan={"mode": mode, "runs": MODES[mode] or "all", "steps": steps},
     )
@@ -266,7 +285,96 @@ def window_dict(window: MaintenanceWindow | None) -> dict | None:
         "reason": window.reason,
         "closed_at": window.closed_at.isoformat() if window.closed_at else None,
         "ttl_left_sec": max(0.0, round((window.ends_at - timezone.now()).total_seconds(), 1)),
+        "services_started": WindowStop.started_by(window),
     }
+
+
+def ttl_remaining_sec(window: MaintenanceWindow, now: datetime | None = None) -> int:
+    return max(0, int((window.ends_at - (now or timezone.now())).total_seconds()))
+
+
+def window_state(now: datetime | None = None) -> dict:
+    """madre's GET /power/state: the open power window, or {"state": "closed"}."""
+    window = MaintenanceWindow.open_power_window(now)
+    if window is None:
+        return {"state": "closed"}
+    return {
+        "state": "open",
+        "window_id": window.id,
+        "created_at": window.starts_at.isoformat(),
+        "deadline": window.ends_at.isoformat(),
+        "services": sorted(m.slug for m in window.modules.all()),
+        "mode": window.mode,
+        "ttl_remaining_sec": ttl_remaining_sec(window, now),
+        "services_started": WindowStop.started_by(window),
+    }
+
+
+def step_failure(action: PowerAction) -> dict:
+    return {"service": action.service, "reason": action.message, "action_id": action.id}
+
+
+def summary(head: str, parts: dict[str, list]) -> str:
+    """The message of a window's action row: the head, then each list that is not empty, by service."""
+    named = {what: [p["service"] if isinstance(p, dict) else p for p in items] for what, items in parts.items()}
+    return "; ".join([head] + [f"{what}: {', '.join(names)}" for what, names in named.items() if names])
+
+
+@dataclass
+class WindowOpened:
+    """What opening a power window did, per service: started (the window stops these), already running
+    (left alone), not startable (no control backend, service control off, its state unknown: not tried),
+    start failed (tried: an audited step with its reason)."""
+
+    action: PowerAction
+    window: MaintenanceWindow | None = None
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    not_startable: list[dict] = field(default_factory=list)
+    start_failed: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """madre's answer (window_id ... ttl_remaining_sec) and the portal's (window, the other lists); the
+        action row's answer (PowerAction.as_dict: status, steps, executed, ...) goes beside it."""
+        window = self.window
+        assert window is not None, "a refused opening has no answer but its refusal"
+        return {
+            "window_id": window.id,
+            "created_at": window.starts_at.isoformat(),
+            "deadline": window.ends_at.isoformat(),
+            "services_started": self.started,
+            "state": "open",
+            "ttl_remaining_sec": ttl_remaining_sec(window),
+            "window": window_dict(window),
+            "services_already_running": self.already_running,
+            "services_not_startable": self.not_startable,
+            "services_start_failed": self.start_failed,
+        }
+
+
+@dataclass
+class WindowClosed:
+    """What closing a power window did: stopped (what it had started, ttl mode), not stopped (a stop refused
+    or failing, or the module busy: the checker tries again), left running (hold mode; madre, tentaculo_link)."""
+
+    action: PowerAction
+    window: MaintenanceWindow | None = None
+    stopped: list[str] = field(default_factory=list)
+    not_stopped: list[dict] = field(default_factory=list)
+    left_running: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        window = self.window
+        assert window is not None and window.closed_at is not None, "a refused closing has no answer but its refusal"
+        return {
+            "window_id": window.id,
+            "closed_at": window.closed_at.isoformat(),
+            "services_stopped": self.stopped,
+            "state": "closed",
+            "window": window_dict(window),
+            "services_not_stopped": self.not_stopped,
+            "services_left_running": self.left_running,
+        }
 
 
 WINDOW_LOCK = "vx11.power.window"
@@ -281,9 +389,41 @@ def lock_window_opening() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [WINDOW_LOCK])
 
 
-def open_window(
-    user, services: list[str], ttl_sec: int, mode: str, reason: str
-) -> tuple[PowerAction, MaintenanceWindow | None]:
+def sort_startable(modules: list[Module], outcome: WindowOpened) -> list[ServiceControl]:
+    """The controls of the modules to start: those not running. The others go to `outcome`: already running,
+    or not startable (no backend; service control off; the backend cannot tell whether it runs)."""
+    controls = {c.module_id: c for c in ServiceControl.objects.select_related("module").filter(module__in=modules)}
+    for module in modules:
+        if module.id not in controls:
+            reason = "no control backend configured (add a Service control in the admin)"
+            outcome.not_startable.append({"service": module.slug, "reason": reason})
+    asked = sorted(controls.values(), key=lambda c: c.slug)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # no database in there: subprocesses and /proc only
+        states = list(pool.map(ServiceControl.state, asked))
+    to_start = []
+    for control, state in zip(asked, states, strict=True):
+        if state.running:
+            outcome.already_running.append(control.slug)
+        elif state.running is None:
+            reason = f"cannot tell whether it runs: {state.error or state.state}"
+            outcome.not_startable.append({"service": control.slug, "reason": reason})
+        elif not settings.VX11_ALLOW_SERVICE_CONTROL:
+            reason = "service control is off on this portal (VX11_ALLOW_SERVICE_CONTROL)"
+            outcome.not_startable.append({"service": control.slug, "reason": reason})
+        else:
+            to_start.append(control)
+    outcome.not_startable.sort(key=lambda n: n["service"])
+    return to_start
+
+
+def open_window(user, services: list[str], ttl_sec: int, mode: str, reason: str) -> WindowOpened:
+    """Open the one power window over `services` and start those not running, each start an audited step.
+
+    Starting needs VX11_ALLOW_SERVICE_CONTROL like every applied action, but the window itself is a
+    maintenance window (it mutes notifications), so with service control off it still opens and lists the
+    modules it could not start. The window's own guards: the permission, the fleet (422), one at a time (409).
+    """
+    services = sorted(set(services))
     row = PowerAction(
         user=user if getattr(user, "pk", None) else None,
         actor=_actor(user, None),
@@ -292,13 +432,14 @@ def open_window(
         at=timezone.now(),
         plan={"services": services, "ttl_sec": ttl_sec, "mode": mode, "reason": reason},
     )
-    window = None
+    outcome = WindowOpened(row)
     try:
         check_permission(user, "opening a power window")
-        modules = list(Module.objects.filter(slug__in=services))
+        modules = list(Module.objects.filter(slug__in=services).order_by("slug"))
         unknown = sorted(set(services) - {m.slug for m in modules})
         if unknown:
             raise Refused(422, f"not in the fleet: {', '.join(unknown)}")
+        to_start = sort_startable(modules, outcome)
         with transaction.atomic():
             lock_window_opening()
             current = MaintenanceWindow.open_power_window()
@@ -317,15 +458,59 @@ def open_window(
                 created_by=row.user,
             )
             window.modules.set(modules)
+            # claimed while starting, so a checker (a window shorter than its starts) waits for them
+            stops = [
+                WindowStop(
+                    window=window,
+                    module=control.module,
+                    state=WindowStop.State.KEPT
+                    if mode == MaintenanceWindow.Mode.HOLD or control.slug in NEVER_STOP
+                    else WindowStop.State.PENDING,
+                    retry_at=window.ends_at,
+                    claimed_at=now,
+                )
+                for control in to_start
+            ]
+            WindowStop.objects.bulk_create(stops)
+            row.plan["window"] = window.id
+            row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, "starting"
+            row.save()
     except Refused as refusal:
-        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message), None
-    row.plan["window"] = window.id
-    return row.finish(
-        PowerAction.Result.OK, 200, f"power window #{window.id} open for {ttl_sec} s ({mode})", applied=True
-    ), window
+        outcome.action = row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
+        return outcome
+    outcome.window = window
+    for stop in WindowStop.objects.filter(window=window).select_related("module").order_by("module__slug"):
+        step = perform(user, stop.module.slug, "start", True, parent=row)
+        if stop.record_start(step):
+            outcome.started.append(step.service)
+        else:
+            outcome.start_failed.append(step_failure(step))
+    said = summary(
+        f"power window #{window.id} open for {ttl_sec} s ({mode})",
+        {"started": outcome.started, "start failed": outcome.start_failed, "not startable": outcome.not_startable},
+    )
+    outcome.action = row.finish(PowerAction.Result.OK, 200, said, applied=True)
+    return outcome
 
 
-def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
+def stop_started(user, stop: WindowStop, *, system: str | None, parent: PowerAction | None) -> PowerAction:
+    """One try to stop a module a window started (the caller claimed `stop`), recorded on the row."""
+    action = perform(user, stop.module.slug, "stop", True, system=system, parent=parent)
+    stop.record_stop(action)
+    return action
+
+
+def mark_handled(window: MaintenanceWindow) -> None:
+    """No stop of `window` pending any more: the checker leaves it alone from now on."""
+    if not WindowStop.objects.filter(window=window, state=WindowStop.State.PENDING).exists():
+        MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(
+            expired_handled_at=timezone.now()
+        )
+
+
+def close_window(user) -> WindowClosed:
+    """Close the open power window; in ttl mode stop what it started (each stop an audited step), in hold mode
+    leave it running. A stop that fails or finds the module busy stays pending for the checker."""
     row = PowerAction(
         user=user if getattr(user, "pk", None) else None,
         actor=_actor(user, None),
@@ -333,6 +518,7 @@ def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
         action="window_close",
         at=timezone.now(),
     )
+    outcome = WindowClosed(row)
     try:
         check_permission(user, "closing the power window")
         window = MaintenanceWindow.open_power_window()
@@ -340,73 +526,68 @@ def close_window(user) -> tuple[PowerAction, MaintenanceWindow | None]:
             raise Refused(404, "no power window is open")
         row.service = ",".join(sorted(m.slug for m in window.modules.all()))[:200] or "window"
         row.plan = {"window": window.id}
-        MaintenanceWindow.objects.filter(pk=window.pk, closed_at__isnull=True).update(closed_at=row.at)
+        with transaction.atomic():
+            if not MaintenanceWindow.objects.filter(pk=window.pk, closed_at__isnull=True).update(closed_at=row.at):
+                raise Refused(404, "no power window is open")  # another request closed it meanwhile
+            row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, "stopping"
+            row.save()
         window.refresh_from_db()
     except Refused as refusal:
-        return row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message), None
-    return row.finish(PowerAction.Result.OK, 200, f"power window #{window.id} closed", applied=True), window
+        outcome.action = row.finish(PowerAction.Result.REFUSED, refusal.status, refusal.message)
+        return outcome
+    outcome.window = window
+    stops = WindowStop.objects.filter(window=window).select_related("module")
+    kept = stops.filter(state=WindowStop.State.KEPT, started_at__isnull=False)
+    outcome.left_running = sorted(s.module.slug for s in kept)
+    pending = stops.filter(state=WindowStop.State.PENDING)
+    pending.filter(retry_at__gt=row.at).update(retry_at=row.at)  # due now for the checker too
+    for stop in pending.order_by("module__slug"):
+        if not stop.claim():
+            reason = "busy (still starting, or another request is stopping it): the window checker stops it"
+            outcome.not_stopped.append({"service": stop.module.slug, "reason": reason, "action_id": None})
+            continue
+        step = stop_started(user, stop, system=None, parent=row)
+        if step.result == PowerAction.Result.OK:
+            outcome.stopped.append(step.service)
+        else:
+            outcome.not_stopped.append(step_failure(step))
+    mark_handled(window)
+    said = summary(
+        f"power window #{window.id} closed",
+        {"stopped": outcome.stopped, "not stopped": outcome.not_stopped, "left running": outcome.left_running},
+    )
+    outcome.action = row.finish(PowerAction.Result.OK, 200, said, applied=True)
+    return outcome
 
 
 def expire_windows(now: datetime | None = None, max_stops: int | None = None) -> list[PowerAction]:
-    """The checker: stop the modules of every expired ttl power window, retrying refused or failed stops.
+    """The checker: stop what each ttl power window started once it expired, or was closed with stops left
+    pending (refused, failed, or still starting then), retrying refused or failed stops.
 
-    Each (window, module) is a WindowStop row, claimed with a conditional UPDATE so that checkers running
-    side by side never stop the same module twice; a window is marked handled when none is pending.
+    Each stop is a WindowStop row, claimed with a conditional UPDATE so that checkers running side by side
+    (and a close) never stop the same module twice; a window is marked handled when none is pending.
     `max_stops`: stop at most that many modules in this call (the Celery task stops one per tick, so its
     time limit is one stop's worst case whatever the number of modules).
     """
     now = now or timezone.now()
     due = MaintenanceWindow.objects.filter(
+        Q(ends_at__lte=now) | Q(closed_at__lte=now),
         source=MaintenanceWindow.Source.POWER,
         mode=MaintenanceWindow.Mode.TTL,
-        closed_at__isnull=True,
         expired_handled_at__isnull=True,
-        ends_at__lte=now,
     )
-    actions = []
+    actions: list[PowerAction] = []
     for window in due.select_related("created_by").order_by("ends_at", "id"):
-        WindowStop.objects.bulk_create(
-            [
-                WindowStop(window=window, module=m, retry_at=window.ends_at)
-                for m in window.modules.exclude(slug__in=NEVER_STOP)
-            ],
-            ignore_conflicts=True,
-        )
         pending = WindowStop.objects.filter(window=window, state=WindowStop.State.PENDING)
         for stop in pending.filter(retry_at__lte=now).select_related("module").order_by("retry_at", "module__slug"):
             if max_stops is not None and len(actions) >= max_stops:
                 return actions
             if not stop.claim():
-                continue  # another checker is stopping it
-            action = perform(
-                window.created_by,
-                stop.module.slug,
-                "stop",
-                True,
-                system=f"window #{window.id} expiry (try {stop.attempts + 1})",
-            )
-            actions.append(action)
-            stop.attempts += 1
-            stop.last_action = action
-            if action.result == PowerAction.Result.OK:
-                stop.state = WindowStop.State.DONE
-            elif stop.attempts >= settings.VX11_POWER_WINDOW_STOP_ATTEMPTS:
-                stop.state = WindowStop.State.GAVE_UP
-                log.warning(
-                    "power: window #%s: gave up stopping %s after %s tries: %s",
-                    window.id,
-                    stop.module.slug,
-                    stop.attempts,
-                    action.message,
-                )
-            else:
-                stop.retry_at = timezone.now() + timedelta(seconds=settings.VX11_POWER_WINDOW_RETRY_SECONDS)
-            stop.claimed_at = None
-            stop.save(update_fields=["attempts", "last_action", "state", "retry_at", "claimed_at"])
-        if not pending.exists():
-            MaintenanceWindow.objects.filter(pk=window.pk, expired_handled_at__isnull=True).update(
-                expired_handled_at=timezone.now()
-            )
+                continue  # being started, or another checker is stopping it
+            how = "close" if window.closed_at else "expiry"
+            system = f"window #{window.id} {how} (try {stop.attempts + 1})"
+            actions.append(stop_started(window.created_by, stop, system=system, parent=None))
+        mark_handled(window)
     return actions
 
 

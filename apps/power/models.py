@@ -1,7 +1,7 @@
 """The power manager's rows: how a module is controlled, the action log, the stops owed at a window's expiry.
 
 ServiceControl: one module's backend (process, compose, systemd), its pid and the one-action-at-a-time claim.
-PowerAction: one request that asked for an action. WindowStop: one module to stop when a ttl window expires.
+PowerAction: one request that asked for an action. WindowStop: one module a power window started, and its stop.
 The guards and the actions over these rows are in apps.power.manager, the evidence folders in apps.power.evidence.
 
 Every request that asks for an action - a plan, an applied action, a refusal - is a PowerAction
@@ -13,7 +13,7 @@ clients together), so a loop of refused requests cannot fill either (PowerAction
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -33,6 +33,8 @@ from .evidence import remove_evidence, write_evidence
 log = logging.getLogger(__name__)
 
 ACTIONS = ("start", "stop", "restart")
+STEPPED = ("mode", "window_open", "window_close")  # actions carried out as steps, PowerAction rows of their own
+TOKEN_ACTOR = "token"  # the actor of a request authenticated by the fleet token (X-VX11-Token) on madre's paths
 MAX_STOP_GRACE = 300  # seconds: the longest SIGTERM -> SIGKILL grace a service control may set
 # unauthenticated refusals audited per minute at most, all clients together; beyond, only logged
 ANONYMOUS_AUDIT_PER_MIN = 60
@@ -182,9 +184,10 @@ class ServiceControl(models.Model):
                 return outcome
         started = backends.process_start(self.slug, self.command, self.pid, health)
         self._record_pid(started.pid)
-        if outcome is not None:  # restart: both halves in the output
+        if outcome is not None:  # restart: both halves in the output and the steps
             started.output = outcome.output + started.output
             started.message = f"{outcome.message}; {started.message}"
+            started.executed = outcome.executed + started.executed
         return started
 
     def _record_pid(self, pid: int | None) -> None:
@@ -212,7 +215,13 @@ class PowerAction(models.Model):
     )
     action = models.CharField(max_length=20, help_text="start, stop, restart, mode, window_open, window_close")
     plan = models.JSONField(default=dict, blank=True)
+    apply = models.BooleanField(
+        default=True, help_text="the request asked to carry the action out (false: a plan only was asked for)"
+    )
     applied = models.BooleanField(default=False, help_text="the action was carried out (not only planned, not refused)")
+    executed = models.JSONField(
+        default=list, blank=True, help_text="the steps the backend ran (madre's `executed`); empty for a plan"
+    )
     result = models.CharField(max_length=7, choices=Result.choices)
     http_status = models.PositiveSmallIntegerField()
     message = models.CharField(max_length=500)
@@ -227,7 +236,7 @@ class PowerAction(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="steps",
-        help_text="the mode change or window expiry this action is a step of",
+        help_text="the mode change, window opening or window closing this action is a step of",
     )
 
     class Meta:
@@ -243,11 +252,19 @@ class PowerAction(models.Model):
         return f"{self.action} {self.service}: {self.result}"
 
     def finish(
-        self, result: str, status: int, message: str, output: str = "", applied: bool | None = None
+        self,
+        result: str,
+        status: int,
+        message: str,
+        output: str = "",
+        applied: bool | None = None,
+        executed: list[dict] | None = None,
     ) -> PowerAction:
         """Fill in how it ended, save, write the evidence folder, announce an applied action."""
         if applied is not None:
             self.applied = applied
+        if executed is not None:
+            self.executed = executed
         self.result, self.http_status, self.message = result, status, message[:500]
         self.output = display.tail(output, backends.OUTPUT_TAIL)
         self.duration_ms = round((timezone.now() - self.at).total_seconds() * 1000, 1)
@@ -275,8 +292,8 @@ class PowerAction(models.Model):
         )
         if self.user_id is None and self.actor == "anonymous":
             recent, limit = refused.filter(user=None, actor="anonymous").count(), ANONYMOUS_AUDIT_PER_MIN
-        # a signed-in user acting themselves (not the window checker acting for its opener)
-        elif self.user_id is not None and self.actor == self.user.username:
+        # a signed-in user (or the fleet token) acting themselves, not the window checker acting for its opener
+        elif self.user_id is not None and self.actor in (self.user.username, TOKEN_ACTOR):
             recent, limit = refused.filter(user_id=self.user_id).count(), settings.VX11_POWER_REFUSAL_AUDIT_PER_MIN
         else:
             return False
@@ -313,24 +330,48 @@ class PowerAction(models.Model):
             data["services"] = [s for s in self.service.split(",") if s]
         return data
 
+    @property
+    def madre_status(self) -> str:
+        """madre's word for how it ended: "ok" (done), "plan" (only planned), "error" (refused or failed)."""
+        if self.result == self.Result.OK:
+            return "ok" if self.apply else "plan"
+        return "running" if self.result == self.Result.PENDING else "error"
+
+    @property
+    def timestamp(self) -> str:
+        """When the answer was made, in UTC to the second, as madre stamps its answers (with an offset)."""
+        ended = self.at + timedelta(milliseconds=self.duration_ms)
+        return ended.astimezone(UTC).isoformat(timespec="seconds")
+
     def as_dict(self) -> dict:
+        """The answer: madre's fields (status, service, action, apply, plan, executed, out_dir, timestamp; `mode`
+        for a mode) and the portal's (id, applied, result, http_status, message, actor, at, duration_ms, output;
+        `steps` for a mode or a window, whose `executed` is its steps' steps, each naming its service)."""
         data = {
             "id": self.id,
+            "status": self.madre_status,
+            "http_status": self.http_status,
             "service": self.service,
             "action": self.action,
+            "apply": self.apply,
             "applied": self.applied,
             "result": self.result,
-            "status": self.http_status,
             "message": self.message,
             "plan": self.plan,
+            "executed": self.executed,
             "actor": self.actor,
             "at": self.at.isoformat(),
+            "timestamp": self.timestamp,
             "duration_ms": self.duration_ms,
             "output": self.output,
             "out_dir": self.evidence_path,
         }
+        if self.action in STEPPED:
+            steps = [s.as_dict() for s in self.steps.order_by("id")]
+            data["steps"] = steps
+            data["executed"] = [{"service": s["service"], **ran} for s in steps for ran in s["executed"]]
         if self.action == "mode":
-            data["steps"] = [s.as_dict() for s in self.steps.order_by("id")]
+            data["mode"] = self.service
         return data
 
     @classmethod
@@ -348,25 +389,34 @@ class PowerAction(models.Model):
 
 
 class WindowStop(models.Model):
-    """One module to stop at a ttl power window's expiry, until it is stopped or given up.
+    """One module a power window started (it was not running when the window opened), and its stop.
 
-    A stop refused (the module busy with another action) or failing is tried again on a later tick,
-    VX11_POWER_WINDOW_STOP_ATTEMPTS times at most, VX11_POWER_WINDOW_RETRY_SECONDS apart; each try is
-    an audited PowerAction (`last_action`). The window counts as handled once none is pending.
+    Only what the window started is ever stopped, so a module that already ran keeps running. The row is
+    written, claimed, before the start; a start that fails deletes it (the backend leaves nothing running).
+    A ttl window stops its modules when it is closed or expires; a hold window, and madre and tentaculo_link
+    in any window, keep them running (state "kept"). A stop refused (the module busy with another action) or
+    failing is tried again by the checker, VX11_POWER_WINDOW_STOP_ATTEMPTS times at most,
+    VX11_POWER_WINDOW_RETRY_SECONDS apart; each try is an audited PowerAction (`last_action`). The window
+    counts as handled once none is pending.
     """
 
     class State(models.TextChoices):
         PENDING = "pending", "pending"
         DONE = "done", "stopped"
         GAVE_UP = "gave_up", "given up"
+        KEPT = "kept", "kept running"
 
     window = models.ForeignKey(MaintenanceWindow, on_delete=models.CASCADE, related_name="+")
     module = models.ForeignKey(Module, on_delete=models.CASCADE, related_name="+")
     state = models.CharField(max_length=7, choices=State.choices, default=State.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="the window's start of it succeeded then")
+    start_action = models.ForeignKey(
+        PowerAction, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="the start"
+    )
     attempts = models.PositiveSmallIntegerField(default=0)
     retry_at = models.DateTimeField(default=timezone.now, help_text="not tried again before this")
     claimed_at = models.DateTimeField(
-        null=True, blank=True, help_text="a checker is stopping it now (conditional UPDATE)"
+        null=True, blank=True, help_text="being started, or a checker is stopping it now (conditional UPDATE)"
     )
     last_action = models.ForeignKey(PowerAction, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -378,13 +428,48 @@ class WindowStop(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"window #{self.window_id}: stop {self.module_id} ({self.state}, {self.attempts} tries)"
+        return f"window #{self.window_id}: started {self.module_id}, stop {self.state} ({self.attempts} tries)"
 
     def claim(self) -> bool:
         now = timezone.now()
         stale = now - timedelta(seconds=settings.VX11_POWER_CLAIM_STALE_SECONDS)
         free = Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
         return WindowStop.objects.filter(free, pk=self.pk, state=self.State.PENDING).update(claimed_at=now) == 1
+
+    def record_start(self, action: PowerAction) -> bool:
+        """The window's start of the module ended: started (the row stays, unclaimed) or not (the row goes)."""
+        if action.result != PowerAction.Result.OK:
+            self.delete()
+            return False
+        self.started_at, self.start_action, self.claimed_at = timezone.now(), action, None
+        self.save(update_fields=["started_at", "start_action", "claimed_at"])
+        return True
+
+    def record_stop(self, action: PowerAction) -> None:
+        """One try to stop it ended: stopped, given up after the last try, or due again after the retry delay."""
+        self.attempts += 1
+        self.last_action = action
+        if action.result == PowerAction.Result.OK:
+            self.state = self.State.DONE
+        elif self.attempts >= settings.VX11_POWER_WINDOW_STOP_ATTEMPTS:
+            self.state = self.State.GAVE_UP
+            log.warning(
+                "power: window #%s: gave up stopping %s after %s tries: %s",
+                self.window_id,
+                self.module.slug,
+                self.attempts,
+                action.message,
+            )
+        else:
+            self.retry_at = timezone.now() + timedelta(seconds=settings.VX11_POWER_WINDOW_RETRY_SECONDS)
+        self.claimed_at = None
+        self.save(update_fields=["attempts", "last_action", "state", "retry_at", "claimed_at"])
+
+    @classmethod
+    def started_by(cls, window: MaintenanceWindow) -> list[str]:
+        """The modules `window` started, by slug."""
+        started = cls.objects.filter(window=window, started_at__isnull=False)
+        return sorted(started.values_list("module__slug", flat=True))
 
     @classmethod
     def prune(cls, now: datetime | None = None) -> int:

@@ -23,8 +23,9 @@ def one_stop_worst_case() -> float:
     time_limit=one_stop_worst_case() + 30,
 )
 def check_power_windows(now: datetime | None = None) -> dict:
-    """Every few seconds: stop one module of an expired ttl power window (a refused or failed stop is tried
-    again on a later tick); one per call, so the time limit above holds whatever the number of modules.
+    """Every few seconds: stop one module a ttl power window started, once the window expired (or was closed
+    with that stop still pending); a refused or failed stop is tried again on a later tick. One per call, so
+    the time limit above holds whatever the number of modules.
     `now`: the moment to judge expiry at (default: the current time), so a caller can test expiry without waiting."""
     actions = expire_windows(now=now, max_stops=1)
     return {

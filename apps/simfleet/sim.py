@@ -5,8 +5,9 @@ module sends (HEALTH below: each module's own keys, e.g. madre's "time" and its 
 manifestator's "healthy" instead of "ok"). They also answer the two upstream calls the operator backend
 makes (hermes GET /tools, shub POST /metrics) and what the E2E flows A/B/C call, with the real paths and
 answer shapes: tentaculo_link proxies /vx11/* to its siblings, madre turns an intent into an IntentV2
-and a PlanV2 (POST /vx11/intent, /madre/plans), hormiguero's ants scan into incidents, manifestator
-answers drift and patches (see E2E below).
+and a PlanV2 (POST /vx11/intent, /madre/plans), hormiguero's ants scan into incidents (its queen asks
+manifestator for a patch plan when a scan finds fs_drift, over loopback HTTP as the real one does), manifestator
+answers drift, patches and patch plans (see E2E below).
 A control server (GET /_sim, POST /_sim/<slug>) and `SimFleet.set_mode()` make any module misbehave
 (MISBEHAVIOURS): slow, hang, error, garbage, wrong_status, down; "ok" sets it back to normal.
 All servers share one asyncio loop in one background thread, so a test starts the fleet in a line:
@@ -160,9 +161,18 @@ ANTS = ("fs_drift", "health", "db_sanity", "cpu_pressure")
 BLUEPRINT = "vx11-v7"
 # What the fs_drift ant finds and manifestator's /drift reports: the blueprint against the module dirs.
 FS_DRIFT = [
-    {"module": "shubniggurath", "missing": ["shubniggurath/engines/"], "extra": []},
-    {"module": "hermes", "missing": [], "extra": ["switch/hermes/tmp_cache/"]},
+    {"module": "shubniggurath", "missing": ["shubniggurath/engines/"], "extra": [], "changed": []},
+    {"module": "hermes", "missing": [], "extra": ["switch/hermes/tmp_cache/"], "changed": ["hermes/main.py"]},
 ]
+# manifestator's patch plan: each kind of drift (a key of FS_DRIFT's rows) becomes one action with its reason
+PLAN_ACTIONS = (
+    ("missing", "add", "missing_from_canonical"),
+    ("extra", "remove", "extra_not_in_canonical"),
+    ("changed", "verify", "changed_from_canonical"),
+)
+PLAN_SCOPES = ("local", "global")
+PLAN_SECONDS_PER_ACTION = 2  # the real manifestator's rough estimate
+QUEEN_TIMEOUT = 1.0  # seconds hormiguero's queen waits for manifestator's patch plan before going on without one
 
 
 class Memory:
@@ -393,23 +403,47 @@ def incident(kind, severity, evidence, actions, scan_id, fleet):
     return fleet.memory.put("incidents", row["id"], row)
 
 
-def run_ant(fleet, name, scan_id):
-    """One ant's incidents: fs_drift always finds FS_DRIFT; health finds the siblings madre would see down."""
+async def run_ant(fleet, name, scan_id):
+    """One ant's incidents: fs_drift always finds FS_DRIFT, and the queen asks manifestator for its patch plan;
+    health finds the siblings madre would see down."""
     if name == "fs_drift":
-        return [
-            incident(
-                "fs_drift",
-                "medium",
-                {"blueprint": BLUEPRINT, "drift": FS_DRIFT},
-                ["manifestator_patch"],
-                scan_id,
-                fleet,
-            )
-        ]
+        row = incident(
+            "fs_drift",
+            "medium",
+            {"blueprint": BLUEPRINT, "drift": FS_DRIFT},
+            ["manifestator_patch"],
+            scan_id,
+            fleet,
+        )
+        row["patchplan"], row["patchplan_error"] = await ask_for_patch_plan(fleet, FS_DRIFT)
+        return [row]
     if name == "health":
         down = sorted(slug for slug in PORTS if slug != "hormiguero" and fleet.dep_state(slug) == "down")
         return [incident("health", "high", {"down": down}, ["restart_service"], scan_id, fleet)] if down else []
     return []  # db_sanity, cpu_pressure: nothing to report in the demo
+
+
+async def ask_for_patch_plan(fleet, drift):
+    """The queen on an fs_drift finding: manifestator's POST /manifestator/patchplan for the drift, as
+    (plan, None), or (None, why) when manifestator cannot give one: the scan goes on without it, as the
+    real queen's does."""
+    evidence = {key: [path for row in drift for path in row[key]] for key, _, _ in PLAN_ACTIONS}
+    url = fleet.base_url("manifestator") + "/manifestator/patchplan"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=QUEEN_TIMEOUT)) as session:
+            async with session.post(url, json={"drift_evidence": evidence, "scope": "local"}) as answer:
+                if answer.status != 200:
+                    return None, f"manifestator answered HTTP {answer.status}"
+                plan = await answer.json(content_type=None)
+    except TimeoutError:
+        return None, f"manifestator timed out after {QUEEN_TIMEOUT:g} s"
+    except aiohttp.ClientError as err:
+        return None, f"manifestator unreachable: {type(err).__name__}"
+    except ValueError:
+        return None, "manifestator answered invalid JSON"
+    if not isinstance(plan, dict) or "plan_id" not in plan:
+        return None, "manifestator answered no patch plan"
+    return plan, None
 
 
 async def hormiguero_answer(fleet, request):
@@ -422,7 +456,7 @@ async def hormiguero_answer(fleet, request):
         scan_id = f"scan-{fleet.memory.next_id()}"
         found, report = [], []
         for name in ants:
-            rows = run_ant(fleet, name, scan_id)
+            rows = await run_ant(fleet, name, scan_id)
             found += rows
             report.append({"name": name, "status": "ok", "incidents": len(rows)})
         return {"scan_id": scan_id, "status": "done", "ants": report, "incidents": found}
@@ -471,6 +505,9 @@ async def manifestator_answer(fleet, request):
             incident_by_correlation(fleet, correlation_id)
         operations = [{"op": "add", "path": "/" + d, "value": {"type": "dir"}} for m in FS_DRIFT for d in m["missing"]]
         operations += [{"op": "remove", "path": "/" + d} for m in FS_DRIFT for d in m["extra"]]
+        operations += [
+            {"op": "replace", "path": "/" + d, "value": {"type": "file"}} for m in FS_DRIFT for d in m["changed"]
+        ]
         patch = {
             "patch_id": f"patch-{fleet.memory.next_id()}",
             "status": "proposed",
@@ -480,7 +517,37 @@ async def manifestator_answer(fleet, request):
             "created_at": now_iso(),
         }
         return fleet.memory.put("patches", patch["patch_id"], patch)
+    if (method, path) == ("POST", "/manifestator/patchplan"):
+        return patch_plan(await json_body(request, required=False))
     raise json_error(web.HTTPNotFound, "Not Found")
+
+
+def patch_plan(body):
+    """manifestator's plan for {drift_evidence: {missing, extra, changed}, scope}: one action per path, the
+    risk from how many (low under 3, mid under 10, else high), about 2 s per action."""
+    drift, scope = body.get("drift_evidence", {}), body.get("scope", "local")
+    if not isinstance(drift, dict) or not all(
+        isinstance(drift.get(key, []), list) and all(isinstance(path, str) for path in drift.get(key, []))
+        for key, _, _ in PLAN_ACTIONS
+    ):
+        raise json_error(
+            web.HTTPUnprocessableEntity,
+            '"drift_evidence" must be an object of path lists: {"missing": [...], "extra": [...], "changed": [...]}',
+        )
+    if scope not in PLAN_SCOPES:
+        raise json_error(web.HTTPUnprocessableEntity, f'"scope" must be one of {list(PLAN_SCOPES)}')
+    actions = [
+        {"action": action, "target": target, "reason": reason}
+        for key, action, reason in PLAN_ACTIONS
+        for target in drift.get(key, [])
+    ]
+    return {
+        "plan_id": str(uuid.uuid4()),
+        "actions": actions,
+        "risk": "low" if len(actions) < 3 else "mid" if len(actions) < 10 else "high",
+        "estimated_time_sec": PLAN_SECONDS_PER_ACTION * len(actions),
+        "notes": f"Plan for {scope} scope with {len(actions)} actions",
+    }
 
 
 E2E_ROUTES = {"madre": madre_answer, "hormiguero": hormiguero_answer, "manifestator": manifestator_answer}

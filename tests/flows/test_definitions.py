@@ -291,14 +291,21 @@ def test_a_spawn_step_of_kind_flow_edited_behind_validation_fails(flows):
 
 
 def test_the_migration_rows_and_the_yaml_definitions_agree():
-    """Migration 0002 carries the canonical steps as frozen literal rows; the YAML files stay the source of
-    `vx11 flow load`. If one changes without the other, this says which flow and field drifted."""
+    """Migration 0002 carries the canonical steps as frozen literal rows, and 0006 adds flow C's fifth step; the
+    YAML files stay the source of `vx11 flow load`. If one changes without the other, this says which flow and
+    field drifted."""
     import importlib
 
     from apps.flows.spec import CANONICAL, check_spec, parse_file
 
     migration = importlib.import_module("apps.flows.migrations.0002_canonical_flows")
+    patch_plan = importlib.import_module("apps.flows.migrations.0006_flow_c_patch_plan")
     frozen = {spec["name"]: spec for spec in migration.FLOWS}
+    frozen["C"] = {
+        **frozen["C"],
+        "description": patch_plan.DESCRIPTION,
+        "steps": [*frozen["C"]["steps"], patch_plan.STEP_5],
+    }
     assert tuple(frozen) == CANONICAL == migration.CANONICAL
     for name in CANONICAL:
         path = DEFINITIONS / f"{name}.yaml"
@@ -310,6 +317,34 @@ def test_the_migration_rows_and_the_yaml_definitions_agree():
         assert {k: frozen[name][k] for k in ("title", "description", "enabled")} == {
             k: spec[k] for k in ("title", "description", "enabled")
         }
+
+
+def test_migration_0006_adds_flow_c_s_fifth_step_only_to_an_unedited_flow(db):
+    """A database migrated before flow C checked the patch plan gets the step; an operator's edited flow C is
+    left as it is, both ways."""
+    import importlib
+
+    from django.apps import apps
+
+    patch_plan = importlib.import_module("apps.flows.migrations.0006_flow_c_patch_plan")
+    flow = Flow.objects.get(name="C")
+    now = flow.to_spec()
+    patch_plan.remove_step(apps, None)
+    assert [s.position for s in flow.steps.all()] == [1, 2, 3, 4]
+    assert Flow.objects.get(name="C").description == patch_plan.BEFORE["description"]
+
+    patch_plan.add_step(apps, None)
+    assert Flow.objects.get(name="C").to_spec() == now
+
+    patch_plan.remove_step(apps, None)
+    Step.objects.filter(flow=flow, position=4).update(timeout=9)
+    patch_plan.add_step(apps, None)
+    assert flow.steps.count() == 4
+    Step.objects.filter(flow=flow, position=4).update(timeout=None)
+    patch_plan.add_step(apps, None)
+    Step.objects.filter(flow=flow, position=5).update(name="mine")
+    patch_plan.remove_step(apps, None)
+    assert flow.steps.count() == 5
 
 
 def test_the_migrated_flows_match_the_yaml_definitions(db):

@@ -65,7 +65,7 @@ def test_a_queued_run_is_run_once(flows):
     )  # in this test the on-commit send never happens; the task is called as a worker would
     assert tasks.run_queued_flow(run.id)["status"] == "passed"
     assert tasks.run_queued_flow(run.id) == {"run_id": run.id, "status": "not queued"}  # a redelivered message
-    assert StepResult.objects.filter(run=run).count() == 4
+    assert StepResult.objects.filter(run=run).count() == 5
 
 
 def started(flow, status: str, seconds_ago: float, heartbeat_ago: float | None = None) -> FlowRun:
@@ -97,7 +97,7 @@ def test_sweep_fails_runs_left_unfinished_past_their_bound(flows, settings, djan
     assert died.status == "failed"
     assert died.finished_at is not None
     assert died.reason == "interrupted: no end recorded 60 s after it started (its process died?)"
-    assert steps_of(died) == [(1, "passed"), (2, "skipped"), (3, "skipped"), (4, "skipped")]
+    assert steps_of(died) == [(1, "passed"), (2, "skipped"), (3, "skipped"), (4, "skipped"), (5, "skipped")]
     assert died.steps.get(position=2).reason == "skipped: the run was interrupted"
     assert never_started.reason == "interrupted: queued over 60 s ago and never started (is a Celery worker running?)"
     assert steps_of(never_started) == [(n, "skipped") for n in range(1, 6)]
@@ -125,7 +125,7 @@ def test_a_swept_run_keeps_its_verdict_if_its_process_wakes_up(flows):
 
     assert run.status == "failed"
     assert run.reason.startswith("interrupted: no end recorded 1800 s after it started")
-    assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "skipped"), (4, "skipped")]
+    assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "skipped"), (4, "skipped"), (5, "skipped")]
 
 
 def test_prune_deletes_old_runs_and_their_steps_in_chunks(flows, settings):
@@ -135,9 +135,9 @@ def test_prune_deletes_old_runs_and_their_steps_in_chunks(flows, settings):
     FlowRun.objects.filter(id=old.id).update(started_at=timezone.now() - timedelta(days=8))
     ContractCoherence.objects.update(computed_at=timezone.now() - timedelta(days=8))
 
-    assert tasks.prune_flow_runs() == {"deleted": 4 + 1 + 2}  # 4 step results, 1 run, 2 coherence rows
+    assert tasks.prune_flow_runs() == {"deleted": 5 + 1 + 2}  # 5 step results, 1 run, 2 coherence rows
     assert list(FlowRun.objects.values_list("id", flat=True)) == [new.id]
-    assert StepResult.objects.filter(run=new).count() == 4
+    assert StepResult.objects.filter(run=new).count() == 5
 
 
 @pytest.mark.django_db(transaction=True)

@@ -60,7 +60,7 @@ def test_a_run_silent_past_the_bound_is_swept_whatever_its_age(flows, settings, 
         assert FlowRun.sweep_stale(now=now) == 1
     gone.refresh_from_db()
     assert (gone.status, gone.reason) == ("failed", "interrupted: no heartbeat for 60 s (its process died?)")
-    assert steps_of(gone) == [(n, "skipped") for n in range(1, 5)]
+    assert steps_of(gone) == [(n, "skipped") for n in range(1, 6)]
     assert Event.objects.filter(type="status_changed", data__run_id=gone.id, data__status="failed").exists()
     assert FlowRun.objects.get(id=alive.id).status == "running"
     assert FlowRun.sweep_stale(now=now + timedelta(seconds=31)) == 1  # its turn once it is silent as long
@@ -90,4 +90,4 @@ def test_a_runner_that_fails_ends_its_run_instead_of_leaving_it_running(flows):
     run = FlowRun.objects.get()
     assert (run.status, run.reason) == ("failed", "error: the runner stopped on RuntimeError: the runner broke")
     assert run.finished_at is not None
-    assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "skipped"), (4, "skipped")]
+    assert steps_of(run) == [(1, "passed"), (2, "passed"), (3, "skipped"), (4, "skipped"), (5, "skipped")]

@@ -14,10 +14,11 @@ from tests.helpers import TOKEN
 ENDPOINTS = ["/operator/vx11/overview", "/operator/shub/dashboard", "/operator/resources"]
 SHUB_OFFLINE = {
     "status": "offline",
-    "shub_health": None,
+    "shub_health": "offline",
+    "shub_health_detail": None,
     "active_sessions": 0,
     "projects": [],
-    "resources": {"cpu_percent": 0.0, "memory_mb": 0.0},
+    "resources": {"cpu_percent": 0.0, "memory_mb": 0},
 }
 RESOURCES_OFFLINE = {
     "status": "offline",
@@ -26,19 +27,6 @@ RESOURCES_OFFLINE = {
     "max_tokens": 1000,
     "available_tokens": 950,
 }
-
-
-@pytest.fixture(autouse=True)
-def token(settings):
-    settings.VX11_TOKEN = TOKEN
-    settings.VX11_UPSTREAM_TIMEOUT = 3.0
-    settings.VX11_OVERVIEW_STALE_SECONDS = 60
-
-
-@pytest.fixture
-def client():
-    """Overrides pytest-django's client: this one sends the right X-VX11-Token."""
-    return Client(headers={"X-VX11-Token": TOKEN})
 
 
 def get(client, path):
@@ -104,6 +92,7 @@ def test_overview_all_up(fleet, client):
         assert entry["state"] == "up"
         assert entry["latency_ms"] is not None
         assert entry["checked_at"]
+    assert body["modules"]["operator"]["version"] == "7.0"
     assert body["checked_at"]
 
 
@@ -167,12 +156,54 @@ def test_overview_probes_only_the_stale_modules(fleet, client):
     assert sorted(HealthCheck.objects.values_list("module__slug", flat=True)) == ["mcp", "shub"]
 
 
-def test_overview_leaves_out_disabled_modules(fleet, client):
+def test_overview_shows_a_disabled_module_offline_without_probing_it(fleet, client):
     mark_checked(timedelta(seconds=5))
-    Module.objects.filter(slug="operator").update(enabled=False)
+    Module.objects.filter(slug="operator").update(enabled=False, last_checked_at=None)
     body = get(client, "/operator/vx11/overview")
-    assert body["total_modules"] == 9
-    assert "operator" not in body["modules"]
+    assert HealthCheck.objects.count() == 0
+    assert (body["status"], body["healthy_modules"], body["total_modules"]) == ("degraded", 9, 10)
+    assert body["modules"]["operator"] == {
+        "status": "offline",
+        "state": "disabled",
+        "latency_ms": None,
+        "checked_at": None,
+        "version": "7.0",
+    }
+
+
+def test_overview_shows_a_module_missing_from_the_registry_offline(fleet, client):
+    mark_checked(timedelta(seconds=5))
+    Module.objects.filter(slug="spawner").delete()
+    body = get(client, "/operator/vx11/overview")
+    assert body["status"] == "partial"  # spawner is core
+    assert (body["healthy_modules"], body["total_modules"]) == (9, 10)
+    assert body["modules"]["spawner"] == {
+        "status": "offline",
+        "state": "missing",
+        "latency_ms": None,
+        "checked_at": None,
+    }
+
+
+def test_overview_lists_the_ten_modules_in_order_then_the_registry_s_others(fleet, client, sim):
+    mark_checked(timedelta(seconds=5))
+    Module.objects.create(slug="zeta", name="Zeta", base_url=sim.base_url("madre"), timeout=0.5)
+    body = get(client, "/operator/vx11/overview")
+    assert list(body["modules"]) == [
+        "tentaculo_link",
+        "madre",
+        "switch",
+        "hermes",
+        "hormiguero",
+        "manifestator",
+        "mcp",
+        "shub",
+        "spawner",
+        "operator",
+        "zeta",
+    ]
+    assert (body["status"], body["healthy_modules"], body["total_modules"]) == ("ok", 11, 11)
+    assert HealthCheck.objects.get().module.slug == "zeta"  # never checked, so probed
 
 
 # -- shub dashboard -----------------------------------------------------------------------------
@@ -182,11 +213,13 @@ def test_shub_dashboard_up(fleet, client):
     body = get(client, "/operator/shub/dashboard")
     assert body == {
         "status": "ok",
-        "shub_health": HEALTH["shub"],
+        "shub_health": "ok",
+        "shub_health_detail": HEALTH["shub"],
         "active_sessions": 2,
         "projects": [{"id": "proj-001", "name": "Demo mix"}, {"id": "proj-002", "name": "Podcast master"}],
-        "resources": {"cpu_percent": 12.5, "memory_mb": 512.0},
+        "resources": {"cpu_percent": 12.5, "memory_mb": 512},
     }
+    assert type(body["resources"]["memory_mb"]) is int  # the simulated shub sends 512.0
 
 
 @pytest.mark.parametrize(
@@ -228,9 +261,10 @@ def warming_shub(fleet):
 def test_shub_dashboard_initializing(warming_shub, client):
     body = get(client, "/operator/shub/dashboard")
     assert body["status"] == "initializing"
-    assert body["shub_health"]["status"] == "initializing"
+    assert body["shub_health"] == "initializing"  # shub's own word, as v7 passes it on
+    assert body["shub_health_detail"]["status"] == "initializing"
     assert body["active_sessions"] == 2
-    assert body["resources"] == {"cpu_percent": 12.5, "memory_mb": 512.0}
+    assert body["resources"] == {"cpu_percent": 12.5, "memory_mb": 512}
 
 
 # -- resources ----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 - `window(*slugs)`: a maintenance window covering those modules for an hour.
 - `stand_in(name, exit_code=0)`: a recording executable named `name` first on PATH; `.calls()` are
   the argument lists it received; `replies={last arg: (stdout, exit code)}` scripts its answers.
+- `fleet_token(power_key=None)`: a client sending madre's fleet token (VX11_TOKEN set to tests.helpers.TOKEN,
+  VX11_POWER_KEY to POWER_KEY) and, if given, `X-VX11-POWER-KEY`.
 """
 
 import os
@@ -23,8 +25,8 @@ from apps.accounts.models import ApiKey
 from apps.fleet.models import MaintenanceWindow, Module
 from apps.power import backends
 from apps.power.models import ServiceControl
-from tests.helpers import free_port
-from tests.power.helpers import StandIn
+from tests.helpers import TOKEN, free_port
+from tests.power.helpers import POWER_KEY, StandIn
 
 
 @pytest.fixture
@@ -103,7 +105,7 @@ def evidence(power_on):
 
     def folders() -> list:
         audit = power_on.VX11_EVIDENCE_ROOT / "docs" / "audit"
-        return sorted(audit.iterdir()) if audit.exists() else []
+        return sorted(audit.glob("madre_power_*")) if audit.exists() else []
 
     return folders
 
@@ -114,3 +116,15 @@ def compose_switch(fleet, stand_in):
     docker = stand_in("docker")
     ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
     return docker
+
+
+@pytest.fixture
+def fleet_token(settings):
+    settings.VX11_TOKEN = TOKEN
+    settings.VX11_POWER_KEY = POWER_KEY
+
+    def client(power_key: str | None = None) -> Client:
+        headers = {"X-VX11-Token": TOKEN} | ({"X-VX11-POWER-KEY": power_key} if power_key is not None else {})
+        return Client(headers=headers)
+
+    return client

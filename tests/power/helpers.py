@@ -1,8 +1,13 @@
-"""Helpers of the power tests: recording stand-in executables and a JSON POST."""
+"""Helpers of the power tests: recording stand-in executables, a JSON POST, is a module serving, timestamps."""
 
 import json
 import stat
 import sys
+from datetime import datetime
+
+import httpx
+
+POWER_KEY = "power-key-789"  # VX11_POWER_KEY of the fleet_token fixture
 
 
 class StandIn:
@@ -39,3 +44,19 @@ def slow(stand_in: StandIn, seconds: float) -> StandIn:
 
 def post(client, path, body=None):
     return client.post(path, body or {}, content_type="application/json")
+
+
+def serving(url: str) -> bool:
+    """Whether a module's /health answers 200 (asked directly, not through the portal's code)."""
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def offset_time(text: str) -> datetime:
+    """An answer's timestamp: ISO 8601 with an offset (never naive, never "+00:00Z")."""
+    assert not text.endswith("Z"), text
+    moment = datetime.fromisoformat(text)
+    assert moment.utcoffset() is not None, text
+    return moment

@@ -49,7 +49,12 @@ def test_read_only_key_write_is_a_refused_row(power_on, compose_switch, readonly
     assert rows[0].plan["path"] == "/madre/power/service/start"
     assert rows[1].plan["path"] == "/api/power/window/open"
     result = json.loads((evidence()[0] / "result.json").read_text())
-    assert (result["result"], result["status"], result["actor"]) == ("refused", 403, "viewer")
+    assert (result["result"], result["status"], result["http_status"], result["actor"]) == (
+        "refused",
+        "error",
+        403,
+        "viewer",
+    )
 
 
 def test_unauthenticated_write_is_a_refused_row(power_on, compose_switch, evidence):

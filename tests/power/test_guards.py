@@ -27,7 +27,7 @@ def test_service_control_disabled_by_default(power_on, power_api, compose_switch
     assert (row.result, row.http_status, row.applied) == ("refused", 403, False)
     result = json.loads((evidence()[0] / "result.json").read_text())
     assert result["result"] == "refused"
-    assert result["status"] == 403
+    assert (result["status"], result["http_status"]) == ("error", 403)
 
 
 def test_unknown_service_404(power_on, power_api, fleet):

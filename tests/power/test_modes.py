@@ -87,6 +87,7 @@ def test_mode_and_window_events(power_on, power_api, demo_process):
     assert mode(power_api, "low_power", apply=True).status_code == 200
     data = [e.data for e in Event.objects.filter(type="status_changed").order_by("id")]
     assert [(d["power_action"], d.get("module"), d.get("mode"), d.get("services")) for d in data] == [
+        ("start", "hermes", None, None),  # the window starts hermes (not running): a step, announced as it ends
         ("window_open", None, None, ["hermes"]),
         ("stop", "hermes", None, None),
         ("mode", None, "low_power", None),

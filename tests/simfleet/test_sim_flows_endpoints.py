@@ -185,6 +185,8 @@ def test_a_scan_runs_the_four_ants_and_reports_the_drift_incident(sim):
         "suggested_actions",
         "scan_id",
         "created_at",
+        "patchplan",
+        "patchplan_error",
     }
     assert (incident["kind"], incident["status"], incident["suggested_actions"]) == (
         "fs_drift",
@@ -229,6 +231,7 @@ def test_manifestator_answers_drift_and_a_patch_for_the_incident(sim):
     assert patch["operations"] == [
         {"op": "add", "path": "/shubniggurath/engines/", "value": {"type": "dir"}},
         {"op": "remove", "path": "/switch/hermes/tmp_cache/"},
+        {"op": "replace", "path": "/hermes/main.py", "value": {"type": "file"}},
     ]
 
 
