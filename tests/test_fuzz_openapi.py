@@ -38,6 +38,7 @@ SEEN: Counter = Counter()
 def keys(fleet, django_user_model, settings, tmp_path):
     """A superuser's read-write key and a read-only one, on the sim fleet."""
     settings.VX11_EVIDENCE_ROOT = tmp_path  # refused power writes still write evidence folders
+    settings.VX11_ROOT = tmp_path / "vx11_root"  # housekeeping's writes move files: never in the demo's tree
     # as django.test.Client does: a request must not close the test's connection (and its transaction)
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)

@@ -28,6 +28,12 @@ STATUS_COLOURS = {
     "killed": "#6e7781",
     "cancelled": "#6e7781",
     "skipped": "#6e7781",
+    # evidence bags: a tampered bag is red until an operator re-seals it
+    "valid": "#1a7f37",
+    "modified": "#cf222e",
+    "missing": "#cf222e",
+    "extra": "#cf222e",
+    "not_a_bag": "#cf222e",
 }
 NEUTRAL = "#8c959f"
 

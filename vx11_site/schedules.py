@@ -165,6 +165,29 @@ SCHEDULES: tuple[Schedule, ...] = (
         "flow's longest wait), and running runs without a heartbeat for VX11_FLOW_RUN_SILENT_SECONDS; their "
         "unreached steps are stored as skipped.",
     ),
+    Schedule(
+        name="evidence: verify recent bags",
+        task="apps.evidence.tasks.verify_recent_evidence",
+        crontab=Crontab(minute="30", hour="3"),
+        description="Re-hashes the evidence bags of the last VX11_EVIDENCE_ARCHIVE_DAYS and every flagged one; a "
+        "bag found modified, missing a file or with an extra one stays flagged until an operator re-seals it.",
+    ),
+    Schedule(
+        name="evidence: rotate old bags",
+        task="apps.evidence.tasks.rotate_evidence",
+        crontab=Crontab(minute="15", hour="4"),
+        description="Moves evidence bags older than VX11_EVIDENCE_ARCHIVE_DAYS into docs/audit/archive/ and deletes "
+        "those older than VX11_EVIDENCE_DELETE_DAYS; never anything under a forensic folder.",
+    ),
+    Schedule(
+        name="audits: nightly audit",
+        task="apps.audits.tasks.nightly_audit",
+        crontab=Crontab(minute="0", hour="3"),
+        kwargs={"kind": "all"},
+        description="Audits the fleet's database (quick_check, integrity_check, foreign_key_check, counts, the DB "
+        "map), the managed tree and its git state, with an evidence bag; then prunes runs older than "
+        "VX11_AUDIT_RETENTION_DAYS and ends runs left unfinished.",
+    ),
 )
 
 

@@ -104,6 +104,9 @@ INSTALLED_APPS = [
     "apps.flows",
     "apps.operator",
     "apps.simfleet",
+    "apps.evidence",
+    "apps.audits",
+    "apps.housekeeping",
 ]
 
 MIDDLEWARE = [
@@ -336,6 +339,9 @@ VX11_WS_BURST = envint("VX11_WS_BURST", 40)
 # never reach daphne), so WebSocket clients then also poll the stored events.
 VX11_WS_POLL_SECONDS = envfloat("VX11_WS_POLL_SECONDS", 0.0 if REDIS_URL else 1.0)
 VX11_EVIDENCE_ROOT = Path(os.environ.get("VX11_EVIDENCE_ROOT", VAR_DIR / "evidence")).resolve()
+# evidence bags (apps.evidence): older than this move to docs/audit/archive/, deleted only past the second
+VX11_EVIDENCE_ARCHIVE_DAYS = envint("VX11_EVIDENCE_ARCHIVE_DAYS", 7)
+VX11_EVIDENCE_DELETE_DAYS = envint("VX11_EVIDENCE_DELETE_DAYS", 90)
 
 # --- daughters (apps.daughters) -----------------------------------------------------------
 VX11_DAUGHTER_MAX_RUNNING = envint("VX11_DAUGHTER_MAX_RUNNING", 8)  # madre's cap; the rest wait queued by priority
@@ -460,6 +466,35 @@ VX11_FLOW_DB_MODELS = [
 ]
 # environment variables a flow may read as {{ env.NAME }}, besides every VX11_FLOW_* name (VX11_TOKEN never)
 VX11_FLOW_ENV_NAMES = [n.strip() for n in os.environ.get("VX11_FLOW_ENV_NAMES", "").split(",") if n.strip()]
+
+# --- audits (apps.audits) -----------------------------------------------------------------
+# the managed VX11 checkout the portal audits (fs/git checks, housekeeping); the demo makes a small one
+VX11_ROOT = Path(os.environ.get("VX11_ROOT", VAR_DIR / "vx11_root")).resolve()
+# the fleet's database the audits read (never write): a SQLite path, or a postgres:// URL
+VX11_TARGET_DB = os.environ.get("VX11_TARGET_DB", str(VAR_DIR / "vx11_target.db"))
+VX11_AUDIT_INTEGRITY_TIMEOUT = envint("VX11_AUDIT_INTEGRITY_TIMEOUT", 60)  # seconds per PRAGMA check, then skipped
+# folders a SQLite target (after following symlinks) must lie in; empty: VX11_ROOT and VX11_VAR_DIR
+VX11_AUDIT_ALLOWED_ROOTS = [
+    Path(p.strip()).resolve() for p in os.environ.get("VX11_AUDIT_ALLOWED_ROOTS", "").split(",") if p.strip()
+] or [VX11_ROOT, VAR_DIR]
+VX11_AUDIT_RETENTION_DAYS = envint("VX11_AUDIT_RETENTION_DAYS", 180)  # audit runs kept (their bags rotate apart)
+VX11_AUDIT_WAIT_MAX_SECONDS = envint("VX11_AUDIT_WAIT_MAX_SECONDS", 60)  # most an API request waits (?wait=N)
+
+# --- filesystem checks and housekeeping (apps.audits.fs, apps.housekeeping) -------------------
+# the folders a VX11 checkout is meant to have (the real canonical target list, plus switch/hermes where hermes
+# lives): Orden_fs_pct counts them; a nested entry also allows its first folder at the top level
+_VX11_CANONICAL_ROOTS = (
+    ".github,archive,attic,build,config,data,docs,forensic,gateway.deprecated,hormiguero,madre,manifestator,mcp,"
+    "models,operator,operator_backend,prompts,scripts,shubniggurath,spawner,switch,switch/hermes,tentaculo_link,"
+    "tests,tests_legacy,tools"
+)
+VX11_FS_ALLOWED_ROOTS = [
+    r.strip().strip("/") for r in os.environ.get("VX11_FS_ALLOWED_ROOTS", _VX11_CANONICAL_ROOTS).split(",") if r.strip()
+]
+# the protected-paths list; empty: <VX11_ROOT>/docs/audit/CLEANUP_EXCLUDES_CORE.txt, else the built-in real list
+VX11_CLEANUP_EXCLUDES = os.environ.get("VX11_CLEANUP_EXCLUDES", "")
+VX11_BACKUP_KEEP = envint("VX11_BACKUP_KEEP", 2)  # newest files of data/backups/ kept; the rest go to archived/
+VX11_HOUSEKEEPING_AUDIT_DAYS = envint("VX11_HOUSEKEEPING_AUDIT_DAYS", 7)  # docs/audit/<stamp>_* older: to the attic
 
 
 LOGGING = {

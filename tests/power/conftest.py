@@ -101,7 +101,8 @@ def stand_in(tmp_path, monkeypatch):
 
 @pytest.fixture
 def evidence(power_on):
-    """The evidence folders written so far, oldest name first."""
+    """The evidence bags written so far (folders docs/audit/madre_power_*/; the files are under data/), oldest
+    name first."""
 
     def folders() -> list:
         audit = power_on.VX11_EVIDENCE_ROOT / "docs" / "audit"

@@ -8,9 +8,11 @@ from datetime import timedelta
 from django.test import Client
 from django.utils import timezone
 
+from apps.evidence.bags import write_bag
+from apps.evidence.models import Evidence
 from apps.fleet.models import MaintenanceWindow
 from apps.power import backends
-from apps.power.evidence import evidence_dir
+from apps.power.evidence import evidence_name
 from apps.power.models import PowerAction, ServiceControl
 from apps.power.tasks import prune_power_actions
 
@@ -66,9 +68,8 @@ def with_folder(at, **fields) -> PowerAction:
             **fields,
         }
     )
-    folder = evidence_dir(row.action, row.service, at)
-    (folder / "result.json").write_text("{}")
-    PowerAction.objects.filter(pk=row.pk).update(evidence_path=str(folder))
+    bag = write_bag(row.action, "power", {"result.json": "{}"}, folder_name=evidence_name(row.action, row.service, at))
+    PowerAction.objects.filter(pk=row.pk).update(evidence_path=str(bag.folder()))
     return row
 
 
@@ -89,8 +90,10 @@ def test_prune_deletes_evidence_folders(power_on, power_api, compose_switch, evi
     PowerAction.objects.filter(action="start").exclude(pk=keep.pk).update(at=old)
     assert len(evidence()) == 5
 
+    assert Evidence.objects.count() == 5
     assert prune_power_actions()["pruned"] == 4  # two starts, the mode and its step
     assert [str(f) for f in evidence()] == [keep.evidence_path]
+    assert [e.folder() for e in Evidence.objects.all()] == evidence()  # the bags' index rows went with them
     assert not PowerAction.objects.filter(pk=step.pk).exists()
 
 

@@ -48,7 +48,7 @@ def test_read_only_key_write_is_a_refused_row(power_on, compose_switch, readonly
         assert row.plan["refused_by"] == "auth"
     assert rows[0].plan["path"] == "/madre/power/service/start"
     assert rows[1].plan["path"] == "/api/power/window/open"
-    result = json.loads((evidence()[0] / "result.json").read_text())
+    result = json.loads((evidence()[0] / "data" / "result.json").read_text())
     assert (result["result"], result["status"], result["http_status"], result["actor"]) == (
         "refused",
         "error",

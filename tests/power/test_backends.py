@@ -52,7 +52,7 @@ def test_failing_command_is_a_502_error(power_on, power_api, fleet, in_window, s
     row = PowerAction.objects.get()
     assert row.result == "error"
     assert row.applied
-    assert "exit code 1" in (evidence()[0] / "output.log").read_text()
+    assert "exit code 1" in (evidence()[0] / "data" / "output.log").read_text()
 
 
 def test_missing_executable(power_on, power_api, fleet, in_window, monkeypatch, tmp_path):

@@ -25,7 +25,7 @@ def test_service_control_disabled_by_default(power_on, power_api, compose_switch
     assert compose_switch.calls() == []
     row = PowerAction.objects.filter(action="start").get()
     assert (row.result, row.http_status, row.applied) == ("refused", 403, False)
-    result = json.loads((evidence()[0] / "result.json").read_text())
+    result = json.loads((evidence()[0] / "data" / "result.json").read_text())
     assert result["result"] == "refused"
     assert (result["status"], result["http_status"]) == ("error", 403)
 
@@ -157,7 +157,10 @@ def test_refusals_are_all_audited(power_on, power_api, compose_switch, evidence)
     ]
     assert len(evidence()) == 4
     assert all(
-        (f / "plan.json").exists() and (f / "result.json").exists() and (f / "output.log").exists() for f in evidence()
+        (f / "data" / "plan.json").exists()
+        and (f / "data" / "result.json").exists()
+        and (f / "data" / "output.log").exists()
+        for f in evidence()
     )
 
 

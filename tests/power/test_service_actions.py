@@ -85,9 +85,9 @@ def test_start_stop_restart_real_process(power_on, power_api, demo_process, wind
     assert len(folders) == 4
     assert {f.name.rsplit("_", 1)[0] for f in folders} >= {"madre_power_start_switch", "madre_power_stop_switch"}
     stop_dir = next(f for f in folders if f.name.startswith("madre_power_stop_switch"))
-    assert json.loads((stop_dir / "result.json").read_text())["result"] == "ok"
-    assert json.loads((stop_dir / "plan.json").read_text())["action"] == "stop"
-    assert "SIGTERM" in (stop_dir / "output.log").read_text()
+    assert json.loads((stop_dir / "data" / "result.json").read_text())["result"] == "ok"
+    assert json.loads((stop_dir / "data" / "plan.json").read_text())["action"] == "stop"
+    assert "SIGTERM" in (stop_dir / "data" / "output.log").read_text()
     assert rows[-1].evidence_path == str(stop_dir)
 
     # applied actions are announced on the bus

@@ -1,7 +1,8 @@
 """`python manage.py vx11 <verb> ...`: one command that gathers each app's verbs.
 
 Each app ships an ordinary management command named `vx11_<verb>`; this dispatcher finds
-them, so the apps never need to know each other.
+them, so the apps never need to know each other. A verb is written with hyphens where the command's name
+has underscores: `vx11 demo-db` runs `vx11_demo_db`.
 """
 
 import sys
@@ -13,7 +14,14 @@ PREFIX = "vx11_"
 
 
 def verbs() -> dict[str, str]:
-    return {name[len(PREFIX) :]: app for name, app in get_commands().items() if name.startswith(PREFIX)}
+    """verb (hyphens for the command name's underscores) -> the app whose command it is."""
+    return {
+        name[len(PREFIX) :].replace("_", "-"): app for name, app in get_commands().items() if name.startswith(PREFIX)
+    }
+
+
+def command_name(verb: str) -> str:
+    return PREFIX + verb.replace("-", "_")
 
 
 class Command(BaseCommand):
@@ -24,14 +32,14 @@ class Command(BaseCommand):
         if len(argv) < 3 or argv[2] in ("-h", "--help"):
             self.stdout.write("usage: manage.py vx11 <verb> [options]\n\nverbs:")
             for verb in sorted(available):
-                cmd = load_command_class(available[verb], PREFIX + verb)
+                cmd = load_command_class(available[verb], command_name(verb))
                 self.stdout.write(f"  {verb:<10} {cmd.help.splitlines()[0] if cmd.help else ''}")
             return
         verb = argv[2]
         if verb not in available:
             self.stderr.write(f"error: unknown verb '{verb}'; known: {', '.join(sorted(available))}")
             sys.exit(2)
-        command = load_command_class(available[verb], PREFIX + verb)
+        command = load_command_class(available[verb], command_name(verb))
         command.run_from_argv([argv[0], f"vx11 {verb}", *argv[3:]])
 
     def handle(self, *args, **options):

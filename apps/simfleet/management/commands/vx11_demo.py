@@ -38,6 +38,8 @@ from apps.power.manager import perform
 from apps.power.models import ServiceControl
 from apps.simfleet.management.commands.vx11_sim import serve_one_argv
 from apps.simfleet.sim import PORTS, SimFleet
+from apps.simfleet.target_db import create_target_db
+from apps.simfleet.target_tree import create_target_tree
 from vx11_site import running_demo
 from vx11_site.settings import envbool
 
@@ -47,6 +49,7 @@ ADMIN_USER = "admin"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 RESTART_LIMIT = 5  # restarts of one child within RESTART_PERIOD seconds before the demo gives up
 RESTART_PERIOD = 120
+DEMO_TARGET_ROWS = 20000  # the audit target `vx11 demo` makes; `vx11 demo-db --rows N` makes any size
 
 
 def _stop(signum, frame):
@@ -158,6 +161,8 @@ class Command(BaseCommand):
             os.environ.setdefault("VX11_ALLOW_SERVICE_CONTROL", "1")
             settings.VX11_ALLOW_SERVICE_CONTROL = envbool("VX11_ALLOW_SERVICE_CONTROL", True)  # as the settings read it
         call_command("migrate", verbosity=0, interactive=False)
+        self.make_audit_target()
+        self.make_managed_tree()
         self.log_dir = settings.VAR_DIR / "log"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.state = {
@@ -213,6 +218,25 @@ class Command(BaseCommand):
             self.stop_powered(powered)
             sim.stop()
             running_demo.forget()
+
+    def make_audit_target(self) -> None:
+        """The database `vx11 audit` reads: made once (a SQLite VX11_TARGET_DB that does not exist yet); an
+        existing one, or a PostgreSQL target, is the operator's and left alone."""
+        target = settings.VX11_TARGET_DB
+        if "://" in target or Path(target).exists():
+            return
+        made = create_target_db(Path(target), DEMO_TARGET_ROWS)
+        self.stdout.write(f"Audit target: {made['path']} ({made['tables']} tables, {made['rows']} rows)")
+
+    def make_managed_tree(self) -> None:
+        """The VX11 checkout housekeeping and the fs/git checks work on: made once, when VX11_ROOT does not exist
+        (an existing folder, a real checkout, is left alone)."""
+        root = settings.VX11_ROOT
+        if root.exists() or root.is_symlink():
+            return
+        made = create_target_tree(root)
+        git = made["git"].get("commit", "")[:12] or made["git"].get("skipped", "")
+        self.stdout.write(f"Managed tree: {made['root']} ({made['files']} files; git {git})")
 
     def record(self, children: list["Child"]) -> None:
         self.state["children"] = {child.name: child.proc.pid for child in children}
