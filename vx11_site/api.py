@@ -190,6 +190,11 @@ class Error(Schema):
     detail: str
 
 
+def filter_given(queryset, **fields):
+    """`queryset` narrowed by the list filters the request gave (a query parameter left out is None or "")."""
+    return queryset.filter(**{name: value for name, value in fields.items() if value not in (None, "")})
+
+
 def get_or_404(queryset, **lookup):
     """The one row matching `lookup`, or a 404 naming what was looked for: `no module with slug 'x'`."""
     queryset = queryset if isinstance(queryset, QuerySet) else queryset._default_manager.all()

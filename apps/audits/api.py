@@ -14,7 +14,7 @@ from ninja.errors import HttpError
 from ninja.pagination import paginate
 
 from apps.fleet.models import Module
-from vx11_site.api import Error, Id, Paged, Unavailable, get_or_404, validation_detail
+from vx11_site.api import Error, Id, Paged, Unavailable, filter_given, get_or_404, validation_detail
 from vx11_site.permissions import require
 
 from .models import AuditRun, MapTable, OwnershipRule
@@ -158,12 +158,7 @@ def list_runs(
     kind: Kind | None = None,
     status: Literal["queued", "running", "ok", "findings", "error"] | None = None,
 ):
-    runs = AuditRun.objects.all()
-    if kind:
-        runs = runs.filter(kind=kind)
-    if status:
-        runs = runs.filter(status=status)
-    return runs
+    return filter_given(AuditRun.objects.all(), kind=kind, status=status)
 
 
 @router.get(

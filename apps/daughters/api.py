@@ -10,7 +10,7 @@ from ninja.errors import HttpError
 from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import Error, Id, Paged, get_or_404, validation_detail
+from vx11_site.api import Error, Id, Paged, filter_given, get_or_404, validation_detail
 from vx11_site.permissions import require
 
 from .models import PRIORITIES, Daughter, DaughterTask
@@ -142,12 +142,7 @@ def spawn(request, response: HttpResponse, payload: SpawnIn, idempotency_key: st
 @router.get("/daughters/tasks", response=list[TaskOut], summary="Tasks, newest first, paged")
 @paginate(Paged)
 def list_tasks(request, status: TaskStatus | None = None, source: Literal[tuple(PRIORITIES)] | None = None):
-    tasks = DaughterTask.objects.all()
-    if status:
-        tasks = tasks.filter(status=status)
-    if source:
-        tasks = tasks.filter(source=source)
-    return tasks
+    return filter_given(DaughterTask.objects.all(), status=status, source=source)
 
 
 @router.get(

@@ -8,7 +8,7 @@ from ninja.errors import HttpError
 from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import Error, Id, Paged, get_or_404
+from vx11_site.api import Error, Id, Paged, filter_given, get_or_404
 from vx11_site.permissions import require
 
 from .models import Evidence
@@ -58,12 +58,7 @@ class ResealIn(Schema):
 @router.get("/evidence", response=list[EvidenceOut], summary="Evidence bags, newest first, paged")
 @paginate(Paged)
 def list_evidence(request, state: State | None = None, kind: str | None = None):
-    rows = Evidence.objects.all()
-    if state:
-        rows = rows.filter(state=state)
-    if kind:
-        rows = rows.filter(kind=kind)
-    return rows
+    return filter_given(Evidence.objects.all(), state=state, kind=kind)
 
 
 @router.get("/evidence/{int:evidence_id}", response=EvidenceOut, summary="One evidence bag's index row")

@@ -12,7 +12,7 @@ from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 from pydantic import ConfigDict
 
-from vx11_site.api import Error, Id, Paged, get_or_404
+from vx11_site.api import Error, Id, Paged, filter_given, get_or_404
 from vx11_site.permissions import require
 
 from . import runner
@@ -94,12 +94,7 @@ def start_run(request, payload: HousekeepingRunIn):
 )
 @paginate(Paged)
 def list_runs(request, applied: bool | None = None, status: RunStatus | None = None):
-    runs = HousekeepingRun.objects.all()
-    if applied is not None:
-        runs = runs.filter(applied=applied)
-    if status:
-        runs = runs.filter(status=status)
-    return runs
+    return filter_given(HousekeepingRun.objects.all(), applied=applied, status=status)
 
 
 @router.get(
