@@ -29,6 +29,8 @@ from apps.daughters.models import DaughterTask
 from apps.fleet.models import MaintenanceWindow, Module, State, StateChange
 from apps.fleet.reference import reference_rows
 from apps.flows.models import Flow
+from apps.metrics.models import TestRun
+from apps.metrics.snapshot import take_snapshot
 from apps.power.manager import refuse_request
 from apps.power.models import ServiceControl
 from tests.helpers import (
@@ -133,6 +135,8 @@ def sample_rows(admin_user, settings, tmp_path):
     Flow.objects.order_by("pk").first().queue(trigger="admin", user=admin_user)
     ServiceControl.objects.create(module=modules[0])
     refuse_request(admin_user, "start", modules[0].slug, {}, 403, "sample refusal")
+    TestRun.objects.create(kind=TestRun.Kind.UNIT, passed=3, failed=1, source=TestRun.Source.JUNIT)
+    take_snapshot(actor="sample")  # a scorecard behind its record's page, and the scorecard page with its metrics
     return modules
 
 

@@ -103,6 +103,7 @@ def test_no_page_loads_anything_from_another_host(superuser_client, admin_user, 
         reverse("admin:power_console"),
         reverse("admin:flows_flow_load"),
         reverse("admin:fleet_module_change", args=[sample_rows[0].pk]),
+        reverse("admin:metrics_scorecard_page"),
     ):
         assert expected in pages
     problems, missing_icon = [], []

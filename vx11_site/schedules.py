@@ -188,6 +188,14 @@ SCHEDULES: tuple[Schedule, ...] = (
         "map), the managed tree and its git state, with an evidence bag; then prunes runs older than "
         "VX11_AUDIT_RETENTION_DAYS and ends runs left unfinished.",
     ),
+    Schedule(
+        name="metrics: hourly scorecard",
+        task="apps.metrics.tasks.take_snapshot",
+        every=3600,
+        description="Computes every metric from the stored evidence into a scorecard (rows, an evidence bag, "
+        "docs/audit/PERCENTAGES.json and SCORECARD.json) and announces it; then prunes scorecards older than "
+        "VX11_METRICS_RETENTION_DAYS (the latest is kept).",
+    ),
 )
 
 

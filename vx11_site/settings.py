@@ -9,6 +9,7 @@ REDIS_URL switches broker, result store and channel layer to Redis;
 DATABASE_URL=postgres://... switches the database to PostgreSQL.
 """
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -107,6 +108,7 @@ INSTALLED_APPS = [
     "apps.evidence",
     "apps.audits",
     "apps.housekeeping",
+    "apps.metrics",
 ]
 
 MIDDLEWARE = [
@@ -495,6 +497,29 @@ VX11_FS_ALLOWED_ROOTS = [
 VX11_CLEANUP_EXCLUDES = os.environ.get("VX11_CLEANUP_EXCLUDES", "")
 VX11_BACKUP_KEEP = envint("VX11_BACKUP_KEEP", 2)  # newest files of data/backups/ kept; the rest go to archived/
 VX11_HOUSEKEEPING_AUDIT_DAYS = envint("VX11_HOUSEKEEPING_AUDIT_DAYS", 7)  # docs/audit/<stamp>_* older: to the attic
+
+# --- metrics and the scorecard (apps.metrics) -------------------------------------------------
+# Estabilidad_operativa_pct's weights, "health=0.35,tests=0.30,contract=0.25,db=0.10"; they must sum to 1
+# (apps.metrics.definitions.stability_weights refuses them otherwise, here at start and at every computation)
+VX11_METRIC_WEIGHTS = {
+    k.strip(): float(v)
+    for k, v in (
+        part.split("=", 1)
+        for part in os.environ.get("VX11_METRIC_WEIGHTS", "health=0.35,tests=0.30,contract=0.25,db=0.10").split(",")
+        if part.strip()
+    )
+}
+_weights_sum = sum(VX11_METRIC_WEIGHTS.values())
+if set(VX11_METRIC_WEIGHTS) != {"health", "tests", "contract", "db"} or abs(_weights_sum - 1) > 1e-9:
+    raise ImproperlyConfigured(
+        f"VX11_METRIC_WEIGHTS must give health, tests, contract and db weights summing to 1, not {VX11_METRIC_WEIGHTS}"
+    )
+# freshness bounds, a JSON object {metric name: seconds}, over each definition's default: older evidence is NV "stale"
+VX11_METRIC_MAX_AGE_SECONDS = json.loads(os.environ.get("VX11_METRIC_MAX_AGE_SECONDS", "{}"))
+VX11_METRICS_RETENTION_DAYS = envint("VX11_METRICS_RETENTION_DAYS", 90)  # scorecards kept (the latest always)
+VX11_METRICS_WAIT_MAX_SECONDS = envint("VX11_METRICS_WAIT_MAX_SECONDS", 60)  # most POST /api/metrics/compute waits
+# /metrics (Prometheus): the scrape key (Authorization: Bearer or X-Metrics-Key); empty: open to loopback clients only
+VX11_METRICS_KEY = envsecret("VX11_METRICS_KEY", "") or ""
 
 
 LOGGING = {

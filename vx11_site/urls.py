@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from apps.metrics.prometheus import metrics_view
+
 from .api import api, no_such_endpoint
 from .views import favicon, portal_health
 
@@ -16,6 +18,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
     path("favicon.ico", favicon, name="favicon"),
     path("health", portal_health, name="portal-health"),
+    path("metrics", metrics_view, name="prometheus-metrics"),  # Prometheus text format, VX11_METRICS_KEY
     path("api/", api.urls),
     path("admin/", admin.site.urls),
     path("madre/", include("apps.power.urls", namespace="madre-power")),

@@ -1,6 +1,7 @@
 // Live status in the admin: listens on /ws/<session> (the staff session cookie is the auth) and
 // moves badges as events arrive: fleet modules and summary counts (status_changed), daughters
 // (status_changed with daughter_id, or a reaper sweep's daughter_ids) and tasks (plan_updated). No reload.
+// Every event is also re-sent on the document as a "vx11:event" CustomEvent for page scripts.
 (function () {
   const COLOURS = { up: "#1a7f37", degraded: "#b58105", down: "#cf222e", unknown: "#6e7781" };
   // as vx11_site/display.py STATUS_COLOURS
@@ -66,6 +67,8 @@
       let event;
       try { event = JSON.parse(m.data); } catch (e) { return; }
       apply(event);
+      // other scripts of a page (the scorecard's) follow the same socket instead of opening their own
+      document.dispatchEvent(new CustomEvent("vx11:event", { detail: event }));
     };
     ws.onclose = function () {
       show("○ live updates paused, reconnecting…", false);
