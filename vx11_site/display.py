@@ -108,6 +108,22 @@ class RecordAdmin(admin.ModelAdmin):
         return False
 
 
+class RecordInline(admin.TabularInline):
+    """The rows of a record shown inside it (findings, metrics, attempts): read, never added, edited or deleted."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 class ConflictWhenProtected:
     """Admin mixin: a delete refused because of protected rows (one object or the bulk action) answers 409;
     the page still says which rows and why."""

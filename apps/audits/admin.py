@@ -9,7 +9,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from vx11_site import display
-from vx11_site.display import RecordAdmin
+from vx11_site.display import RecordAdmin, RecordInline
 from vx11_site.permissions import missing, require
 
 from .models import AuditRun, Finding, MapTable, OwnershipRule
@@ -45,18 +45,9 @@ class RunForm(forms.Form):
     approx = forms.BooleanField(required=False, help_text="estimate row counts instead of COUNT(*)")
 
 
-class FindingInline(admin.TabularInline):
+class FindingInline(RecordInline):
     model = Finding
-    extra = 0
-    can_delete = False
     fields = ("severity_badge", "check_name", "table", "message", "count", "first_lines")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="severity")
     def severity_badge(self, finding):

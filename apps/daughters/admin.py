@@ -8,7 +8,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from vx11_site.display import RecordAdmin, badge
+from vx11_site.display import RecordAdmin, RecordInline, badge
 from vx11_site.permissions import MissingPermission, missing
 
 from .kinds import KINDS, validate_params
@@ -70,10 +70,8 @@ class SpawnForm(forms.ModelForm):
         return data
 
 
-class DaughterInline(admin.TabularInline):
+class DaughterInline(RecordInline):
     model = Daughter
-    extra = 0
-    can_delete = False
     show_change_link = True
     fields = [
         "name",
@@ -85,10 +83,6 @@ class DaughterInline(admin.TabularInline):
         "ended_at",
         "error_last",
     ]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="status")
     def status_badge(self, obj):
@@ -247,12 +241,9 @@ class DaughterTaskAdmin(admin.ModelAdmin):
         )
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(RecordInline):
     model = DaughterAttempt
-    extra = 0
-    can_delete = False
     fields = ["attempt_number", "status", "worker", "started_at", "ended_at", "output", "error"]
-    readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from vx11_site.display import RecordAdmin
+from vx11_site.display import RecordAdmin, RecordInline
 from vx11_site.permissions import missing, require, username
 
 from . import board
@@ -44,18 +44,9 @@ def pretty(value) -> str:
     return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2, default=str))
 
 
-class MetricInline(admin.TabularInline):
+class MetricInline(RecordInline):
     model = MetricSnapshot
-    extra = 0
-    can_delete = False
     fields = ("name", "value_shown", "status_shown", "calculation", "reason", "evidence_path")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="value")
     def value_shown(self, metric):
