@@ -1,7 +1,14 @@
-"""Database helpers shared by every app that keeps a bounded table."""
+"""Database helpers shared by every app that keeps a bounded table or a long-running row."""
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
+
+log = logging.getLogger(__name__)
 
 
 def prune_in_chunks(queryset, chunk: int | None = None, before_delete=None) -> int:
@@ -37,3 +44,31 @@ def bulk_set(objs: list, fields: list[str]) -> None:
         cursor.executemany(
             sql, [[f.get_db_prep_save(getattr(obj, f.attname), connection) for f in columns] + [obj.pk] for obj in objs]
         )
+
+
+@contextlib.contextmanager
+def heartbeat_thread(beat: Callable[[], bool], every: float, what: str):
+    """While the block runs, a thread calls `beat()` (which stores "alive now" on a row) every `every` seconds, so a
+    sweep tells a row whose process is gone from a long one; `beat()` returning False (the row ended or was swept)
+    stops it. Inside an outer transaction nobody else sees the row, so nobody could sweep it: no thread then."""
+    if transaction.get_connection().in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop():
+        try:
+            while not stop.wait(every):
+                try:
+                    if not beat():
+                        return  # ended or swept: nothing left to keep alive
+                except DatabaseError as exc:  # a missed beat; the next one may pass
+                    log.warning("%s: heartbeat not stored: %s", what, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    threading.Thread(target=loop, name=f"{what} heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: a beat waiting for a lock ends on its own

@@ -147,7 +147,7 @@ def _bag_info(name: str, kind: str, run_id: str, info: dict, made: datetime) -> 
     return tags
 
 
-def _index_text(name: str, kind: str, run_id: str, info: dict, made: datetime, payload: Path) -> str:
+def _index_text(name: str, kind: str, run_id: str, info: dict, made: datetime, payload: Path, more: str = "") -> str:
     lines = [
         f"# Evidence: {name}",
         "",
@@ -157,6 +157,8 @@ def _index_text(name: str, kind: str, run_id: str, info: dict, made: datetime, p
         f"- portal version: {portal_version()}",
     ]
     lines += [f"- {key}: {_info_value(value)}" for key, value in info.items()]
+    if more:
+        lines += ["", more.rstrip()]
     lines += [
         "",
         "A BagIt bag (RFC 8493): the files below are under data/, their sha256 are in manifest-sha256.txt and",
@@ -188,6 +190,7 @@ def make(
     info: dict,
     made: datetime,
     root: Path | None = None,
+    index: str = "",
 ) -> tuple[Path, dict[str, str]]:
     """Write the bag audit/<folder_name>[_n]/ and return (its folder, its hashes). Nothing is indexed.
 
@@ -203,7 +206,7 @@ def make(
             target = _confined(staging, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_as_bytes(content))
-        (staging / INDEX).write_text(_index_text(folder.name, kind, run_id, info, made, staging))
+        (staging / INDEX).write_text(_index_text(folder.name, kind, run_id, info, made, staging, index))
         with _BAGIT_LOCK:
             bag = bagit.make_bag(str(staging), _bag_info(folder.name, kind, run_id, info, made), checksums=[ALGORITHM])
         hashes = _hashes(staging, bag)
@@ -232,16 +235,20 @@ def write_bag(
     now: datetime | None = None,
     root: Path | None = None,
     folder_name: str = "",
+    index: str = "",
 ) -> Evidence:
     """Write docs/audit/<YYYYmmddTHHMMSSZ>_<name>/ as a bag and index it. `files` maps payload names (which may
     contain "/") to their contents; `info` adds bag-info.txt labels (target, started_at, finished_at, ...).
-    `folder_name` replaces the <stamp>_<name> folder name as a whole (power's madre_power_... folders)."""
+    `folder_name` replaces the <stamp>_<name> folder name as a whole (power's madre_power_... folders); `index` is
+    markdown put in EVIDENCE_INDEX.md before its table of files (the pipeline's per-phase account)."""
     from .models import Evidence
 
     made = (now or timezone.now()).astimezone(UTC).replace(microsecond=0)
     info = dict(info or {})
     bag_folder_name = safe_name(folder_name) if folder_name else f"{made:{STAMP}}_{safe_name(name)}"
-    folder, hashes = make(bag_folder_name, files, kind=kind, run_id=run_id, info=info, made=made, root=root)
+    folder, hashes = make(
+        bag_folder_name, files, kind=kind, run_id=run_id, info=info, made=made, root=root, index=index
+    )
     try:
         return Evidence.objects.create(path=relative_path(folder), kind=kind, run_id=run_id, created_at=made, **hashes)
     except BaseException:

@@ -6,24 +6,22 @@ caught and stored as a failure too, so a run always ends with a reason, never a 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx
 from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
-from django.db import DatabaseError, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.daughters.models import DaughterTask
 from apps.events.models import publish
-from vx11_site import outbound
+from vx11_site import db, outbound
 
 from .models import ContractCoherence, Flow, FlowRun, Step, StepResult
 from .spec import TEMPLATE, check_lookup, env_allowed, env_refused, flow_model
@@ -357,32 +355,10 @@ def run_queued(run_id: int) -> FlowRun | None:
     return execute(run)
 
 
-@contextlib.contextmanager
 def heartbeat_thread(run: FlowRun):
-    """While the block runs, a thread marks the run alive every VX11_FLOW_RUN_HEARTBEAT_SECONDS, so the sweep tells
-    a run whose process is gone (silent for VX11_FLOW_RUN_SILENT_SECONDS) from a long one. Inside an outer
-    transaction nobody else sees the run, so nobody could sweep it: no thread then."""
-    if transaction.get_connection().in_atomic_block:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat():
-        try:
-            while not stop.wait(settings.VX11_FLOW_RUN_HEARTBEAT_SECONDS):
-                try:
-                    if not run.beat():
-                        return  # ended or swept: nothing left to keep alive
-                except DatabaseError as exc:  # a missed beat; the next one may pass
-                    log.warning("flow run %s: heartbeat not stored: %s", run.id, exc)
-        finally:
-            connection.close()  # this thread's own connection
-
-    threading.Thread(target=beat, name=f"flow-run-{run.id}-heartbeat", daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()  # not joined: a beat waiting for a lock ends on its own
+    """While the block runs, mark the run alive every VX11_FLOW_RUN_HEARTBEAT_SECONDS, so the sweep tells a run whose
+    process is gone (silent for VX11_FLOW_RUN_SILENT_SECONDS) from a long one."""
+    return db.heartbeat_thread(run.beat, settings.VX11_FLOW_RUN_HEARTBEAT_SECONDS, f"flow run {run.id}")
 
 
 def execute(run: FlowRun, on_step=None) -> FlowRun:
