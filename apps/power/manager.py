@@ -46,6 +46,26 @@ MODES = {
 PERMISSION = "power.control_services"
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The three switches the guards read. perform() takes one so a caller can check a guard under a policy of its
+    own (apps.power.selfcheck) without touching django.conf.settings, which other threads and tasks share."""
+
+    allow_control: bool
+    windows: bool
+    rate_limit: int
+
+    @classmethod
+    def current(cls) -> Policy:
+        """The portal's settings: VX11_ALLOW_SERVICE_CONTROL, VX11_MAINTENANCE_WINDOW_ENABLED and
+        VX11_POWER_RATE_LIMIT_PER_MIN, read now."""
+        return cls(
+            allow_control=settings.VX11_ALLOW_SERVICE_CONTROL,
+            windows=settings.VX11_MAINTENANCE_WINDOW_ENABLED,
+            rate_limit=settings.VX11_POWER_RATE_LIMIT_PER_MIN,
+        )
+
+
 class Refused(Exception):
     """A guard said no: the HTTP status and the message the caller sees."""
 
@@ -66,10 +86,10 @@ def check_permission(user, what: str) -> None:
         raise Refused(403, exc.message) from None
 
 
-def check_allowed(slug: str | None = None) -> None:
+def check_allowed(slug: str | None = None, policy: Policy | None = None) -> None:
     """Service control off refuses applying, first of the action's guards, as madre does for the services of its
     allowlist (the fleet's modules here); a name the fleet does not know is left to controllable()'s 404."""
-    if settings.VX11_ALLOW_SERVICE_CONTROL:
+    if (policy or Policy.current()).allow_control:
         return
     if slug is None or Module.objects.filter(slug=slug).exists():
         raise Refused(403, "service control is disabled on this portal (set VX11_ALLOW_SERVICE_CONTROL=1 to allow it)")
@@ -96,8 +116,8 @@ def modules_in_window(now: datetime) -> set[int]:
     return set(MaintenanceWindow.active_at(now).filter(modules__isnull=False).values_list("modules__id", flat=True))
 
 
-def check_windows(modules: list[Module]) -> None:
-    if not settings.VX11_MAINTENANCE_WINDOW_ENABLED:
+def check_windows(modules: list[Module], policy: Policy | None = None) -> None:
+    if not (policy or Policy.current()).windows:
         return
     covered = modules_in_window(timezone.now())
     outside = [m.slug for m in modules if m.id not in covered]
@@ -120,8 +140,8 @@ def lock_user_rate(user) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", [RATE_LOCK, user.pk])
 
 
-def check_rate(user) -> None:
-    limit = settings.VX11_POWER_RATE_LIMIT_PER_MIN
+def check_rate(user, policy: Policy | None = None) -> None:
+    limit = (policy or Policy.current()).rate_limit
     since = timezone.now() - timedelta(minutes=1)
     done = PowerAction.objects.filter(user=user, applied=True, parent__isnull=True, at__gte=since).count()
     if done >= limit:
@@ -132,13 +152,13 @@ def check_rate(user) -> None:
         )
 
 
-def reserve_rate(user, row: PowerAction) -> None:
+def reserve_rate(user, row: PowerAction, policy: Policy | None = None) -> None:
     """Count the user's applied requests of the last minute and, if under the limit, insert `row` as applied
     (result pending) in the same serialised transaction, so the next request counts it at once; finish()
     updates it when the action ends. A request running 30 s is counted from its start, not its end."""
     with transaction.atomic():
         lock_user_rate(user)
-        check_rate(user)
+        check_rate(user, policy)
         row.applied, row.result, row.http_status, row.message = True, PowerAction.Result.PENDING, 202, "running"
         row.save()
 
@@ -155,12 +175,20 @@ def _actor(user, system: str | None) -> str:
 
 
 def perform(
-    user, slug: str, action: str, apply: bool, *, system: str | None = None, parent: PowerAction | None = None
+    user,
+    slug: str,
+    action: str,
+    apply: bool,
+    *,
+    system: str | None = None,
+    parent: PowerAction | None = None,
+    policy: Policy | None = None,
 ) -> PowerAction:
     """Plan or apply one action on one module, through every guard; always returns the audited row.
 
     `system` names a part of the portal acting on its own (the window checker): no permission,
     window or rate check then. `parent`: a mode change or a power window whose guards already ran for all its steps.
+    `policy`: the switches the guards read instead of the settings (None: Policy.current()).
     """
     row = PowerAction(
         user=user if getattr(user, "pk", None) else None,
@@ -176,15 +204,15 @@ def perform(
         if not checked:
             check_permission(user, f"{'applying' if apply else 'planning'} {action} {slug}")
         if apply:
-            check_allowed(slug)
+            check_allowed(slug, policy)
         check_never_stop(slug, action)
         control = controllable(slug)
         row.plan = control.plan(action)
         if not apply:
             return row.finish(PowerAction.Result.OK, 200, f'plan only: send {{"apply": true}} to {action} {slug}')
         if not checked:
-            check_windows([control.module])
-            reserve_rate(user, row)
+            check_windows([control.module], policy)
+            reserve_rate(user, row, policy)
         if not control.claim(f"{action} by {row.actor}"):
             control.refresh_from_db(fields=["busy_since", "busy_with"])
             raise Refused(
