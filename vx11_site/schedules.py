@@ -196,6 +196,20 @@ SCHEDULES: tuple[Schedule, ...] = (
         "docs/audit/PERCENTAGES.json and SCORECARD.json) and announces it; then prunes scorecards older than "
         "VX11_METRICS_RETENTION_DAYS (the latest is kept).",
     ),
+    Schedule(
+        name="pipeline: nightly autonomy run",
+        task="apps.pipeline.tasks.nightly_pipeline",
+        crontab=Crontab(minute="30", hour="4"),
+        description="Runs the seven phases (audit, cleanup, runner, madre guardrails, operator check, metrics, "
+        "mirror) as one run with one evidence bag, unless a run is going.",
+    ),
+    Schedule(
+        name="pipeline: sweep interrupted runs",
+        task="apps.pipeline.tasks.sweep_pipeline_runs",
+        every=60,
+        description="Ends as interrupted the runs whose worker has been silent for VX11_PIPELINE_SILENT_SECONDS "
+        "(the running phase failed, the rest skipped); prunes runs older than VX11_PIPELINE_RETENTION_DAYS.",
+    ),
 )
 
 

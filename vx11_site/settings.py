@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "apps.audits",
     "apps.housekeeping",
     "apps.metrics",
+    "apps.pipeline",
 ]
 
 MIDDLEWARE = [
@@ -520,6 +521,32 @@ VX11_METRICS_RETENTION_DAYS = envint("VX11_METRICS_RETENTION_DAYS", 90)  # score
 VX11_METRICS_WAIT_MAX_SECONDS = envint("VX11_METRICS_WAIT_MAX_SECONDS", 60)  # most POST /api/metrics/compute waits
 # /metrics (Prometheus): the scrape key (Authorization: Bearer or X-Metrics-Key); empty: open to loopback clients only
 VX11_METRICS_KEY = envsecret("VX11_METRICS_KEY", "") or ""
+
+
+# --- the autonomy pipeline (apps.pipeline) ------------------------------------------------------
+# phase 2 moves what housekeeping finds only when this is on; off, it is a dry run that lists the candidates
+VX11_PIPELINE_CLEANUP_APPLY = envbool("VX11_PIPELINE_CLEANUP_APPLY", False)
+# phase 3's test commands, a JSON list of {"name", "kind": "unit"|"integration", "argv": [...], "report":
+# "junit"|"pytest-json", "timeout": seconds}; "{report}" in argv is replaced by the report file's path
+VX11_PIPELINE_TESTS = json.loads(os.environ.get("VX11_PIPELINE_TESTS", "[]"))
+VX11_PIPELINE_TESTS_CWD = Path(os.environ.get("VX11_PIPELINE_TESTS_CWD", BASE_DIR)).resolve()
+# the flows phase 3 runs, by name (the canonical three by default)
+VX11_PIPELINE_FLOWS = [n.strip() for n in os.environ.get("VX11_PIPELINE_FLOWS", "A,B,C").split(",") if n.strip()]
+# phase 5 checks the operator endpoints and /ws/{session} of the live portal at this address
+VX11_PORTAL_URL = os.environ.get("VX11_PORTAL_URL", "http://127.0.0.1:8080").rstrip("/")
+# a running phase that has not moved its heartbeat for this long is a lost worker: the sweep ends the run
+VX11_PIPELINE_SILENT_SECONDS = envint("VX11_PIPELINE_SILENT_SECONDS", 300)
+VX11_PIPELINE_HEARTBEAT_SECONDS = envfloat("VX11_PIPELINE_HEARTBEAT_SECONDS", 10)
+VX11_PIPELINE_RETENTION_DAYS = envint("VX11_PIPELINE_RETENTION_DAYS", 180)
+# phase 7: the portal's own working clone, the remote it pushes to (any git URL; empty: nothing is mirrored),
+# the branch; credentials only from the environment (VX11_MIRROR_TOKEN, or git's own GIT_ASKPASS / ssh agent)
+VX11_MIRROR_REPO = Path(os.environ.get("VX11_MIRROR_REPO", VAR_DIR / "mirror")).resolve()
+# (default: the bare repository `vx11 demo` makes in var/, when there is one)
+_demo_remote = VAR_DIR / "mirror-remote.git"
+VX11_MIRROR_REMOTE = os.environ.get("VX11_MIRROR_REMOTE", str(_demo_remote) if _demo_remote.is_dir() else "")
+VX11_MIRROR_BRANCH = os.environ.get("VX11_MIRROR_BRANCH", "main")
+VX11_MIRROR_AUTHOR = os.environ.get("VX11_MIRROR_AUTHOR", "VX11 Ops Portal <portal@localhost>")
+VX11_MIRROR_TIMEOUT = envint("VX11_MIRROR_TIMEOUT", 120)  # seconds per git command
 
 
 LOGGING = {

@@ -200,6 +200,7 @@ class Command(BaseCommand):
                 f"First probe round: {sum(r.outcome != 'fail' for r in results)}/{len(results)} answering."
             )
             if not options["fleet_only"]:
+                self.pipeline_settings(options["portal_port"])
                 children = self.start_portal(options["portal_port"])
                 self.state["portal_url"] = f"http://127.0.0.1:{options['portal_port']}"
                 self.wait_until_answering(options["portal_port"], children)
@@ -240,6 +241,19 @@ class Command(BaseCommand):
         git = made["git"].get("commit", "")[:12] or made["git"].get("skipped", "")
         self.stdout.write(f"Managed tree: {made['root']} ({made['files']} files; git {git})")
 
+    def pipeline_settings(self, port: int) -> None:
+        """What the pipeline's worker needs from the demo, in the environment its children inherit: the portal's
+        address (the operator check) and, unless the operator named one, a bare repository in var/ as the mirror's
+        remote, so a demo run goes all the way to a push."""
+        os.environ.setdefault("VX11_PORTAL_URL", f"http://127.0.0.1:{port}")
+        if not os.environ.get("VX11_MIRROR_REMOTE"):
+            remote = settings.VAR_DIR / "mirror-remote.git"
+            if not remote.exists():
+                subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=False, timeout=30)
+            os.environ["VX11_MIRROR_REMOTE"] = str(remote)
+        settings.VX11_PORTAL_URL = os.environ["VX11_PORTAL_URL"]
+        settings.VX11_MIRROR_REMOTE = os.environ["VX11_MIRROR_REMOTE"]
+
     def record(self, children: list["Child"]) -> None:
         self.state["children"] = {child.name: child.proc.pid for child in children}
         self.state["restarts"] = {child.name: len(child.restarts) for child in children}
@@ -272,6 +286,13 @@ class Command(BaseCommand):
                     f"manager; service control {control}; open a window before applying)",
                 )
             )
+        rows.append(
+            (
+                "Autonomy pipeline",
+                f"{url}/admin/pipeline/pipelinerun/  or  python manage.py vx11 pipeline run  (mirror: "
+                f"{settings.VX11_MIRROR_REMOTE})",
+            )
+        )
         rows.append(("Misbehave", "python manage.py vx11 sim hermes down   (also: slow, hang, error, garbage, ok)"))
         logs = ", ".join(str(self.log_dir / f"{name}.log") for name in ("worker", "beat", "daphne", "demo"))
         rows.append(("Logs", logs))
