@@ -1,44 +1,41 @@
 """The contract with VX11's operator backend v7: the keys and types its clients read, exactly, on every path
 (GET /operator/vx11/overview, /operator/shub/dashboard, /operator/resources, WS /ws/{session_id}), up and with
-the upstream module down. Each answer's keys are v7's own (REAL_*) plus the ones the portal adds (OURS_*)."""
+the upstream module down. Each answer's keys are v7's own (REAL_*) plus the ones the portal adds (OURS_*), as
+apps/operator/contract.py writes them down (the operator check of the autonomy pipeline reads the same sets)."""
 
 import json
-import re
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.test import Client, override_settings
 
-from apps.fleet.reference import REFERENCE_MODULES
+from apps.operator import contract
+from apps.operator.contract import (
+    OFFLINE_CLI_TOOLS,
+    OFFSET,
+    OURS_CONNECTED,
+    OURS_ENVELOPE,
+    OURS_MODULE,
+    OURS_OFFLINE,
+    OURS_OVERVIEW,
+    OURS_SHUB,
+    REAL_CLI_TOOL,
+    REAL_CONNECTED,
+    REAL_ENVELOPE,
+    REAL_ERROR,
+    REAL_LOCAL_MODEL,
+    REAL_MODULE,
+    REAL_OVERVIEW,
+    REAL_PROJECT,
+    REAL_RESOURCES,
+    REAL_SHUB,
+    REAL_SHUB_RESOURCES,
+)
 from tests.helpers import TOKEN
 from vx11_site.asgi import application
 
-TEN = [spec["slug"] for spec in REFERENCE_MODULES]
-OFFSET = re.compile(r"(Z|[+-]\d\d:\d\d)$")
-
-REAL_OVERVIEW = {"status", "healthy_modules", "total_modules", "modules"}
-OURS_OVERVIEW = {"checked_at"}
-REAL_MODULE = {"status"}
-OURS_MODULE = {"state", "latency_ms", "checked_at"}
-
-REAL_SHUB = {"status", "shub_health", "active_sessions", "projects", "resources"}
-OURS_SHUB = {"shub_health_detail"}
-REAL_PROJECT = {"id", "name"}
-REAL_SHUB_RESOURCES = {"cpu_percent", "memory_mb"}
-
-REAL_RESOURCES = {"status", "cli_tools", "local_models", "max_tokens", "available_tokens"}
-REAL_CLI_TOOL = {"name", "available", "version"}
-REAL_LOCAL_MODEL = {"name", "size", "loaded"}
-OFFLINE_CLI_TOOLS = [{"name": "deepseek_r1", "available": False, "version": "1.0"}]
-
-OURS_OFFLINE = {"error"}  # why the module could not answer
-
-REAL_ERROR = {"error", "status_code"}
-REAL_CONNECTED = {"channel", "type", "client_id"}
-OURS_CONNECTED = {"session_id"}
-REAL_ENVELOPE = {"type", "session_id", "timestamp", "data"}
-OURS_ENVELOPE = {"cursor"}
+TEN = list(contract.TEN)
 
 
 def get(client, path) -> dict:
