@@ -31,6 +31,7 @@ from apps.fleet.reference import reference_rows
 from apps.flows.models import Flow
 from apps.metrics.models import TestRun
 from apps.metrics.snapshot import take_snapshot
+from apps.pipeline import runner as pipeline_runner
 from apps.power.manager import refuse_request
 from apps.power.models import ServiceControl
 from tests.helpers import (
@@ -137,6 +138,7 @@ def sample_rows(admin_user, settings, tmp_path):
     refuse_request(admin_user, "start", modules[0].slug, {}, 403, "sample refusal")
     TestRun.objects.create(kind=TestRun.Kind.UNIT, passed=3, failed=1, source=TestRun.Source.JUNIT)
     take_snapshot(actor="sample")  # a scorecard behind its record's page, and the scorecard page with its metrics
+    pipeline_runner.queue(pipeline_runner.start("admin", user=admin_user))  # a run's page with its seven phases
     return modules
 
 

@@ -10,6 +10,8 @@ two API requests) leave exactly one run. The work is in apps.pipeline.runner and
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import models, transaction
@@ -308,6 +310,25 @@ class PhaseRun(models.Model):
             return True
         return False
 
+    def evidence_files(self) -> list[dict]:
+        """Its files: the name of each within the phase's folder, where it is, its size (None: gone), its URL."""
+        from .phases import BY_NUMBER
+
+        folder = f"/{BY_NUMBER[self.number].folder}/"
+        files = []
+        for path in self.evidence:
+            name = f"/{path}".split(folder, 1)[1] if folder in f"/{path}" else Path(path).name
+            target = confined_file(path)
+            files.append(
+                {
+                    "name": name,
+                    "path": path,
+                    "bytes": target.stat().st_size if target is not None else None,
+                    "url": f"{self.run.api_url}/phases/{self.number}/evidence/{quote(name)}",
+                }
+            )
+        return files
+
     def as_dict(self) -> dict:
         return {
             "number": self.number,
@@ -332,6 +353,15 @@ class PipelineSlot(models.Model):
 
     def __str__(self) -> str:
         return f"pipeline slot: {'run #' + str(self.run_id) if self.run_id else 'free'}"
+
+
+def confined_file(relative: str) -> Path | None:
+    """VX11_EVIDENCE_ROOT/relative if it is a regular file inside the root once resolved; None otherwise."""
+    root = Path(settings.VX11_EVIDENCE_ROOT).resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        return None
+    return target
 
 
 def iso(moment: datetime | None) -> str | None:

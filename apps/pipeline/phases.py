@@ -113,7 +113,7 @@ def audit(ctx: Context) -> Outcome:
     shown = "; ".join(f"{f.check_name}: {f.message}" for f in findings[:3])
     summary = f"audit #{run.id} ({run.target or 'no target'}): {run.status}, {len(findings)} finding(s)"
     summary += f": {shown}" if shown else ""
-    status = {AuditRun.Status.OK: OK, AuditRun.Status.FINDINGS: FINDINGS}.get(run.status, FAILED)
+    status = OK if run.status == AuditRun.Status.OK else FINDINGS if run.status == AuditRun.Status.FINDINGS else FAILED
     if run.error:
         summary += f"; error: {run.error}"
     return Outcome(status, summary, {"audit_run": run.id, "evidence": run.evidence_path})

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -123,7 +124,7 @@ def run_inline(run: PipelineRun, on_progress: OnProgress | None = None, on_phase
         phase = run_phase(run.id, number, on_progress=on_progress)
         if on_phase and phase is not None:
             on_phase(phase)
-    return finish_run(run.id)
+    return finish_run(run.id) or run
 
 
 # --- one phase -------------------------------------------------------------------------------------------
@@ -141,6 +142,9 @@ def run_phase(
         cancel_now(run)
         return None
     phase = run.phase_runs.get(number=number)
+    if phase.status == PhaseRun.Status.RUNNING:  # the task came back: the worker that had it was lost mid-phase
+        interrupt(run, f"interrupted: the worker running phase {number} was lost (its task was delivered again)", now)
+        return None
     if phase.status != PhaseRun.Status.PENDING:
         return None
     spec = BY_NUMBER[number]
@@ -264,21 +268,27 @@ def sweep(now: datetime | None = None) -> list[int]:
     ended = []
     for run in PipelineRun.objects.filter(status__in=PipelineRun.UNFINISHED):
         silent = (now - (run.heartbeat_at or run.created_at)).total_seconds()
-        if silent <= bound:
-            continue
-        reason = f"interrupted: no sign of its worker for {silent:.0f} s (the bound is {bound} s)"
-        run.phase_runs.filter(status=PhaseRun.Status.RUNNING).update(
-            status=PhaseRun.Status.FAILED, summary=reason, ended_at=now
-        )
-        skip_pending(run, "not reached: the run was interrupted")
-        try:
-            seal(run, now)
-        except Exception:
-            log.exception("pipeline run %s: evidence not written on interruption", run.id)
-        record_interventions(run, now)
-        if run.end(PipelineRun.Status.INTERRUPTED, now, reason):
+        if silent > bound and interrupt(
+            run, f"interrupted: no sign of its worker for {silent:.0f} s (the bound is {bound} s)", now
+        ):
             ended.append(run.id)
     return ended
+
+
+def interrupt(run: PipelineRun, reason: str, now: datetime | None = None) -> bool:
+    """End the run as interrupted: its running phase failed with the reason, the rest skipped, its bag made from
+    what was staged. False if it had already ended."""
+    now = now or timezone.now()
+    run.phase_runs.filter(status=PhaseRun.Status.RUNNING).update(
+        status=PhaseRun.Status.FAILED, summary=reason, ended_at=now
+    )
+    skip_pending(run, "not reached: the run was interrupted")
+    try:
+        seal(run, now)
+    except Exception:
+        log.exception("pipeline run %s: evidence not written on interruption", run.id)
+    record_interventions(run, now)
+    return run.end(PipelineRun.Status.INTERRUPTED, now, reason)
 
 
 # --- the bag ---------------------------------------------------------------------------------------------
@@ -372,7 +382,7 @@ def interventions(since: datetime | None, until: datetime) -> list[dict]:
 
     if since is None:
         return []
-    found = []
+    found: list[dict[str, Any]] = []
     power = (
         PowerAction.objects.filter(applied=True, parent__isnull=True, at__gte=since, at__lte=until, user__isnull=False)
         .exclude(user__username=SYSTEM_USER)
@@ -403,7 +413,8 @@ def interventions(since: datetime | None, until: datetime) -> list[dict]:
     )
     verbs = {1: "added", 2: "changed", 3: "deleted"}
     for entry in edits:
-        what = f"{verbs.get(entry.action_flag, 'edited')} {entry.content_type.model} {entry.object_repr}"
+        model = entry.content_type.model if entry.content_type else "?"
+        what = f"{verbs.get(entry.action_flag, 'edited')} {model} {entry.object_repr}"
         found.append({"at": entry.action_time, "kind": "admin", "user": entry.user.username, "what": what[:300]})
     found.sort(key=lambda item: item["at"])
     return [{**item, "at": item["at"].isoformat()} for item in found]

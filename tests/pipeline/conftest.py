@@ -50,7 +50,7 @@ def faces_env(db, settings, tmp_path):
 @pytest.fixture
 def pipeliner(db, django_user_model):
     """A staff user who may start and cancel pipeline runs (and see them in the admin)."""
-    user = django_user_model.objects.create_user("pipeliner", password="pipeliner-pass-123", is_staff=True)
+    user = django_user_model.objects.create_user("pipeliner", is_staff=True)  # no password: it acts by key
     return give(user, "pipeline.run_pipeline", "pipeline.view_pipelinerun")
 
 

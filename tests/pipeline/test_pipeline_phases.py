@@ -212,3 +212,15 @@ def test_the_runner_phase_with_hermes_down_fails_flow_a_and_the_verdict_is_not_o
     assert run.verdict in ("DEGRADED", "CRITICAL")
     tests_metric = MetricSnapshot.objects.get(scorecard_id=run.scorecard_id, name="tests_p0_pct")
     assert tests_metric.value == 100
+
+
+def test_a_phase_task_delivered_again_after_its_worker_died_ends_the_run_as_interrupted(pipeline_env):
+    run = runner.start("api", phases="1,6")
+    assert run.phase_runs.get(number=1).claim(timezone.now())  # the lost worker had taken it
+    assert runner.run_phase(run.id, 1) is None  # the broker hands the task to another worker
+    assert runner.run_phase(run.id, 6) is None  # the rest of the chain finds the run ended
+    run.refresh_from_db()
+    assert run.status == "interrupted"
+    assert run.error == "interrupted: the worker running phase 1 was lost (its task was delivered again)"
+    assert statuses(run)[1] == "failed"
+    assert statuses(run)[6] == "skipped"

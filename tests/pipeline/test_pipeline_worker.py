@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from apps.evidence.bags import verify
+from apps.flows.models import Flow
 from apps.metrics.models import Scorecard
 from apps.metrics.snapshot import verify_snapshot
 from apps.pipeline import runner
@@ -39,6 +40,7 @@ def wait_for_end(run: PipelineRun, within: float = 150) -> PipelineRun:
 @pytest.fixture
 def pipeline_worker(pipeline_env, daphne, settings, tmp_path):
     """A worker whose settings are the test's: the tidy target and tree, the live portal, the smoke tests."""
+    Flow.load_canonical()  # a transactional test may start from a database another one emptied
     settings.VX11_ROOT = tmp_path / "tidy_root"
     tidy_tree(settings.VX11_ROOT)
     own_every_table(Path(settings.VX11_TARGET_DB))
@@ -78,6 +80,7 @@ def pipeline_worker(pipeline_env, daphne, settings, tmp_path):
     redis.Redis.from_url(broker).delete(queue)
 
 
+@pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_a_whole_run_on_a_worker_is_ok_proves_itself_and_reaches_the_mirror(pipeline_worker, fleet, settings):
     ServiceControl.objects.create(module=fleet["switch"], backend=ServiceControl.Backend.COMPOSE)
