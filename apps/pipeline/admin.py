@@ -63,6 +63,22 @@ def timeline(run: PipelineRun) -> list[dict]:
     return rows
 
 
+def duration_chart(last: int = 50) -> str:
+    """The wall time of the latest ended runs, in all and of the runner phase (the long one), to compare over time."""
+    runs = list(
+        PipelineRun.objects.exclude(started_at=None).exclude(ended_at=None).prefetch_related("phase_runs")[:last]
+    )[::-1]
+    runner_seconds = [
+        (run.started_at, next((p.duration_seconds for p in run.phase_runs.all() if p.number == 3), None))
+        for run in runs
+    ]
+    return display.svg_chart(
+        {"whole run": [(run.started_at, run.duration_seconds) for run in runs], "phase 3 runner": runner_seconds},
+        unit="s",
+        title=f"wall time of the latest {len(runs)} pipeline runs",
+    )
+
+
 class StartForm(forms.Form):
     phases = forms.TypedMultipleChoiceField(
         choices=[(p.number, f"{p.number}. {p.title}") for p in PHASES],
@@ -169,6 +185,7 @@ class PipelineRunAdmin(RecordAdmin):
             **(extra_context or {}),
             "can_run": missing(request.user, PERMISSION) is None,
             "running": PipelineRun.running(),
+            "duration_chart": duration_chart(),
         }
         return super().changelist_view(request, extra_context)
 

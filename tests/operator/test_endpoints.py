@@ -8,25 +8,11 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.fleet.models import HealthCheck, Module, State
+from apps.operator.contract import OFFLINE_RESOURCES, OFFLINE_SHUB
 from apps.simfleet.sim import HEALTH, HERMES_TOOLS, SimFleet
 from tests.helpers import TOKEN
 
 ENDPOINTS = ["/operator/vx11/overview", "/operator/shub/dashboard", "/operator/resources"]
-SHUB_OFFLINE = {
-    "status": "offline",
-    "shub_health": "offline",
-    "shub_health_detail": None,
-    "active_sessions": 0,
-    "projects": [],
-    "resources": {"cpu_percent": 0.0, "memory_mb": 0},
-}
-RESOURCES_OFFLINE = {
-    "status": "offline",
-    "cli_tools": [{"name": "deepseek_r1", "available": False, "version": "1.0"}],
-    "local_models": [],
-    "max_tokens": 1000,
-    "available_tokens": 950,
-}
 
 
 def get(client, path):
@@ -233,13 +219,13 @@ def test_shub_dashboard_up(fleet, client):
 )
 def test_shub_dashboard_offline_fallback(fleet, client, sim, mode, error):
     sim.set_mode("shub", mode)
-    assert get(client, "/operator/shub/dashboard") == {**SHUB_OFFLINE, "error": error}
+    assert get(client, "/operator/shub/dashboard") == {**OFFLINE_SHUB, "error": error}
 
 
 def test_shub_dashboard_hanging_gives_fallback_within_registry_timeout(fleet, client, sim):
     sim.set_mode("shub", "hang")
     body, elapsed = timed_get(client, "/operator/shub/dashboard")
-    assert body == {**SHUB_OFFLINE, "error": "shub GET /health: timeout after 0.5 s"}
+    assert body == {**OFFLINE_SHUB, "error": "shub GET /health: timeout after 0.5 s"}
     assert 0.4 < elapsed < 1.5
 
 
@@ -290,13 +276,13 @@ def test_resources_up(fleet, client):
 )
 def test_resources_offline_fallback(fleet, client, sim, mode, error):
     sim.set_mode("hermes", mode)
-    assert get(client, "/operator/resources") == {**RESOURCES_OFFLINE, "error": error}
+    assert get(client, "/operator/resources") == {**OFFLINE_RESOURCES, "error": error}
 
 
 def test_resources_hanging_gives_fallback_within_registry_timeout(fleet, client, sim):
     sim.set_mode("hermes", "hang")
     body, elapsed = timed_get(client, "/operator/resources")
-    assert body == {**RESOURCES_OFFLINE, "error": "hermes GET /health: timeout after 0.5 s"}
+    assert body == {**OFFLINE_RESOURCES, "error": "hermes GET /health: timeout after 0.5 s"}
     assert 0.4 < elapsed < 1.5
 
 
@@ -304,7 +290,7 @@ def test_slow_module_shares_one_budget_across_calls(fleet, client, sim):
     """Two calls of 0.3 s each do not fit a 0.5 s budget: the second one times out."""
     sim.set_mode("hermes", "slow", delay=0.3)
     body, elapsed = timed_get(client, "/operator/resources")
-    assert body == {**RESOURCES_OFFLINE, "error": "hermes GET /tools: timeout after 0.5 s"}
+    assert body == {**OFFLINE_RESOURCES, "error": "hermes GET /tools: timeout after 0.5 s"}
     assert elapsed < 1.0
 
 
@@ -313,17 +299,17 @@ def test_slow_module_shares_one_budget_across_calls(fleet, client, sim):
 
 def test_missing_registry_entry_gives_fallback(fleet, client):
     Module.objects.filter(slug="shub").delete()
-    assert get(client, "/operator/shub/dashboard") == {**SHUB_OFFLINE, "error": "module 'shub' is not in the registry"}
+    assert get(client, "/operator/shub/dashboard") == {**OFFLINE_SHUB, "error": "module 'shub' is not in the registry"}
 
 
 def test_disabled_registry_entry_gives_fallback(fleet, client):
     Module.objects.filter(slug="hermes").update(enabled=False)
     body = get(client, "/operator/resources")
-    assert body == {**RESOURCES_OFFLINE, "error": "module 'hermes' is not in the registry (it is disabled)"}
+    assert body == {**OFFLINE_RESOURCES, "error": "module 'hermes' is not in the registry (it is disabled)"}
 
 
 def test_registry_address_is_used(fleet, client, sim):
     """Pointing shub at hermes' port makes POST /metrics 404: the view follows the registry."""
     Module.objects.filter(slug="shub").update(base_url=sim.base_url("hermes"))
     body = get(client, "/operator/shub/dashboard")
-    assert body == {**SHUB_OFFLINE, "error": "shub POST /metrics: HTTP 404"}
+    assert body == {**OFFLINE_SHUB, "error": "shub POST /metrics: HTTP 404"}

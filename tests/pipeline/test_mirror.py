@@ -31,7 +31,8 @@ def test_first_use_clones_commits_and_pushes_an_exact_copy(tmp_path):
 
     result = mirror(bag, latest, "pipeline run 1: evidence", repo=tmp_path / "clone", remote=str(remote))
 
-    assert result.ok and result.pushed, result.log
+    assert result.ok, result.log
+    assert result.pushed, result.log
     assert len(result.commit) == 40
     assert result.pushed_commits == [result.commit]
     assert result.unpushed == []
@@ -60,7 +61,8 @@ def test_unreachable_remote_keeps_the_commit_and_the_next_call_pushes_both(tmp_p
     bag1 = tiny_bag(tmp_path / "audit", 1)
     first = mirror(bag1, latest_files(tmp_path / "l1", 1), "run 1", repo=clone, remote=str(missing))
 
-    assert not first.ok and not first.pushed
+    assert not first.ok
+    assert not first.pushed
     assert len(first.commit) == 40
     assert first.unpushed == [first.commit]
     assert first.pushed_commits == []
@@ -72,7 +74,8 @@ def test_unreachable_remote_keeps_the_commit_and_the_next_call_pushes_both(tmp_p
     bag2 = tiny_bag(tmp_path / "audit", 2)
     second = mirror(bag2, latest_files(tmp_path / "l2", 2), "run 2", repo=clone, remote=str(missing))
 
-    assert second.ok and second.pushed, second.log
+    assert second.ok, second.log
+    assert second.pushed, second.log
     assert second.pushed_commits == [first.commit, second.commit]
     assert second.unpushed == []
     assert "pushed 2 commits" in second.message
@@ -98,15 +101,18 @@ def test_a_remote_that_moved_on_is_rebased_onto_without_force(tmp_path):
     bag2 = tiny_bag(tmp_path / "audit", 2)
     second = mirror(bag2, latest_files(tmp_path / "l2", 2), "run 2", repo=clone, remote=str(remote))
 
-    assert second.ok and second.pushed, second.log
+    assert second.ok, second.log
+    assert second.pushed, second.log
     assert "(rebased onto origin/main)" in second.message
     assert second.pushed_commits == [second.commit]
     assert git("rev-parse", "main", cwd=remote).strip() == second.commit
-    assert is_ancestor(remote, theirs) and is_ancestor(remote, first.commit)
+    assert is_ancestor(remote, theirs)
+    assert is_ancestor(remote, first.commit)
     held = files_on(remote)
     assert {"NOTES.md", f"runs/{bag2.name}/bagit.txt", "runs/20260101T000001Z_autonomy_pipeline_1/bagit.txt"} <= held
     assert json.loads(text_on(remote, "latest/PERCENTAGES.json")) == {"version": 2}  # latest/* takes ours
-    assert "--force" not in second.log and " -f " not in second.log
+    assert "--force" not in second.log
+    assert " -f " not in second.log
 
 
 def test_a_rebase_that_cannot_resolve_is_aborted_and_the_commit_kept(tmp_path):
@@ -125,11 +131,13 @@ def test_a_rebase_that_cannot_resolve_is_aborted_and_the_commit_kept(tmp_path):
         tiny_bag(tmp_path / "audit", 2), latest_files(tmp_path / "l2", 2), "run 2", repo=clone, remote=str(remote)
     )
 
-    assert not second.ok and not second.pushed
+    assert not second.ok
+    assert not second.pushed
     assert "rebase onto origin/main failed" in second.message
     assert second.unpushed == [second.commit]
     assert git("rev-parse", "main", cwd=remote).strip() == theirs
-    assert not (clone / ".git" / "rebase-merge").exists() and not (clone / ".git" / "rebase-apply").exists()
+    assert not (clone / ".git" / "rebase-merge").exists()
+    assert not (clone / ".git" / "rebase-apply").exists()
     assert git("status", "--porcelain", cwd=clone) == ""
     assert "$ git rebase --abort" in second.log
 
@@ -142,9 +150,11 @@ def test_nothing_changed_makes_no_commit(tmp_path):
 
     again = mirror(bag, latest, "run 1 again", repo=tmp_path / "clone", remote=str(remote))
 
-    assert again.ok and again.pushed, again.log
+    assert again.ok, again.log
+    assert again.pushed, again.log
     assert again.commit == ""
-    assert again.pushed_commits == [] and again.unpushed == []
+    assert again.pushed_commits == []
+    assert again.unpushed == []
     assert again.message == f"nothing new; {remote} is up to date at {first.commit[:7]}"
     assert git("rev-parse", "main", cwd=remote).strip() == first.commit
 
@@ -199,11 +209,14 @@ def test_the_token_goes_as_a_header_and_is_never_logged_or_stored(tmp_path):
             env={"VX11_MIRROR_TOKEN": TOKEN, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"},
         )
 
-    assert not result.ok and not result.pushed  # the recorder answers 404: nothing to clone or push to
+    assert not result.ok  # the recorder answers 404: nothing to clone or push to
+    assert not result.pushed
     assert result.unpushed == [result.commit]
     assert f"Bearer {TOKEN}" in seen
-    assert TOKEN not in result.log and TOKEN not in result.message
-    assert "$ git clone" in result.log and "$ git push" in result.log
+    assert TOKEN not in result.log
+    assert TOKEN not in result.message
+    assert "$ git clone" in result.log
+    assert "$ git push" in result.log
     assert TOKEN not in (clone / ".git" / "config").read_text()
     assert git("remote", "get-url", "origin", cwd=clone).strip() == url
 
@@ -211,14 +224,17 @@ def test_the_token_goes_as_a_header_and_is_never_logged_or_stored(tmp_path):
 def test_git_missing_or_too_slow_is_a_failed_result(tmp_path):
     bag = tiny_bag(tmp_path / "audit", 1)
     nogit = mirror(bag, {}, "m", repo=tmp_path / "clone", remote=str(tmp_path / "r.git"), env={"PATH": str(tmp_path)})
-    assert not nogit.ok and not nogit.pushed
+    assert not nogit.ok
+    assert not nogit.pushed
     assert "git is not installed" in nogit.message
 
     with silent_remote() as url:
         started = time.monotonic()
         slow = mirror(bag, {}, "m", repo=tmp_path / "clone", remote=url, timeout=0.5)
     assert time.monotonic() - started < 5
-    assert not slow.ok and not slow.pushed and slow.commit == ""
+    assert not slow.ok
+    assert not slow.pushed
+    assert slow.commit == ""
     assert "git clone timed out after 0.5 s" in slow.message
     assert not (tmp_path / "clone").exists()  # the killed clone's leftovers are gone; the next call starts over
 

@@ -28,15 +28,20 @@ def test_the_list_and_an_ended_runs_timeline(faces_env, superuser_client):
     assert 'data-action="start-pipeline"' in html
     assert f'data-pipeline-run="{run.id}"' in html
     assert "OPERATIONAL" in html
+    assert 'id="vx11-pipeline-chart"' in html  # the runs' wall time, to compare over time
+    assert "wall time of the latest 1 pipeline runs" in html
     page = superuser_client.get(reverse("admin:pipeline_pipelinerun_change", args=[run.id]))
     assert page.status_code == 200
     html = page.content.decode()
     assert html.count('class="vx11-phase"') == 7
     assert re.findall(r'<tr class="vx11-phase" data-phase="(\d)"', html) == list("1234567")
     assert "phase 3 went fine" in html
-    assert "7.0 s" in html and "width:100.0%" in html and "width:14.3%" in html  # phase 1 took 1 of 7 s
+    assert "7.0 s" in html
+    assert "width:100.0%" in html
+    assert "width:14.3%" in html  # phase 1 took 1 of 7 s
     assert f'href="{run.api_url}/phases/1/evidence/audit_bag/notes.txt"' in html
-    assert "vx11/pipeline.js" not in html and "vx11-pipeline-data" not in html  # nothing to follow: it ended
+    assert "vx11/pipeline.js" not in html  # nothing to follow: it ended
+    assert "vx11-pipeline-data" not in html
     assert 'data-action="cancel-pipeline"' not in html
     assert not INLINE_SCRIPT.search(html)
 
@@ -44,9 +49,11 @@ def test_the_list_and_an_ended_runs_timeline(faces_env, superuser_client):
 def test_a_running_runs_page_follows_the_events_without_inline_script(faces_env, superuser_client):
     run = running_run()
     html = superuser_client.get(reverse("admin:pipeline_pipelinerun_change", args=[run.id])).content.decode()
-    assert "vx11/live.js" in html and "vx11/pipeline.js" in html
+    assert "vx11/live.js" in html
+    assert "vx11/pipeline.js" in html
     data = re.search(r'<script id="vx11-pipeline-data" type="application/json">(.*?)</script>', html).group(1)
-    assert f'"run": {run.id}' in data and f'"api": "{run.api_url}"' in data
+    assert f'"run": {run.id}' in data
+    assert f'"api": "{run.api_url}"' in data
     assert '"1": "phase_1_audit"' in data
     assert 'data-action="cancel-pipeline"' in html
     assert "0% " in html  # the running phase's progress

@@ -56,7 +56,8 @@ def test_a_failed_run_exits_1(faces_env, pipeliner, monkeypatch, capsys):
         pipeline("run", "--phases", "6", "--as", "pipeliner")
     assert ended.value.code == 1
     out = capsys.readouterr().out
-    assert "failed" in out and "the metrics disk is gone" in out
+    assert "failed" in out
+    assert "the metrics disk is gone" in out
 
 
 def test_ctrl_c_ends_the_run_as_interrupted_and_frees_the_slot(faces_env, pipeliner, monkeypatch, capsys):
@@ -103,8 +104,10 @@ def test_list_show_and_cancel(faces_env, pipeliner, capsys):
     going = running_run()
     pipeline("list")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"#{going.id} ") and "running" in lines[0]
-    assert lines[1].startswith(f"#{done.id} ") and "OPERATIONAL" in lines[1]
+    assert lines[0].startswith(f"#{going.id} ")
+    assert "running" in lines[0]
+    assert lines[1].startswith(f"#{done.id} ")
+    assert "OPERATIONAL" in lines[1]
     pipeline("show", str(done.id), "--json")
     shown = json.loads(capsys.readouterr().out)
     assert (shown["id"], shown["status"], shown["snapshot"]) == (done.id, "ok", None)
