@@ -9,6 +9,7 @@ two API requests) leave exactly one run. The work is in apps.pipeline.runner and
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -263,7 +264,12 @@ class PipelineRun(models.Model):
         old = cls.objects.filter(created_at__lt=now - timedelta(days=settings.VX11_PIPELINE_RETENTION_DAYS))
         latest = cls.objects.order_by("-id").values_list("id", flat=True).first()
         old = old.exclude(pk=latest).exclude(status__in=cls.UNFINISHED)
-        return prune_in_chunks(PhaseRun.objects.filter(run__in=old)) + prune_in_chunks(old)
+
+        def staged(ids: list[int]) -> None:  # what is left of their staging folders (the mirror phase's log)
+            for pk in ids:
+                shutil.rmtree(Path(settings.VX11_EVIDENCE_ROOT) / "pipeline" / str(pk), ignore_errors=True)
+
+        return prune_in_chunks(PhaseRun.objects.filter(run__in=old)) + prune_in_chunks(old, before_delete=staged)
 
 
 class PhaseRun(models.Model):

@@ -10,6 +10,7 @@ into it. The mirror phase's own log stays in the staging folder: the bag it push
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -211,6 +212,7 @@ def finish_run(run_id: int, now: datetime | None = None) -> PipelineRun | None:
         return run
     if run.cancel_requested:
         return cancel_now(run)
+    skip_pending(run, "skipped: the run ended before this phase ran")  # a chain cut short; nothing ran it
     error = ""
     try:
         seal(run, now)
@@ -331,6 +333,8 @@ def seal(run: PipelineRun, now: datetime | None = None) -> str:
         phase.evidence = [f"{bag.path}/data/{name}" for name in files if name.startswith(prefix)]
         PhaseRun.objects.filter(pk=phase.pk).update(evidence=phase.evidence)
         shutil.rmtree(folder / prefix, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # when empty: everything is in the bag
     return bag.path
 
 

@@ -224,3 +224,19 @@ def test_a_phase_task_delivered_again_after_its_worker_died_ends_the_run_as_inte
     assert run.error == "interrupted: the worker running phase 1 was lost (its task was delivered again)"
     assert statuses(run)[1] == "failed"
     assert statuses(run)[6] == "skipped"
+
+
+def test_old_runs_are_pruned_with_what_is_left_of_their_staging_but_never_the_latest(pipeline_env, settings):
+    settings.VX11_PIPELINE_RETENTION_DAYS = 30
+    long_ago = timezone.now() - timedelta(days=31)
+    old = runner.start("beat", phases="6", now=long_ago)
+    runner.run_phase(old.id, 6)
+    runner.finish_run(old.id)
+    left = runner.staging(old) / "phase_7_mirror"
+    left.mkdir(parents=True)
+    (left / "mirror.log").write_text("$ git push\n")
+    assert PipelineRun.prune() == 0  # the only run is the latest: kept
+    newer = runner.finish_run(runner.start("cli", phases="6").id)
+    assert PipelineRun.prune() == 8  # the old run and its seven phases
+    assert not runner.staging(old).exists()
+    assert list(PipelineRun.objects.values_list("id", flat=True)) == [newer.id]
