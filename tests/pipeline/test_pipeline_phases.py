@@ -240,3 +240,32 @@ def test_old_runs_are_pruned_with_what_is_left_of_their_staging_but_never_the_la
     assert PipelineRun.prune() == 8  # the old run and its seven phases
     assert not runner.staging(old).exists()
     assert list(PipelineRun.objects.values_list("id", flat=True)) == [newer.id]
+
+
+def test_a_test_command_over_its_timeout_is_killed_with_its_children_and_is_a_finding(pipeline_env, settings):
+    settings.VX11_PIPELINE_FLOWS = []
+    pid_file = pipeline_env / "grandchild.pid"
+    spawn = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    # the command starts a child of its own, waits until that child is up, then hangs
+    script = (
+        f"import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {spawn!r}]); "
+        f"[time.sleep(0.05) for _ in range(200) if not os.path.exists({str(pid_file)!r})]; time.sleep(60)"
+    )
+    slow = {"name": "slow", "kind": "unit", "argv": [sys.executable, "-c", script], "timeout": 2}
+    settings.VX11_PIPELINE_TESTS = [slow]
+    run = runner.run_inline(runner.start("cli", phases="3"))
+    phase3 = run.phase_runs.get(number=3)
+    assert phase3.status == "findings"
+    assert "tests slow: timed out after 2 s" in phase3.summary
+    assert not TestRun.objects.exists()  # no report: no test run counted
+    grandchild = int(pid_file.read_text())
+    assert not alive(grandchild)  # the command's whole process group went with it
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (killed, waiting for a parent that is gone to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
