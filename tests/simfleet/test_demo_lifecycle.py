@@ -94,7 +94,17 @@ def test_the_demo_supervises_its_children_and_sigterm_ends_them_all(tmp_path):
         lines = terminal.read_text().splitlines()
         welcome = lines[[n for n, line in enumerate(lines) if line.startswith("VX11 Ops Portal:")][-1] :]
         labels = [line.split(":")[0].strip() for line in welcome[1:-1]]
-        assert labels == ["login", "API docs", "Operator console", "X-VX11-Token", "Power console", "Misbehave", "Logs"]
+        assert labels == [
+            "login",
+            "API docs",
+            "Operator console",
+            "X-VX11-Token",
+            "Power console",
+            "Autonomy pipeline",
+            "Misbehave",
+            "Logs",
+        ]
+        assert (tmp_path / "mirror-remote.git" / "HEAD").is_file()  # the pipeline's mirror has a remote to push to
         assert welcome[-1] == "Ctrl-C stops everything."
         assert "celery@" not in terminal.read_text()  # the worker's banner went to its log file
         _wait_for(
