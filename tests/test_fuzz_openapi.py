@@ -39,6 +39,9 @@ def keys(fleet, django_user_model, settings, tmp_path):
     """A superuser's read-write key and a read-only one, on the sim fleet."""
     settings.VX11_EVIDENCE_ROOT = tmp_path  # refused power writes still write evidence folders
     settings.VX11_ROOT = tmp_path / "vx11_root"  # housekeeping's writes move files: never in the demo's tree
+    # no worker runs here: a generated ?wait=3600 would wait the whole bound for a result that never comes
+    settings.VX11_METRICS_WAIT_MAX_SECONDS = 1
+    settings.VX11_AUDIT_WAIT_MAX_SECONDS = 1
     # as django.test.Client does: a request must not close the test's connection (and its transaction)
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
