@@ -16,6 +16,7 @@ really stops and starts them. Service control is on for the demo unless VX11_ALL
 says otherwise; the maintenance-window guard stays on.
 """
 
+import json
 import logging
 import os
 import secrets
@@ -243,14 +244,23 @@ class Command(BaseCommand):
 
     def pipeline_settings(self, port: int) -> None:
         """What the pipeline's worker needs from the demo, in the environment its children inherit: the portal's
-        address (the operator check) and, unless the operator named one, a bare repository in var/ as the mirror's
-        remote, so a demo run goes all the way to a push."""
+        address (the operator check), unless the operator named them a bare repository in var/ as the mirror's
+        remote (so a demo run goes all the way to a push) and the demo fleet's own suite as the runner's test
+        command."""
         os.environ.setdefault("VX11_PORTAL_URL", f"http://127.0.0.1:{port}")
         if not os.environ.get("VX11_MIRROR_REMOTE"):
             remote = settings.VAR_DIR / "mirror-remote.git"
             if not remote.exists():
                 subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=False, timeout=30)
             os.environ["VX11_MIRROR_REMOTE"] = str(remote)
+        if not os.environ.get("VX11_PIPELINE_TESTS"):
+            # the demo fleet's own suite, so the runner phase has a real report behind tests_p0_pct
+            os.environ["VX11_DEMO_FLEET_URLS"] = json.dumps(dict(Module.objects.values_list("slug", "base_url")))
+            suite = Path(__file__).resolve().parents[2] / "fleet_tests" / "test_demo_fleet.py"
+            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:django", "-p", "no:cacheprovider", str(suite)]
+            tests = [{"name": "demo-fleet", "kind": "unit", "argv": [*argv, "--junitxml", "{report}"], "timeout": 120}]
+            os.environ["VX11_PIPELINE_TESTS"] = json.dumps(tests)
+            settings.VX11_PIPELINE_TESTS = tests
         settings.VX11_PORTAL_URL = os.environ["VX11_PORTAL_URL"]
         settings.VX11_MIRROR_REMOTE = os.environ["VX11_MIRROR_REMOTE"]
 
@@ -288,7 +298,7 @@ class Command(BaseCommand):
             )
         rows.append(
             (
-                "Autonomy pipeline",
+                "Pipeline",
                 f"{url}/admin/pipeline/pipelinerun/  or  python manage.py vx11 pipeline run  (mirror: "
                 f"{settings.VX11_MIRROR_REMOTE})",
             )
