@@ -153,7 +153,7 @@ def runner(ctx: Context) -> Outcome:
     from apps.fleet.probe import run_round
     from apps.flows.models import Flow
 
-    tests = list(settings.VX11_PIPELINE_TESTS)
+    tests = configured_tests()
     flows = list(settings.VX11_PIPELINE_FLOWS)
     total = 1 + len(tests) + len(flows)
     problems: list[str] = []
@@ -196,6 +196,17 @@ def runner(ctx: Context) -> Outcome:
     return Outcome(FINDINGS if problems else OK, summary, details)
 
 
+def configured_tests() -> list[dict]:
+    """VX11_PIPELINE_TESTS; when it is empty and a `vx11 demo` runs, the demo fleet's suite it records (so a run
+    from another shell, `vx11 pipeline run`, runs what the demo's worker runs)."""
+    from vx11_site import running_demo
+
+    if settings.VX11_PIPELINE_TESTS:
+        return list(settings.VX11_PIPELINE_TESTS)
+    demo = running_demo.current() or {}
+    return list(demo.get("pipeline_tests") or [])
+
+
 def run_test_command(ctx: Context, spec: dict) -> tuple[str, bool, dict]:
     """One configured test command: run its argument list (no shell) with its timeout, read its report, store a
     metrics.TestRun (what tests_p0_pct is computed from). Returns (summary line, something failed, record)."""
@@ -206,14 +217,17 @@ def run_test_command(ctx: Context, spec: dict) -> tuple[str, bool, dict]:
     kind = spec.get("kind", TestRun.Kind.UNIT)
     report_kind = spec.get("report", "junit")
     argv = spec.get("argv")
+    env = spec.get("env") or {}
     if kind not in TestRun.Kind.values or report_kind not in PARSERS or not isinstance(argv, list) or not argv:
         return f"tests {name}: misconfigured (kind unit|integration, report junit|pytest-json, argv a list)", True, {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        return f"tests {name}: misconfigured (env an object of strings)", True, {}
     report = ctx.path(f"tests/{name}.{'xml' if report_kind == 'junit' else 'json'}")
     argv = [str(a).replace("{report}", str(report)) for a in argv]
     timeout = float(spec.get("timeout", 1800))
     started = time.monotonic()
     try:
-        output, code = run_niced(argv, settings.VX11_PIPELINE_TESTS_CWD, timeout)
+        output, code = run_niced(argv, settings.VX11_PIPELINE_TESTS_CWD, timeout, env)
     except OSError as exc:
         return f"tests {name}: could not start: {exc}", True, {"name": name}
     seconds = round(time.monotonic() - started, 1)
@@ -232,10 +246,18 @@ def run_test_command(ctx: Context, spec: dict) -> tuple[str, bool, dict]:
     return line, bool(failed) or row.passed == 0, record
 
 
-def run_niced(argv: list[str], cwd: Path, timeout: float) -> tuple[bytes, int | None]:
-    """Run a test command in a session of its own at a lower CPU priority (the portal's requests first); on timeout
-    its whole process group is killed. Returns (its output, its exit code or None when it timed out)."""
-    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def run_niced(argv: list[str], cwd: Path, timeout: float, env: dict[str, str]) -> tuple[bytes, int | None]:
+    """Run a test command (with `env` over the worker's environment) in a session of its own at a lower CPU priority
+    (the portal's requests first); on timeout its whole process group is killed. Returns (its output, its exit code
+    or None when it timed out)."""
+    child = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, child.pid, NICE)
     try:

@@ -254,13 +254,20 @@ class Command(BaseCommand):
                 subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=False, timeout=30)
             os.environ["VX11_MIRROR_REMOTE"] = str(remote)
         if not os.environ.get("VX11_PIPELINE_TESTS"):
-            # the demo fleet's own suite, so the runner phase has a real report behind tests_p0_pct
-            os.environ["VX11_DEMO_FLEET_URLS"] = json.dumps(dict(Module.objects.values_list("slug", "base_url")))
+            # the demo fleet's own suite, so the runner phase has a real report behind tests_p0_pct; recorded in
+            # var/demo.json, where the pipeline finds it (a `vx11 pipeline run` from another shell included)
             suite = Path(__file__).resolve().parents[2] / "fleet_tests" / "test_demo_fleet.py"
             argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:django", "-p", "no:cacheprovider", str(suite)]
-            tests = [{"name": "demo-fleet", "kind": "unit", "argv": [*argv, "--junitxml", "{report}"], "timeout": 120}]
-            os.environ["VX11_PIPELINE_TESTS"] = json.dumps(tests)
-            settings.VX11_PIPELINE_TESTS = tests
+            urls = json.dumps(dict(Module.objects.values_list("slug", "base_url")))
+            self.state["pipeline_tests"] = [
+                {
+                    "name": "demo-fleet",
+                    "kind": "unit",
+                    "argv": [*argv, "--junitxml", "{report}"],
+                    "env": {"VX11_DEMO_FLEET_URLS": urls},
+                    "timeout": 120,
+                }
+            ]
         settings.VX11_PORTAL_URL = os.environ["VX11_PORTAL_URL"]
         settings.VX11_MIRROR_REMOTE = os.environ["VX11_MIRROR_REMOTE"]
 
