@@ -36,6 +36,7 @@ FINDINGS = PhaseRun.Status.FINDINGS
 FAILED = PhaseRun.Status.FAILED
 SKIPPED = PhaseRun.Status.SKIPPED
 NICE = 10  # how much lower than the worker a test command runs
+ANNOUNCE_EVERY = 1.0  # seconds between a phase's progress announcements
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Context:
         self.run, self.phase, self.user, self.folder = run, phase, user, folder
         self.on_progress = on_progress
         self.fixed_now = now
+        self.announced = time.monotonic()  # the phase's start was just announced
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def now(self) -> datetime:
@@ -96,9 +98,13 @@ class Context:
         return copied
 
     def progress(self, done: int, total: int, step: str) -> None:
+        """Store how far the phase is; announce it (plan_updated, the run page's timeline) at most once a second."""
         self.phase.progress = round(100.0 * done / total, 1) if total else 0.0
         self.phase.step = step[:300]
         PhaseRun.objects.filter(pk=self.phase.pk).update(progress=self.phase.progress, step=self.phase.step)
+        if time.monotonic() - self.announced >= ANNOUNCE_EVERY:
+            self.announced = time.monotonic()
+            self.run.announce_plan()
         if self.on_progress:
             self.on_progress(done, total, step)
 

@@ -269,3 +269,22 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_phase_announces_its_progress_at_most_once_a_second(pipeline_env):
+    from apps.events.models import Event
+    from apps.pipeline.phases import Context
+
+    run = runner.start("cli", phases="3")
+    phase = run.phase_runs.get(number=3)
+    ctx = Context(run, phase, None, runner.staging(run) / "phase_3_runner")
+    announced = Event.objects.filter(type="plan_updated", data__pipeline_run=run.id)
+    before = announced.count()
+    ctx.progress(1, 4, "flow A")  # the phase's start was announced just now: stored, not announced
+    assert announced.count() == before
+    ctx.announced -= 1.0  # a second later
+    ctx.progress(2, 4, "flow B")
+    assert announced.count() == before + 1
+    latest = announced.order_by("-id").first().data["phases"]
+    assert [p["step"] for p in latest if p["number"] == 3] == ["flow B"]
+    assert [p["progress"] for p in latest if p["number"] == 3] == [50.0]
