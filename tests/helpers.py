@@ -48,6 +48,18 @@ def redis_url() -> str | None:
         pytest.skip(f"no Redis at {url}: {exc}")
 
 
+def confine_to(settings, tmp_path: Path) -> Path:
+    """The audit target, the managed tree and the evidence in the test's own folder: tmp_path/fleet (returned, the
+    only root a target may lie in; VX11_TARGET_DB is vx11.db there, not made), tmp_path/vx11_root, tmp_path/evidence."""
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    settings.VX11_AUDIT_ALLOWED_ROOTS = [fleet]
+    settings.VX11_TARGET_DB = str(fleet / "vx11.db")
+    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.VX11_ROOT = tmp_path / "vx11_root"
+    return fleet
+
+
 def point_fleet_at(sim, timeout: float = TEST_TIMEOUT) -> dict[str, Module]:
     modules = {}
     for row in reference_rows():

@@ -7,18 +7,13 @@ import pytest
 from apps.audits.ownership import seed_rules
 from apps.fleet.models import Module
 from apps.fleet.reference import reference_rows
-from tests.helpers import give
+from tests.helpers import confine_to, give
 
 
 @pytest.fixture
 def audit_env(db, settings, tmp_path):
     """settings for an audit confined to tmp_path/fleet; returns that folder."""
-    fleet = tmp_path / "fleet"
-    fleet.mkdir()
-    settings.VX11_AUDIT_ALLOWED_ROOTS = [fleet]
-    settings.VX11_TARGET_DB = str(fleet / "vx11.db")
-    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
-    settings.VX11_ROOT = tmp_path / "vx11_root"
+    fleet = confine_to(settings, tmp_path)
     settings.VX11_AUDIT_INTEGRITY_TIMEOUT = 60
     return fleet
 

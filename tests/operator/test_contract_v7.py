@@ -13,6 +13,7 @@ from django.test import Client, override_settings
 from apps.operator import contract
 from apps.operator.contract import (
     OFFLINE_CLI_TOOLS,
+    OFFLINE_SHUB,
     OFFSET,
     OURS_CONNECTED,
     OURS_ENVELOPE,
@@ -107,15 +108,7 @@ def test_shub_dashboard_offline(fleet, client, sim, mode):
     sim.set_mode("shub", mode)
     body = get(client, "/operator/shub/dashboard")
     assert_shub_shape(body, offline=True)
-    assert body == {
-        "status": "offline",
-        "shub_health": "offline",
-        "shub_health_detail": None,
-        "active_sessions": 0,
-        "projects": [],
-        "resources": {"cpu_percent": 0.0, "memory_mb": 0},
-        "error": body["error"],
-    }
+    assert body == {**OFFLINE_SHUB, "error": body["error"]}
 
 
 HEALTH_OK = '{"status": "ok"}'

@@ -8,19 +8,14 @@ from django.test import Client
 from apps.accounts.models import ApiKey
 from apps.simfleet.target_db import create_target_db
 from apps.simfleet.target_tree import create_target_tree
-from tests.helpers import give, point_fleet_at
+from tests.helpers import confine_to, give, point_fleet_at
 from tests.pipeline.helpers import bare_remote
 
 DEMO_ROWS = 2000
 
 
 def confine(settings, tmp_path):
-    fleet = tmp_path / "fleet"
-    fleet.mkdir()
-    settings.VX11_AUDIT_ALLOWED_ROOTS = [fleet]
-    settings.VX11_TARGET_DB = str(fleet / "vx11.db")
-    settings.VX11_EVIDENCE_ROOT = tmp_path / "evidence"
-    settings.VX11_ROOT = tmp_path / "vx11_root"
+    confine_to(settings, tmp_path)
     settings.VX11_METRIC_MAX_AGE_SECONDS = {}
     settings.VX11_MIRROR_REPO = tmp_path / "mirror-clone"
     settings.VX11_MIRROR_REMOTE = ""
