@@ -38,15 +38,16 @@ STATUS_COLOURS = {
 NEUTRAL = "#8c959f"
 
 
-def badge(status: str, /, css_class: str = "vx11-badge", **data) -> str:
-    """A coloured status pill; `data` become data-* attributes (live.js finds badges by them)."""
+def badge(status: str, /, css_class: str = "vx11-badge", colour: str | None = None, **data) -> str:
+    """A coloured status pill (`colour`, else the status word's own); `data` become data-* attributes (live.js finds
+    badges by them)."""
     attrs = format_html_join("", ' data-{}="{}"', ((name.replace("_", "-"), value) for name, value in data.items()))
     return format_html(
         '<span class="{}"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-weight:600">'
         "{}</span>",
         css_class,
         attrs,
-        STATUS_COLOURS.get(status, NEUTRAL),
+        colour or STATUS_COLOURS.get(status, NEUTRAL),
         status,
     )
 

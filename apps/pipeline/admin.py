@@ -29,14 +29,7 @@ def colour(status: str) -> str:
 
 
 def badge(status: str, **data) -> str:
-    attrs = format_html_join("", ' data-{}="{}"', ((name.replace("_", "-"), value) for name, value in data.items()))
-    return format_html(
-        '<span class="vx11-pipeline-badge"{} style="background:{};color:#fff;padding:2px 8px;border-radius:10px;'
-        'font-weight:600">{}</span>',
-        attrs,
-        colour(status),
-        status,
-    )
+    return display.badge(status, css_class="vx11-pipeline-badge", colour=colour(status), **data)
 
 
 def seconds(value: float | None) -> str:

@@ -25,9 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.utils import timezone
+
+from vx11_site import outbound
 
 from .models import PhaseRun, PipelineRun
 
@@ -345,6 +348,11 @@ def mirror(ctx: Context) -> Outcome:
     remote = settings.VX11_MIRROR_REMOTE
     if not remote:
         return Outcome(SKIPPED, "no VX11_MIRROR_REMOTE set: nothing mirrored")
+    if urlsplit(remote).scheme.lower() in ("http", "https"):
+        try:  # git makes the request, but the portal's one policy decides where it may go
+            outbound.check_url(remote)
+        except outbound.Refused as refused:
+            return Outcome(FAILED, f"mirror to {git_mirror.shown_remote(remote)} refused: {refused}")
     bag = Path(settings.VX11_EVIDENCE_ROOT) / ctx.run.evidence_path
     latest = {name: audit_dir() / name for name in ("PERCENTAGES.json", "SCORECARD.json")}
     message = f"VX11 pipeline run #{ctx.run.id}: {ctx.run.outcome()}, verdict {ctx.run.verdict or 'NV'}"

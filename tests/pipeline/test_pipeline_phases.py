@@ -288,3 +288,13 @@ def test_a_phase_announces_its_progress_at_most_once_a_second(pipeline_env):
     latest = announced.order_by("-id").first().data["phases"]
     assert [p["step"] for p in latest if p["number"] == 3] == ["flow B"]
     assert [p["progress"] for p in latest if p["number"] == 3] == [50.0]
+
+
+def test_an_http_remote_the_outbound_policy_refuses_is_never_contacted(pipeline_env, settings):
+    settings.VX11_MIRROR_REMOTE = "http://169.254.169.254/vx11-evidence.git"
+    run = runner.run_inline(runner.start("cli", phases="6,7"))
+    mirror = run.phase_runs.get(number=7)
+    assert mirror.status == "failed"
+    assert "outbound request refused" in mirror.summary
+    assert not run.mirror_commit  # git never ran: nothing committed, nothing to push
+    assert not (pipeline_env / "mirror-clone").exists()
